@@ -1,0 +1,38 @@
+"""Errors that name a user's problem.
+
+Every error a user can cause (a bad file, a wrong adapter, a missing image) is a
+:class:`PSICError`. The CLI prints its message on one line and exits non-zero;
+library callers can catch the base class or the specific one.
+"""
+
+
+class PSICError(Exception):
+    """Base class of the errors that a user's input can cause."""
+
+
+class ConfigError(PSICError, ValueError):
+    """An adapter configuration or an argument is invalid."""
+
+
+class FingerprintMismatchError(PSICError):
+    """An adapter or a bitstream was made for another base codec."""
+
+
+class ContainerError(PSICError):
+    """A ``.psic`` file is truncated, corrupted or of an unknown format."""
+
+
+class ImageError(PSICError):
+    """An image could not be read or written."""
+
+
+class TargetError(PSICError):
+    """A target model could not be built or loaded."""
+
+
+class DataError(PSICError):
+    """A dataset could not be found or read."""
+
+
+class OverwriteError(PSICError, FileExistsError):
+    """An output exists and ``force`` was not given."""
