@@ -1,0 +1,517 @@
+"""The wrapped codec: one bitstream, two decodings.
+
+:func:`wrap_model` puts CLTG adapters on any CompressAI image codec;
+:class:`PSICModel` is the result (PEFT's ``PeftModel`` plays this part there):
+
+* ``compress(x)`` is the base codec's, byte for byte: the adapter is inactive.
+* ``decompress(strings, shape)`` gives the *encrypted* version; with
+  ``key=<owner's key>`` the *full* version. A wrong key gives the encrypted one.
+* ``forward(x, key=... | mode=... | condition=...)`` is the training forward
+  (CompressAI's dict: ``x_hat``, ``likelihoods``).
+* Adapters are named (``add_adapter``, ``set_adapter``, ``delete_adapter``),
+  ``disable_adapter()`` gives plain-codec decodes, and ``save_pretrained`` /
+  :func:`load_adapter` write and read ``adapter_config.json`` +
+  ``adapter_model.safetensors``.
+
+The base codec is never modified: adapters live in ``model.psic_adapters``
+beside ``model.base``, and forward hooks on the decoder blocks add the CLTG
+biases only while a condition is active (inside a ``decompress``/``forward``
+call of this wrapper). ``model.base.state_dict()`` is the plain codec's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from . import __version__
+from .cltg import build_cltg
+from .codecs import architecture_name, codec_dims, fingerprint
+from .condition import (
+    KeyLike,
+    DerivedKey,
+    derive,
+    derive_material,
+    encrypted_condition,
+    key_check,
+    material_to_condition,
+    new_salt,
+    public_full_condition,
+    random_conditions,
+)
+from .config import CONFIG_NAME, WEIGHTS_NAME, PSICConfig
+from .errors import ConfigError, FingerprintMismatchError, OverwriteError, PSICError
+from .surgery import attach_hooks, probe_channels, resolve_injection_points
+
+PathLike = Union[str, os.PathLike]
+
+MODES_DOC = {
+    "encrypted": "default: no key, or any key but the owner's (condition = zeros)",
+    "full": "the owner's key (condition = KDF(key, salt) as +-1 bits)",
+}
+PUBLIC_MODES_DOC = {
+    "encrypted": "default, mode='encrypted' (condition = zeros)",
+    "full": "mode='full' (condition = ones); NOT access-controlled: anyone can ask for it",
+}
+
+
+class _Active:
+    """The condition of the call in progress (set by :meth:`PSICModel.conditioned`)."""
+
+    __slots__ = ("adapter", "condition", "biases")
+
+    def __init__(self, adapter: str, condition: Tensor):
+        self.adapter = adapter
+        self.condition = condition
+        self.biases: Optional[List[Tensor]] = None
+
+
+class PSICModel(nn.Module):
+    """A CompressAI codec with PSIC adapters. Build it with :func:`wrap_model` or :func:`load_adapter`."""
+
+    def __init__(self, base: nn.Module):
+        super().__init__()
+        if isinstance(base, PSICModel):
+            raise ConfigError("this codec is already wrapped; use model.add_adapter(...)")
+        self.base = base
+        self.psic_adapters = nn.ModuleDict()
+        self.psic_configs: Dict[str, PSICConfig] = {}
+        self.active_adapter: Optional[str] = None
+        self._owner_conditions: Dict[str, Tensor] = {}
+        self._hooks: Dict[str, list] = {}
+        self._active: Optional[_Active] = None
+        self._disabled = False
+        self._key_cache: Dict[tuple, DerivedKey] = {}
+
+    # --------------------------------------------------------------- plumbing
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            modules = self.__dict__.get("_modules", {})
+            if name != "base" and "base" in modules:
+                return getattr(modules["base"], name)  # g_a, entropy_bottleneck, aux_loss, update ...
+            raise
+
+    @property
+    def config(self) -> PSICConfig:
+        """The active adapter's config."""
+        return self.psic_configs[self._require_adapter()]
+
+    @property
+    def adapter_names(self) -> List[str]:
+        return list(self.psic_adapters.keys())
+
+    def _require_adapter(self, name: Optional[str] = None) -> str:
+        name = name or self.active_adapter
+        if name is None or name not in self.psic_adapters:
+            known = ", ".join(self.adapter_names) or "none"
+            raise ConfigError(f"no adapter named {name!r} (adapters: {known})")
+        return name
+
+    def _device(self, name: str) -> torch.device:
+        p = next(self.psic_adapters[name].parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    # ------------------------------------------------------ managing adapters
+    def add_adapter(self, adapter_name: str, config: Optional[PSICConfig] = None, key: Optional[KeyLike] = None) -> "PSICModel":
+        """Add a named adapter. A new config is fitted to the codec (this needs the owner's
+        ``key`` unless ``config.condition == "public"``); a loaded config is checked against it."""
+        if not adapter_name or not isinstance(adapter_name, str):
+            raise ConfigError("an adapter needs a non-empty name")
+        if adapter_name in self.psic_adapters:
+            raise ConfigError(f"an adapter named {adapter_name!r} exists already (delete_adapter first)")
+        config = PSICConfig.from_dict((config or PSICConfig()).to_dict())  # own copy
+        if config.is_bound:
+            self._check_bound_config(config)
+            if key is not None and config.condition == "key":
+                derived = self._derive_uncached(config, key)
+                if not derived.matches:
+                    raise ConfigError(f"the key given does not match adapter {adapter_name!r}")
+                self._owner_conditions[adapter_name] = derived.condition
+        else:
+            self._bind_config(config, key)
+            if config.condition == "key":
+                material = derive_material(key, config.salt, config.kdf)
+                self._owner_conditions[adapter_name] = material_to_condition(material, config.cond_dim)
+        channels = [p["channels"] for p in config.injection_points]
+        module = build_cltg(config, channels)
+        ref = next(self.base.parameters(), None)
+        if ref is not None:
+            module.to(ref.device)
+        self.psic_adapters[adapter_name] = module
+        self.psic_configs[adapter_name] = config
+        names = [p["module"] for p in config.injection_points]
+        self._hooks[adapter_name] = attach_hooks(self.base, names, lambda i, out, _n=adapter_name: self._inject(_n, i, out))
+        if self.active_adapter is None:
+            self.active_adapter = adapter_name
+        return self
+
+    def _bind_config(self, config: PSICConfig, key: Optional[KeyLike]) -> None:
+        if config.condition == "key" and key is None:
+            raise ConfigError(
+                "a keyed adapter needs the owner's key: wrap_model(codec, config, key=...) "
+                "(or PSICConfig(condition='public') for the paper's public mode bit)"
+            )
+        if config.condition == "public" and key is not None:
+            raise ConfigError("a public-condition adapter takes no key")
+        names = resolve_injection_points(self.base, config.target_modules)
+        channels = probe_channels(self.base, names)
+        config.injection_points = [{"module": n, "channels": c} for n, c in zip(names, channels)]
+        config.salt = new_salt()
+        if config.condition == "key":
+            config.key_check = key_check(derive_material(key, config.salt, config.kdf))
+            config.modes = dict(MODES_DOC)
+        else:
+            config.modes = dict(PUBLIC_MODES_DOC)
+        info = {"architecture": architecture_name(self.base), "class": type(self.base).__name__}
+        info.update(codec_dims(self.base))
+        info.update({k: v for k, v in config.base_model.items() if k not in ("fingerprint",)})
+        info["fingerprint"] = fingerprint(self.base)
+        config.base_model = info
+        config.library_version = __version__
+
+    def _check_bound_config(self, config: PSICConfig) -> None:
+        names = [p["module"] for p in config.injection_points]
+        channels = probe_channels(self.base, names)  # raises on a missing module
+        want = [int(p["channels"]) for p in config.injection_points]
+        if channels != want:
+            raise ConfigError(
+                f"adapter expects channels {want} at {names}, but this codec has {channels}: "
+                "it was made for another architecture or size"
+            )
+
+    def set_adapter(self, adapter_name: str) -> None:
+        self.active_adapter = self._require_adapter(adapter_name)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        self._require_adapter(adapter_name)
+        for h in self._hooks.pop(adapter_name):
+            h.remove()
+        del self.psic_adapters[adapter_name]
+        del self.psic_configs[adapter_name]
+        self._owner_conditions.pop(adapter_name, None)
+        self._key_cache = {k: v for k, v in self._key_cache.items() if k[0] != adapter_name}
+        if self.active_adapter == adapter_name:
+            self.active_adapter = next(iter(self.psic_adapters), None)
+
+    @contextlib.contextmanager
+    def disable_adapter(self) -> Iterator[None]:
+        """Inside this context every decode is the plain base codec's."""
+        old, self._disabled = self._disabled, True
+        try:
+            yield
+        finally:
+            self._disabled = old
+
+    def unwrap(self) -> nn.Module:
+        """Detach every adapter hook and return the plain base codec."""
+        for handles in self._hooks.values():
+            for h in handles:
+                h.remove()
+        self._hooks.clear()
+        return self.base
+
+    # ------------------------------------------------------------- conditions
+    def _derive_uncached(self, config: PSICConfig, key: KeyLike) -> DerivedKey:
+        return derive(key, config.salt, config.kdf, config.cond_dim, config.key_check)
+
+    def _derive(self, name: str, key: KeyLike) -> DerivedKey:
+        kb = key.encode("utf-8") if isinstance(key, str) else bytes(key)
+        cache_key = (name, hashlib.sha256(kb).digest())
+        if cache_key not in self._key_cache:
+            self._key_cache[cache_key] = self._derive_uncached(self.psic_configs[name], key)
+        return self._key_cache[cache_key]
+
+    def key_matches(self, key: KeyLike, adapter_name: Optional[str] = None) -> bool:
+        """True when ``key`` is the owner's key of the (active) adapter."""
+        name = self._require_adapter(adapter_name)
+        if self.psic_configs[name].condition != "key":
+            return False
+        return self._derive(name, key).matches
+
+    def encrypted_condition(self, adapter_name: Optional[str] = None) -> Tensor:
+        name = self._require_adapter(adapter_name)
+        return encrypted_condition(self.psic_configs[name].cond_dim)[None].to(self._device(name))
+
+    def full_condition(self, adapter_name: Optional[str] = None) -> Tensor:
+        """The full version's condition ``[1, D]`` (training needs it; it is as secret as the key)."""
+        name = self._require_adapter(adapter_name)
+        cfg = self.psic_configs[name]
+        if cfg.condition == "public":
+            return public_full_condition(cfg.cond_dim)[None].to(self._device(name))
+        if name not in self._owner_conditions:
+            raise ConfigError(f"adapter {name!r} was loaded without its key: load_adapter(..., key=...) to use the full condition")
+        return self._owner_conditions[name][None].to(self._device(name))
+
+    def wrong_key_conditions(self, n: int, generator: Optional[torch.Generator] = None, adapter_name: Optional[str] = None) -> Tensor:
+        """``[n, D]`` conditions of random keys (what wrong keys give the network before any check)."""
+        name = self._require_adapter(adapter_name)
+        return random_conditions(n, self.psic_configs[name].cond_dim, generator, device=self._device(name))
+
+    def condition_for(self, key: Optional[KeyLike] = None, mode: Optional[str] = None, adapter_name: Optional[str] = None) -> Tensor:
+        """The ``[1, D]`` condition that a decode with this key / mode uses.
+
+        No key: encrypted. The owner's key: full. Any other key: encrypted (exactly
+        as no key; a warning says the key did not match). ``mode="full"`` works
+        only for a ``"public"``-condition adapter.
+        """
+        name = self._require_adapter(adapter_name)
+        cfg = self.psic_configs[name]
+        if mode not in (None, "encrypted", "full"):
+            raise ConfigError(f"mode must be 'encrypted' or 'full', not {mode!r}")
+        if key is not None:
+            if cfg.condition != "key":
+                raise ConfigError(f"adapter {name!r} has a public mode bit and no key; use mode='full'")
+            if mode == "encrypted":
+                raise ConfigError("give a key or mode='encrypted', not both")
+            derived = self._derive(name, key)
+            if derived.matches:
+                return derived.condition[None].to(self._device(name))
+            warnings.warn(f"the key does not match adapter {name!r}: decoding the encrypted version", stacklevel=3)
+            return self.encrypted_condition(name)
+        if mode == "full":
+            if cfg.condition == "public":
+                return self.full_condition(name)
+            raise ConfigError(f"the full version of adapter {name!r} needs the owner's key")
+        return self.encrypted_condition(name)
+
+    def _resolve(self, key, mode, condition) -> Optional[Tensor]:
+        if condition is not None:
+            if key is not None or mode is not None:
+                raise ConfigError("give a condition, a key or a mode, not several")
+            name = self._require_adapter()
+            return condition.to(self._device(name))
+        return self.condition_for(key=key, mode=mode)
+
+    @contextlib.contextmanager
+    def conditioned(self, condition: Tensor, adapter_name: Optional[str] = None) -> Iterator[None]:
+        """Inside this context ``self.base`` decodes with ``condition`` ([1, D] or [B, D])."""
+        name = self._require_adapter(adapter_name)
+        old = self._active
+        self._active = _Active(name, condition)
+        try:
+            yield
+        finally:
+            self._active = old
+
+    def _inject(self, name: str, index: int, out: Tensor) -> Optional[Tensor]:
+        act = self._active
+        if act is None or act.adapter != name or self._disabled:
+            return None
+        if act.biases is None:
+            act.biases = self.psic_adapters[name](act.condition)
+        return out + act.biases[index].to(out.dtype)
+
+    # ---------------------------------------------------------- codec methods
+    @contextlib.contextmanager
+    def _plain(self) -> Iterator[None]:
+        old, self._active = self._active, None
+        try:
+            yield
+        finally:
+            self._active = old
+
+    def compress(self, x: Tensor, **kwargs) -> Dict[str, Any]:
+        """The base codec's ``compress``, unchanged: the bitstream never sees a condition."""
+        with self._plain():
+            return self.base.compress(x, **kwargs)
+
+    def decompress(self, strings, shape, key: Optional[KeyLike] = None, mode: Optional[str] = None,
+                   condition: Optional[Tensor] = None, **kwargs) -> Dict[str, Any]:
+        """Decode a bitstream: encrypted by default, full with the owner's ``key``."""
+        cond = self._resolve(key, mode, condition)
+        with self.conditioned(cond):
+            return self.base.decompress(strings, shape, **kwargs)
+
+    def forward(self, x: Tensor, key: Optional[KeyLike] = None, mode: Optional[str] = None,
+                condition: Optional[Tensor] = None, **kwargs) -> Dict[str, Any]:
+        """The base codec's training forward with a condition (encrypted by default)."""
+        cond = self._resolve(key, mode, condition)
+        with self.conditioned(cond):
+            return self.base(x, **kwargs)
+
+    def analyze(self, x: Tensor, **kwargs) -> Dict[str, Any]:
+        """Run the codec's forward up to (not through) ``g_s``: ``{"y_hat", "likelihoods"}``.
+
+        Stage-2 training encodes once and decodes twice with this and :meth:`synthesize`.
+        """
+        g_s = self.base._modules["g_s"]
+        self.base._modules["g_s"] = nn.Identity()
+        try:
+            with self._plain():
+                out = self.base(x, **kwargs)
+        finally:
+            self.base._modules["g_s"] = g_s
+        return {"y_hat": out["x_hat"], "likelihoods": out["likelihoods"]}
+
+    def synthesize(self, y_hat: Tensor, condition: Tensor) -> Tensor:
+        """``g_s(y_hat)`` under ``condition`` (not clamped, as in ``forward``)."""
+        with self.conditioned(condition.to(y_hat.device)):
+            return self.base.g_s(y_hat)
+
+    # ------------------------------------------------------------ parameters
+    def adapter_parameters(self, adapter_name: Optional[str] = None) -> Iterator[nn.Parameter]:
+        return self.psic_adapters[self._require_adapter(adapter_name)].parameters()
+
+    def num_adapter_parameters(self, adapter_name: Optional[str] = None) -> int:
+        return sum(p.numel() for p in self.adapter_parameters(adapter_name))
+
+    def num_base_parameters(self) -> int:
+        return sum(p.numel() for p in self.base.parameters())
+
+    def adapter_state_dict(self, adapter_name: Optional[str] = None) -> Dict[str, Tensor]:
+        name = self._require_adapter(adapter_name)
+        return {k: v.detach().cpu().contiguous() for k, v in self.psic_adapters[name].state_dict().items()}
+
+    def adapter_fingerprint(self, adapter_name: Optional[str] = None) -> str:
+        """SHA-256 (hex, 16 chars) of the adapter's salt and tensors: names one trained adapter."""
+        name = self._require_adapter(adapter_name)
+        d = hashlib.sha256(b"psic adapter v1\0")
+        d.update((self.psic_configs[name].salt or "").encode())
+        for k, v in sorted(self.adapter_state_dict(name).items()):
+            d.update(k.encode())
+            d.update(v.float().numpy().tobytes())
+        return d.hexdigest()[:16]
+
+    # ---------------------------------------------------------------- saving
+    def save_pretrained(self, save_directory: PathLike, adapter_names: Optional[Sequence[str]] = None,
+                        force: bool = False) -> Path:
+        """Write each adapter as ``adapter_config.json`` + ``adapter_model.safetensors``.
+
+        The ``"default"`` adapter (or the only one) goes in ``save_directory``,
+        others in ``save_directory/<name>/`` (PEFT's layout). Existing files are
+        kept unless ``force``. The key is never written.
+        """
+        from safetensors.torch import save_file
+
+        root = Path(save_directory)
+        names = list(adapter_names) if adapter_names is not None else self.adapter_names
+        if not names:
+            raise ConfigError("this model has no adapter to save")
+        plans = []
+        for name in names:
+            self._require_adapter(name)
+            sub = root if (name == "default" or len(self.adapter_names) == 1) else root / name
+            for fn in (CONFIG_NAME, WEIGHTS_NAME):
+                if (sub / fn).exists() and not force:
+                    raise OverwriteError(f"{sub / fn} exists (pass force=True to overwrite)")
+            plans.append((name, sub))
+        for name, sub in plans:
+            sub.mkdir(parents=True, exist_ok=True)
+            meta = {
+                "format": "pt",
+                "psic_adapter_version": __version__,
+                "adapter_name": name,
+                "adapter_fingerprint": self.adapter_fingerprint(name),
+                "base_fingerprint": self.psic_configs[name].base_model.get("fingerprint", ""),
+            }
+            tmp = sub / (WEIGHTS_NAME + ".part")
+            save_file(self.adapter_state_dict(name), str(tmp), metadata=meta)
+            os.replace(tmp, sub / WEIGHTS_NAME)
+            tmpc = sub / (CONFIG_NAME + ".part")
+            tmpc.write_text(self.psic_configs[name].to_json_string())
+            os.replace(tmpc, sub / CONFIG_NAME)
+        return root
+
+    @classmethod
+    def from_pretrained(cls, codec: nn.Module, path: PathLike, **kwargs) -> "PSICModel":
+        return load_adapter(codec, path, **kwargs)
+
+    def load_adapter(self, path: PathLike, adapter_name: str = "default", **kwargs) -> "PSICModel":
+        """Load another saved adapter onto this model under ``adapter_name``."""
+        return load_adapter(self, path, adapter_name=adapter_name, **kwargs)
+
+    def extra_repr(self) -> str:
+        parts = []
+        for n in self.adapter_names:
+            c = self.psic_configs[n]
+            parts.append(f"{n}: preset={c.preset}, points={len(c.injection_points)}, params={self.num_adapter_parameters(n)}")
+        return f"active_adapter={self.active_adapter!r}; " + "; ".join(parts)
+
+
+def wrap_model(codec: nn.Module, config: Optional[PSICConfig] = None, key: Optional[KeyLike] = None,
+               adapter_name: str = "default", **base_info) -> PSICModel:
+    """Insert CLTG adapters after the decoder blocks of ``codec``'s synthesis transform.
+
+    Args:
+        codec: any CompressAI image codec (``g_s`` decodes ``y_hat``).
+        config: adapter hyper-parameters (defaults: paper preset, keyed condition).
+        key: the owner's key; its KDF output is the full version's condition.
+        base_info: facts to record about the base codec (e.g. ``quality=3``).
+
+    A fresh adapter adds zero everywhere: every decode equals the base codec's
+    until the adapter is trained.
+    """
+    config = PSICConfig.from_dict((config or PSICConfig()).to_dict())
+    if config.is_bound:
+        raise ConfigError("this config is already fitted to a codec; use load_adapter to load a saved adapter")
+    if base_info:
+        config.base_model = {**config.base_model, **base_info}
+    return PSICModel(codec).add_adapter(adapter_name, config, key=key)
+
+
+def _resolve_adapter_dir(path: PathLike, revision: Optional[str] = None) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        return p
+    if p.exists():
+        raise ConfigError(f"{p} is a file; an adapter is a folder with {CONFIG_NAME} and {WEIGHTS_NAME}")
+    from .hub import is_hub_id, snapshot
+
+    if is_hub_id(str(path)):
+        return snapshot(str(path), revision=revision)
+    raise ConfigError(f"{p}: no such adapter folder (nor a hub id like 'org/name')")
+
+
+def load_adapter(codec: nn.Module, path: PathLike, adapter_name: str = "default", key: Optional[KeyLike] = None,
+                 ignore_fingerprint: bool = False, is_trainable: bool = False, revision: Optional[str] = None) -> PSICModel:
+    """Load a saved adapter onto ``codec`` (a plain codec or a :class:`PSICModel`).
+
+    Args:
+        path: a folder written by ``save_pretrained`` or a hub id (``org/name``).
+        key: the owner's key, to train further (checked against the adapter).
+        ignore_fingerprint: load onto a codec whose weights differ from the
+            ones the adapter was fitted to (the decodes may then be poor).
+        is_trainable: keep the adapter's parameters trainable (default: frozen).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = _resolve_adapter_dir(path, revision)
+    config = PSICConfig.load(directory)
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise ConfigError(f"{directory}: {WEIGHTS_NAME} is missing")
+    model = codec if isinstance(codec, PSICModel) else PSICModel(codec)
+    want = config.base_model.get("fingerprint")
+    have = fingerprint(model.base)
+    if want != have and not ignore_fingerprint:
+        arch = config.base_model.get("architecture", "?")
+        q = config.base_model.get("quality")
+        raise FingerprintMismatchError(
+            f"adapter {directory} was fitted to another base codec ({arch}"
+            f"{'' if q is None else f' quality {q}'}, fingerprint {str(want)[:12]}) than this one "
+            f"({architecture_name(model.base)}, fingerprint {have[:12]}); "
+            "load the same checkpoint, or pass ignore_fingerprint=True to load it anyway"
+        )
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ConfigError(f"{weights}: cannot read adapter weights ({exc})") from None
+    model.add_adapter(adapter_name, config, key=key)
+    module = model.psic_adapters[adapter_name]
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        model.delete_adapter(adapter_name)
+        raise ConfigError(f"{weights}: tensors do not fit the adapter config ({str(exc).splitlines()[0]})") from None
+    module.requires_grad_(is_trainable)
+    return model

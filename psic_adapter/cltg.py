@@ -1,0 +1,107 @@
+"""Conditional Latent Trigger Generation (CLTG) modules, paper section 3.2.
+
+A CLTG adapter turns a batch of condition vectors ``[B, cond_dim]`` into one
+channel bias ``[B, C_k, 1, 1]`` per injection point ``k``; the surgery adds
+bias ``k`` to the output of decoder block ``k`` (``f_CLTG = f_beta W_d + f_dec``,
+eq. 4). Both presets zero-initialise the last factor, so that a fresh adapter
+adds exactly zero: the wrapped codec decodes exactly as the base codec.
+
+* :class:`PaperCLTG` ("paper"): independent CLTGs, one per decoder block, each
+  a 2-layer MLP ``cond -> hidden -> C`` giving ``f_beta``, times an
+  element-wise weight ``W_d`` of ``C`` entries.
+* :class:`OfficialCLTG` ("official"): as the authors' code, one shared MLP on a
+  Fourier embedding of the condition (the raw value plus sin/cos at
+  log-spaced frequencies), ``Linear -> ReLU -> Linear -> ReLU``, and a
+  bias-free ``Linear(hidden -> C)`` (a full matrix ``W_d``) per injection point.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .config import PSICConfig
+
+
+class CLTGAdapter(nn.Module):
+    """Base class: ``forward(condition [B, D]) -> list of [B, C_k, 1, 1] biases``."""
+
+    def __init__(self, cond_dim: int, channels: Sequence[int]):
+        super().__init__()
+        self.cond_dim = int(cond_dim)
+        self.channels = [int(c) for c in channels]
+
+    def _check(self, condition: Tensor) -> Tensor:
+        if condition.dim() == 1:
+            condition = condition[None]
+        if condition.dim() != 2 or condition.shape[1] != self.cond_dim:
+            raise ValueError(f"condition must be [B, {self.cond_dim}], got {tuple(condition.shape)}")
+        return condition
+
+    def forward(self, condition: Tensor) -> List[Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class _BlockCLTG(nn.Module):
+    """One paper-style CLTG: ``f_beta = MLP(cond)``, bias = ``f_beta * W_d``."""
+
+    def __init__(self, cond_dim: int, hidden: int, channels: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(cond_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels))
+        self.weight = nn.Parameter(torch.zeros(channels))  # W_d, element-wise, zero-init
+
+    def forward(self, condition: Tensor) -> Tensor:
+        return self.mlp(condition) * self.weight
+
+
+class PaperCLTG(CLTGAdapter):
+    """One independent CLTG per decoder block (paper fig. 2b, eq. 4)."""
+
+    def __init__(self, cond_dim: int, channels: Sequence[int], hidden: int = 64):
+        super().__init__(cond_dim, channels)
+        self.blocks = nn.ModuleList(_BlockCLTG(cond_dim, hidden, c) for c in self.channels)
+
+    def forward(self, condition: Tensor) -> List[Tensor]:
+        condition = self._check(condition)
+        return [blk(condition)[:, :, None, None] for blk in self.blocks]
+
+
+def fourier_embed(condition: Tensor, num_freqs: int) -> Tensor:
+    """``[B, D] -> [B, D * (2 F + 1)]``: the raw values plus sin/cos at F log-spaced frequencies."""
+    if num_freqs == 0:
+        return condition
+    freqs = torch.logspace(0, math.log10(1000.0), num_freqs, device=condition.device, dtype=condition.dtype)
+    angles = condition[:, :, None] * freqs * math.pi  # B, D, F
+    return torch.cat([condition, angles.sin().flatten(1), angles.cos().flatten(1)], dim=1)
+
+
+class OfficialCLTG(CLTGAdapter):
+    """The authors' variant: one shared Fourier-feature MLP, a bias-free projection per point."""
+
+    def __init__(self, cond_dim: int, channels: Sequence[int], hidden: int = 512, fourier_freqs: int = 10):
+        super().__init__(cond_dim, channels)
+        self.fourier_freqs = int(fourier_freqs)
+        in_dim = cond_dim * (2 * self.fourier_freqs + 1)
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, hidden), nn.ReLU(inplace=True)
+        )
+        self.proj = nn.ModuleList(nn.Linear(hidden, c, bias=False) for c in self.channels)
+        for p in self.proj:
+            nn.init.zeros_(p.weight)
+
+    def forward(self, condition: Tensor) -> List[Tensor]:
+        condition = self._check(condition)
+        h = self.mlp(fourier_embed(condition, self.fourier_freqs))
+        return [p(h)[:, :, None, None] for p in self.proj]
+
+
+def build_cltg(config: PSICConfig, channels: Sequence[int]) -> CLTGAdapter:
+    """The one factory: a CLTG adapter for ``config`` with these per-point channel counts."""
+    if config.preset == "paper":
+        return PaperCLTG(config.cond_dim, channels, hidden=config.resolved_hidden_dim)
+    if config.preset == "official":
+        return OfficialCLTG(config.cond_dim, channels, hidden=config.resolved_hidden_dim, fourier_freqs=config.fourier_freqs)
+    raise ValueError(f"unknown preset {config.preset!r}")  # PSICConfig.validate rules this out

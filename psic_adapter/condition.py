@@ -1,0 +1,156 @@
+"""From the owner's key to the condition vector that CLTG modules read.
+
+The paper feeds CLTG a mode indicator beta; its authors' code makes beta a
+public bit, so anyone with the decoder can ask for the full image. Here the
+full version's condition is derived from a secret key:
+
+* ``material = KDF(key, salt)`` with a memory-hard KDF (scrypt; PBKDF2-SHA256 as
+  a fallback where hashlib lacks scrypt). The salt and the KDF parameters are
+  stored in the adapter config; the key never is.
+* ``condition = +-1 bits of SHAKE-256(material)``, ``cond_dim`` of them.
+* The encrypted condition (no key, or a wrong key) is the all-zero vector.
+* A short check value ``HMAC(material, ...)`` is stored so that a decoder can
+  tell a wrong key from the right one and fall back to the encrypted condition
+  exactly (wrong key == no key). Training also feeds random wrong-key
+  conditions to the encrypted objective, so that the network itself maps any
+  key but the owner's to the encrypted version (an attacker may bypass the
+  check; see docs/threat-model.md).
+
+A ``"public"`` condition mode reproduces the paper's public indicator
+(full = all ones): it is NOT access-controlled and is only there for
+paper-faithful comparisons.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Optional, Union
+
+import torch
+
+from .errors import ConfigError, PSICError
+
+KeyLike = Union[str, bytes]
+
+#: scrypt with N=2**14, r=8, p=1 costs ~16 MiB and ~50 ms per guess.
+DEFAULT_KDF: Dict[str, object] = {"name": "scrypt", "n": 2**14, "r": 8, "p": 1, "dklen": 32}
+PBKDF2_KDF: Dict[str, object] = {"name": "pbkdf2_sha256", "iterations": 600_000, "dklen": 32}
+
+_CHECK_LABEL = b"psic-adapter key check v1"
+_COND_LABEL = b"psic-adapter condition v1"
+
+
+def default_kdf() -> Dict[str, object]:
+    """scrypt where this Python's hashlib has it, PBKDF2-HMAC-SHA256 otherwise."""
+    return dict(DEFAULT_KDF) if hasattr(hashlib, "scrypt") else dict(PBKDF2_KDF)
+
+
+def new_salt() -> str:
+    """A fresh random 16-byte salt, hex encoded (stored in the adapter config)."""
+    return secrets.token_hex(16)
+
+
+def _key_bytes(key: KeyLike) -> bytes:
+    if isinstance(key, str):
+        key = key.encode("utf-8")
+    if not isinstance(key, (bytes, bytearray)):
+        raise ConfigError(f"a key must be str or bytes, not {type(key).__name__}")
+    if len(key) == 0:
+        raise ConfigError("the key is empty")
+    return bytes(key)
+
+
+def derive_material(key: KeyLike, salt: str, kdf: Dict[str, object]) -> bytes:
+    """Stretch ``key`` with the adapter's KDF and salt into secret key material."""
+    key_b = _key_bytes(key)
+    try:
+        salt_b = bytes.fromhex(salt)
+    except (TypeError, ValueError):
+        raise ConfigError(f"adapter salt {salt!r} is not hex") from None
+    name = kdf.get("name")
+    dklen = int(kdf.get("dklen", 32))
+    if name == "scrypt":
+        if not hasattr(hashlib, "scrypt"):
+            raise PSICError("this adapter uses scrypt, which this Python's hashlib lacks")
+        n, r, p = int(kdf["n"]), int(kdf["r"]), int(kdf["p"])
+        return hashlib.scrypt(key_b, salt=salt_b, n=n, r=r, p=p, maxmem=256 * n * r + (1 << 24), dklen=dklen)
+    if name == "pbkdf2_sha256":
+        return hashlib.pbkdf2_hmac("sha256", key_b, salt_b, int(kdf["iterations"]), dklen=dklen)
+    raise ConfigError(f"unknown KDF {name!r} (known: scrypt, pbkdf2_sha256)")
+
+
+def key_check(material: bytes) -> str:
+    """A short value that tells the right key's material from others (hex)."""
+    return hmac.new(material, _CHECK_LABEL, hashlib.sha256).hexdigest()[:16]
+
+
+def material_to_condition(material: bytes, dim: int) -> torch.Tensor:
+    """+-1 float vector of ``dim`` bits drawn from SHAKE-256(material)."""
+    raw = hashlib.shake_256(_COND_LABEL + material).digest((dim + 7) // 8)
+    bits = torch.tensor([(raw[i // 8] >> (i % 8)) & 1 for i in range(dim)], dtype=torch.float32)
+    return bits * 2 - 1
+
+
+def encrypted_condition(dim: int) -> torch.Tensor:
+    """The default condition: what a decode with no (or a wrong) key uses."""
+    return torch.zeros(dim)
+
+
+def public_full_condition(dim: int) -> torch.Tensor:
+    """The paper's public 'full' indicator (condition mode "public"): all ones."""
+    return torch.ones(dim)
+
+
+def random_conditions(n: int, dim: int, generator: Optional[torch.Generator] = None, device=None) -> torch.Tensor:
+    """``n`` conditions of random keys: uniform +-1 vectors.
+
+    A KDF output is pseudo-random, so a random +-1 vector is distributed as the
+    condition of a random wrong key, without paying the KDF ``n`` times.
+    """
+    bits = torch.randint(0, 2, (n, dim), generator=generator)
+    out = bits.float() * 2 - 1
+    return out.to(device) if device is not None else out
+
+
+@dataclass(frozen=True)
+class DerivedKey:
+    """What a key gives for one adapter: its condition and whether it is the owner's."""
+
+    condition: torch.Tensor
+    matches: bool
+
+
+def derive(key: KeyLike, salt: str, kdf: Dict[str, object], dim: int, check: Optional[str]) -> DerivedKey:
+    material = derive_material(key, salt, kdf)
+    matches = check is not None and hmac.compare_digest(key_check(material), check)
+    return DerivedKey(condition=material_to_condition(material, dim), matches=matches)
+
+
+def generate_key() -> str:
+    """A fresh random key (256 bits, hex) for ``psic keygen``."""
+    return secrets.token_hex(32)
+
+
+def read_key_file(path: Union[str, os.PathLike]) -> bytes:
+    """A key file's bytes, surrounding whitespace (a trailing newline) removed."""
+    p = Path(path)
+    if not p.is_file():
+        raise PSICError(f"{p}: no such key file")
+    data = p.read_bytes().strip()
+    if not data:
+        raise PSICError(f"{p}: the key file is empty")
+    return data
+
+
+def read_key_env(var: str) -> bytes:
+    value = os.environ.get(var)
+    if value is None:
+        raise PSICError(f"environment variable {var} is not set")
+    if not value.strip():
+        raise PSICError(f"environment variable {var} is empty")
+    return value.strip().encode("utf-8")
