@@ -13,14 +13,15 @@ from pathlib import Path
 from typing import List, Optional
 
 
-def _codec_args(p: argparse.ArgumentParser, required: bool) -> None:
+def _codec_args(p: argparse.ArgumentParser, required: bool, device: bool = False) -> None:
     g = p.add_argument_group("base codec")
     g.add_argument("--codec", required=required, help="CompressAI registry name, e.g. bmshj2018-hyperprior")
     g.add_argument("--quality", type=int, help="zoo quality level (sets N/M)")
     g.add_argument("--checkpoint", nargs="+", metavar="FILE",
                    help="codec weights: safetensors shard(s), a folder of shards, or a .pth; "
                         "without it the CompressAI zoo weights are downloaded")
-    g.add_argument("--device", default="cpu", help="device for the networks (entropy coding stays on the CPU)")
+    if device:  # compress/decompress stay on the CPU: CompressAI's entropy coder is not reproducible on GPUs
+        g.add_argument("--device", default="auto", help="device for the networks: auto (CUDA when present), cpu, cuda")
 
 
 def _key_args(p: argparse.ArgumentParser) -> None:
@@ -40,6 +41,7 @@ def _read_key(args) -> Optional[bytes]:
 
 
 def _load_codec(name: str, quality, checkpoint, device: str = "cpu"):
+    """Entropy coding is CPU-only here (CompressAI's coder is not reproducible on GPUs)."""
     from .codecs import load_codec
 
     return load_codec(name, quality=quality, checkpoint=checkpoint, pretrained=checkpoint is None, device=device)
@@ -112,7 +114,114 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def _train_codec(args, device: str):
+    """The codec to train on: a checkpoint, random weights (--from-scratch), or the zoo's."""
+    from .codecs import build_codec, prepare_for_coding
+
+    if args.from_scratch:
+        if args.checkpoint:
+            from .errors import ConfigError
+
+            raise ConfigError("--from-scratch and --checkpoint exclude each other")
+        return prepare_for_coding(build_codec(args.codec, args.quality)).to(device)
+    return _load_codec(args.codec, args.quality, args.checkpoint, device=device)
+
+
+def cmd_train(args) -> int:
+    import math
+
+    from .adapter import load_adapter, wrap_model
+    from .config import PSICConfig
+    from .data import build_dataset
+    from .errors import ConfigError
+    from .targets import build_target
+    from .train import TrainConfig, Trainer, init_distributed_from_env
+
+    device = _device(args.device)
+    if init_distributed_from_env(device) and device.startswith("cuda"):
+        import torch
+
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    key = _read_key(args)
+    if key is None and not args.public:
+        raise ConfigError("training needs the owner's key: --key-file F (make one with `psic keygen F`) or --key-env VAR")
+    codec = _train_codec(args, device)
+    if args.adapter:
+        model = load_adapter(codec, args.adapter, key=key, is_trainable=True)
+    else:
+        config = PSICConfig(preset=args.preset, condition="public" if args.public else "key")
+        model = wrap_model(codec, config, key=key, quality=args.quality)
+    target = build_target(args.target, weights=args.target_weights, device=device)
+    repeats = 1
+    if str(args.data).strip().lower() == "samples":
+        repeats = max(1, math.ceil(8 * args.batch / 6))
+    dataset = build_dataset(args.data, crop=args.crop, split="train", seed=args.seed, repeats=repeats)
+    cfg = TrainConfig(
+        stage=args.stage, adapter_only=args.adapter_only, steps=args.steps, batch_size=args.batch, crop=args.crop,
+        lr=args.lr, adapter_lr=args.adapter_lr, lmbda=args.lmbda, objective=args.objective,
+        encryption_weight=args.encryption_weight, encrypted_distortion=args.encrypted_distortion,
+        guard_weight=args.guard_weight, schedule=args.schedule, compile=args.compile,
+        num_workers=args.workers, seed=args.seed, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+    )
+    recipe = {"codec": args.codec, "quality": args.quality, "target": args.target, "data": str(args.data),
+              "from_scratch": bool(args.from_scratch)}
+    trainer = Trainer(model, target, dataset, cfg, args.out, quality=args.quality, device=device, recipe=recipe)
+    result = trainer.train(resume=args.resume, force=args.force)
+    if trainer.is_main:
+        last = result["last"]
+        shown = ", ".join(f"{k}={last[k]:.4g}" for k in ("psnr_full", "psnr_encrypted", "encryption", "bpp") if k in last)
+        print(f"adapter: {result['adapter']}" + (f"\ncodec: {result['codec']}" if "codec" in result else ""))
+        print(f"{result['steps']} steps; last step: {shown}; log: {result['log']}")
+    return 0
+
+
 # ------------------------------------------------------------------ parser
+def _train_parser(sub) -> None:
+    p = sub.add_parser("train", help="fit an adapter (stage 2) or train codec + adapter (stage 1)")
+    _codec_args(p, required=True, device=True)
+    p.add_argument("--from-scratch", action="store_true", help="random codec weights (stage 1 from scratch)")
+    p.add_argument("--adapter", metavar="DIR", help="continue training this adapter (needs its key)")
+    p.add_argument("--preset", default="paper", choices=["paper", "official"], help="CLTG preset of a new adapter")
+    p.add_argument("--public", action="store_true", help="the paper's public mode bit instead of a key (not access-controlled)")
+    p.add_argument("--target", required=True,
+                   help="efficientnet-lite0 | clip:MODEL | timm:MODEL | A+B (ensemble)")
+    p.add_argument("--target-weights", metavar="F", help="target weights: a local file, a tag (CLIP: openai), or 'random'")
+    p.add_argument("--data", required=True, help="'samples' (bundled photos), a caption folder, an ImageFolder tree, or a CSV")
+    p.add_argument("--stage", type=int, default=2, choices=[1, 2])
+    p.add_argument("--adapter-only", action="store_true", help="stage 2: train the CLTG parameters alone")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--crop", type=int, default=256)
+    p.add_argument("--lr", type=float, help="codec learning rate (paper: 1e-4 stage 1, 1e-5 stage 2)")
+    p.add_argument("--adapter-lr", type=float, help="CLTG learning rate (default: lr in stage 1, 1e-3 in stage 2)")
+    p.add_argument("--lmbda", type=float, help="rate-distortion lambda (default: CompressAI's for --quality)")
+    p.add_argument("--objective", default="uaeo", choices=["uaeo", "naive", "authors", "margin"])
+    p.add_argument("--encryption-weight", type=float, default=1.0)
+    p.add_argument("--encrypted-distortion", type=float, help="encrypted distortion weight (default 1 stage 1, 0.3 stage 2)")
+    p.add_argument("--guard-weight", type=float, default=1.0, help="semantic guard on the full version (0: paper)")
+    p.add_argument("--schedule", default="alternate", choices=["alternate", "joint"])
+    p.add_argument("--compile", action="store_true", help="torch.compile the decoder and the target")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=0, help="save a resumable checkpoint every N steps")
+    p.add_argument("--log-every", type=int, default=10)
+    _key_args(p)
+    p.add_argument("--out", required=True, help="output folder (adapter/, log.jsonl, checkpoint.pt)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--force", action="store_true", help="overwrite an earlier run in OUT")
+    p.set_defaults(func=cmd_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -148,23 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input")
     p.set_defaults(func=cmd_info)
 
-    for register in _EXTRA_COMMANDS:
-        register(sub)
+    _train_parser(sub)
     return parser
-
-
-def _register_optional(module: str):
-    """Commands that live beside their library module (train, eval, demo, push)."""
-
-    def register(sub):
-        import importlib
-
-        importlib.import_module(f"psic_adapter.{module}").add_cli(sub)
-
-    return register
-
-
-_EXTRA_COMMANDS: List = []
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -85,7 +85,7 @@ def _layout(strings) -> Tuple[Any, List[bytes]]:
 
 
 def _rebuild(layout, data: bytes, offset: int) -> Tuple[Any, int]:
-    if isinstance(layout, int):
+    if isinstance(layout, int) and not isinstance(layout, bool):
         end = offset + layout
         if layout < 0 or end > len(data):
             raise ContainerError("the file is truncated (a string runs past the end of the payload)")
@@ -121,9 +121,36 @@ def pack(strings, shape, header: ContainerHeader, alpha: bytes = b"") -> bytes:
     return body + _CRC.pack(zlib.crc32(body) & 0xFFFFFFFF)
 
 
+def _check_header(header: ContainerHeader) -> None:
+    """Field types and ranges that the decoder relies on (the checksum only proves the bytes are intact)."""
+
+    def bad(what: str, value) -> ContainerError:
+        return ContainerError(f"the file's header is corrupted (bad {what} {value!r})")
+
+    def count(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    for name in ("height", "width"):
+        v = getattr(header, name)
+        if not count(v) or v < 1:
+            raise bad(name, v)
+    if header.mode not in ("L", "RGB", "RGBA"):
+        raise bad("mode", header.mode)
+    if not count(header.bit_depth) or header.bit_depth not in (8, 16):
+        raise bad("bit_depth", header.bit_depth)
+    if not count(header.alpha_len) or header.alpha_len < 0:
+        raise bad("alpha_len", header.alpha_len)
+    if not isinstance(header.codec, str) or not header.codec:
+        raise bad("codec", header.codec)
+
+
 def unpack(data: bytes) -> Tuple[Dict[str, Any], ContainerHeader, bytes]:
     """The file's bytes -> (``{"strings", "shape"}``, header, alpha bytes)."""
-    if len(data) < 4 or data[:4] != MAGIC:
+    if not data:
+        raise ContainerError("the file is empty")
+    if len(data) < len(MAGIC) and MAGIC.startswith(data):
+        raise ContainerError("the file is truncated (shorter than its fixed header)")
+    if data[:4] != MAGIC:
         raise ContainerError("not a .psic file (wrong magic)")
     if len(data) < _PREFIX.size + _CRC.size:
         raise ContainerError("the file is truncated (shorter than its fixed header)")
@@ -141,10 +168,14 @@ def unpack(data: bytes) -> Tuple[Dict[str, Any], ContainerHeader, bytes]:
     try:
         raw = json.loads(body[_PREFIX.size : _PREFIX.size + hlen].decode("utf-8"))
         header = ContainerHeader(**raw)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:
         raise ContainerError(f"the file's header is unreadable ({exc})") from None
+    _check_header(header)
     payload = body[_PREFIX.size + hlen :]
-    strings, end = _rebuild(header.layout, payload, 0)
+    try:
+        strings, end = _rebuild(header.layout, payload, 0)
+    except RecursionError:
+        raise ContainerError("the file's header is corrupted (bad string layout)") from None
     if end + header.alpha_len != len(payload):
         raise ContainerError("the file's payload length does not match its header")
     alpha = payload[end:]

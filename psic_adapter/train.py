@@ -1,0 +1,674 @@
+"""Training: the UAEO objective on the two-stage schedule, fast, resumable, multi-GPU.
+
+:class:`Trainer` runs :mod:`~psic_adapter.schedule`'s phases on a
+:class:`~psic_adapter.PSICModel` against a frozen :class:`~psic_adapter.targets.Target`:
+
+* **full** steps decode with the owner's condition: distortion (+ rate in
+  stage 1) and a *semantic guard*, ``KL(target(base decode) || target(full
+  decode))``, that keeps the target's view of the full decode at the base
+  codec's (stage 1: at the original image's). ``guard_weight=0`` is the
+  paper's L2 alone, which lets the attack leak into the full version when the
+  decoder itself trains;
+* **encrypted** steps decode with the encrypted condition for part of the batch
+  and random wrong-key conditions for the rest (so that any wrong key decodes
+  to the encrypted version), with the encryption objective (UAEO by default)
+  and a weighted distortion.
+
+Speed: the text tower runs once per caption (cached by the target); frozen
+parts get no gradients (stage 2 encodes under ``no_grad``); on CUDA, bf16
+autocast and channels_last; optional ``torch.compile``; DataLoader workers
+with pinned memory; ``schedule="joint"`` decodes both versions from one
+encode in one batched synthesis.
+
+Multi-GPU: launch with ``torchrun --nproc_per_node=K -m psic_adapter.cli train ...``;
+the codec side is wrapped in ``DistributedDataParallel`` and the data sharded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import losses
+from .errors import ConfigError, OverwriteError, PSICError
+from .schedule import Phase, configure_trainable, phase_at
+
+PathLike = Union[str, os.PathLike]
+
+#: CompressAI's MSE lambdas by zoo quality (paper: "lambda ... to obtain models at different levels")
+COMPRESSAI_LAMBDAS = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483, 7: 0.0932, 8: 0.1800}
+OBJECTIVES = ("uaeo", "naive", "authors", "margin")
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of a training run (defaults: the paper's where it gives them).
+
+    Args:
+        stage: 1 (everything trains) or 2 (encoder and entropy models frozen).
+        adapter_only: stage 2 with the base decoder frozen too (CLTG alone).
+        steps, batch_size, crop: optimisation steps, batch, square crop size
+            (paper: batch 128, 256x256).
+        lr: base-codec parameters (paper: 1e-4 stage 1, 1e-5 stage 2).
+        adapter_lr: CLTG parameters (default: ``lr`` in stage 1; 1e-3 in stage 2,
+            where a fresh adapter meets a trained decoder).
+        aux_lr: CompressAI's auxiliary optimiser for the entropy bottleneck quantiles.
+        lmbda: rate-distortion lambda (``lmbda * 255**2 * MSE``); default: CompressAI's
+            lambda for the base quality (0.0067 when unknown).
+        objective: "uaeo" (paper eq. 9), "naive" (ablation: push away from the own
+            caption), "authors" (their code's variant), or "margin" (untargeted
+            Carlini-Wagner margin on the target's logits).
+        s: UAEO scale factor.
+        encryption_weight: weight of the encryption objective.
+        encrypted_distortion: weight of the encrypted version's distortion
+            relative to the full version's (default: 1 in stage 1, as the paper;
+            0.3 in stage 2, where the paper has none).
+        guard_weight: weight of the semantic guard on full steps (0: the paper's L2 alone).
+            Its reference is the base codec's decode (a frozen copy of the decoder
+            when the decoder trains); in stage 1, the original image.
+        margin: margin of the "margin" objective, in logits.
+        wrong_key_fraction: share of each encrypted batch decoded with random wrong-key conditions.
+        schedule: "alternate" (paper: full and encrypted steps alternate) or
+            "joint" (both in every step, from one encode).
+        clip_max_norm: gradient clipping (paper: 1.0).
+        lr_milestones: fractions of ``steps`` at which the learning rates drop 10x.
+        amp: "auto" (bf16 on CUDA), "bf16" or "off". channels_last: "auto" (CUDA), "on", "off".
+        compile: ``torch.compile`` the synthesis transform and the target.
+        num_workers: DataLoader workers (pinned memory on CUDA).
+        checkpoint_every: save a resumable checkpoint every N steps (0: at the end only).
+        log_every: JSON-lines log cadence (every term of the loss, bpp, PSNR).
+    """
+
+    stage: int = 2
+    adapter_only: bool = False
+    steps: int = 1000
+    batch_size: int = 128
+    crop: int = 256
+    lr: Optional[float] = None
+    adapter_lr: Optional[float] = None
+    aux_lr: float = 1e-3
+    lmbda: Optional[float] = None
+    objective: str = "uaeo"
+    s: float = 0.1
+    encryption_weight: float = 1.0
+    encrypted_distortion: Optional[float] = None
+    guard_weight: float = 1.0
+    margin: float = 5.0
+    wrong_key_fraction: float = 0.5
+    schedule: str = "alternate"
+    clip_max_norm: float = 1.0
+    lr_milestones: Sequence[float] = ()
+    amp: str = "auto"
+    channels_last: str = "auto"
+    compile: bool = False
+    num_workers: int = 0
+    seed: int = 0
+    checkpoint_every: int = 0
+    log_every: int = 10
+
+    def __post_init__(self):
+        if self.stage not in (1, 2):
+            raise ConfigError(f"stage must be 1 or 2, not {self.stage!r}")
+        if self.stage == 1 and self.adapter_only:
+            raise ConfigError("adapter_only is a stage-2 option")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective must be one of {OBJECTIVES}, not {self.objective!r}")
+        if self.schedule not in ("alternate", "joint"):
+            raise ConfigError(f"schedule must be 'alternate' or 'joint', not {self.schedule!r}")
+        if self.amp not in ("auto", "bf16", "off") or self.channels_last not in ("auto", "on", "off"):
+            raise ConfigError("amp must be auto|bf16|off and channels_last auto|on|off")
+        for name in ("steps", "batch_size", "crop"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be at least 1")
+        if not 0.0 <= self.wrong_key_fraction <= 1.0:
+            raise ConfigError("wrong_key_fraction must be in [0, 1]")
+        if self.batch_size < 2 and self.objective in ("uaeo", "authors"):
+            raise ConfigError("the UAEO objective compares captions within a batch: use batch_size >= 2")
+
+    # resolved defaults -------------------------------------------------------
+    def resolved_lr(self) -> float:
+        return self.lr if self.lr is not None else (1e-4 if self.stage == 1 else 1e-5)
+
+    def resolved_adapter_lr(self) -> float:
+        if self.adapter_lr is not None:
+            return self.adapter_lr
+        return self.resolved_lr() if self.stage == 1 else 1e-3
+
+    def resolved_lmbda(self, quality: Optional[int] = None) -> float:
+        if self.lmbda is not None:
+            return self.lmbda
+        return COMPRESSAI_LAMBDAS.get(quality, 0.0067)
+
+    def resolved_encrypted_distortion(self) -> float:
+        if self.encrypted_distortion is not None:
+            return self.encrypted_distortion
+        return 1.0 if self.stage == 1 else 0.3
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["lr_milestones"] = list(self.lr_milestones)
+        return d
+
+
+# --------------------------------------------------------------------- helpers
+class EpochSampler(torch.utils.data.Sampler):
+    """Seeded per-epoch order, sharded across ranks, that can start mid-epoch (resume)."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1):
+        self.n, self.seed, self.shuffle, self.rank, self.world = n, seed, shuffle, rank, world
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def _order(self) -> List[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        per_rank = self.n // self.world
+        return order[self.rank * per_rank : (self.rank + 1) * per_rank]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._order()[self.start :])
+
+    def __len__(self) -> int:
+        return max(0, self.n // self.world - self.start)
+
+
+def _dist_info():
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed_from_env(device: str) -> bool:
+    """Initialise the process group when launched by torchrun (``WORLD_SIZE`` > 1)."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return dist.is_initialized()
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    dist.init_process_group(backend=backend)
+    return True
+
+
+def _psnr(mse: Tensor) -> float:
+    m = float(mse)
+    return 100.0 if m <= 1e-10 else 10.0 * math.log10(1.0 / m)
+
+
+class _CodecStep(nn.Module):
+    """The trainable codec side of one step (what DDP wraps).
+
+    Stage 1: the whole codec forward on images ``x`` (rate and distortion).
+    Stage 2: the synthesis of latents ``y_hat`` (encoded once, without
+    gradients, by the caller) under the stacked conditions, in one batch.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inp: Tensor, condition: Tensor, stage: int, repeats: int = 1):
+        if repeats > 1:
+            inp = inp.repeat(repeats, 1, 1, 1)
+        if stage == 1:
+            out = self.model(inp, condition=condition)
+            return out["x_hat"], out["likelihoods"]
+        return self.model.synthesize(inp, condition), None
+
+
+# --------------------------------------------------------------------- trainer
+class Trainer:
+    """Fit a PSIC adapter (and, by stage, the codec) against a target model.
+
+    Args:
+        model: a :class:`~psic_adapter.PSICModel` whose active adapter was made
+            with the owner's key (the full condition is needed).
+        target: a frozen target (:func:`psic_adapter.targets.build_target`).
+        dataset: items ``{"image", "text"}`` of equal size (give a crop).
+        config: :class:`TrainConfig`.
+        out_dir: where ``adapter/``, ``codec.safetensors`` (when the codec trains),
+            ``log.jsonl`` and ``checkpoint.pt`` go.
+        quality: the base codec's quality level (picks the default lambda).
+        device: "cpu", "cuda", ... (default: CUDA when available).
+    """
+
+    def __init__(self, model, target, dataset, config: TrainConfig, out_dir: PathLike,
+                 quality: Optional[int] = None, device: Optional[str] = None, progress: bool = True,
+                 recipe: Optional[Dict[str, Any]] = None):
+        from .adapter import PSICModel
+
+        if not isinstance(model, PSICModel):
+            raise ConfigError("Trainer takes a PSICModel (wrap_model(codec, key=...))")
+        self.model, self.target, self.dataset, self.cfg = model, target, dataset, config
+        self.out_dir = Path(out_dir)
+        self.quality = quality if quality is not None else model.config.base_model.get("quality")
+        self.progress = progress
+        self.recipe = dict(recipe or {})
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.rank, self.world = _dist_info()
+        self.is_main = self.rank == 0
+        cuda = self.device.type == "cuda"
+        self.amp = cuda and config.amp == "auto" or config.amp == "bf16"
+        self.channels_last = (cuda and config.channels_last == "auto") or config.channels_last == "on"
+
+        self.full_cond = model.full_condition().to(self.device)  # raises without the key
+        self.lmbda = config.resolved_lmbda(self.quality)
+        self.enc_dist_w = config.resolved_encrypted_distortion()
+
+        model.to(self.device)
+        target.to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+            target.to(memory_format=torch.channels_last)
+        self.groups = configure_trainable(model, config.stage, config.adapter_only)
+        self.trains_codec = bool(self.groups["base"])
+        # The guard keeps the target's view of the full decode at the base decode's.
+        # Stage 2 with a training decoder needs the decoder as it was: a frozen copy.
+        self.reference_g_s = None
+        if config.stage == 2 and self.trains_codec and config.guard_weight > 0:
+            self.reference_g_s = _frozen_copy(model.base.g_s)
+        if config.compile:
+            model.base.g_s.compile()
+            target.image_features = torch.compile(target.image_features)
+
+        self.step_module: nn.Module = _CodecStep(model)
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.step_module = DDP(
+                self.step_module,
+                device_ids=[self.device.index] if cuda else None,
+                broadcast_buffers=False,
+                find_unused_parameters=config.stage == 1,  # the quantiles only see the aux loss
+            )
+        param_groups = []
+        if self.groups["base"]:
+            param_groups.append({"params": self.groups["base"], "lr": config.resolved_lr(), "name": "base"})
+        param_groups.append({"params": self.groups["adapter"], "lr": config.resolved_adapter_lr(), "name": "adapter"})
+        self.optimizer = torch.optim.Adam(param_groups)
+        self.aux_optimizer = torch.optim.Adam(self.groups["aux"], lr=config.aux_lr) if self.groups["aux"] else None
+        milestones = sorted({max(1, int(f * config.steps)) for f in config.lr_milestones})
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=milestones, gamma=0.1)
+
+        self.generator = torch.Generator().manual_seed(config.seed * 7919 + self.rank)
+        self.sampler = EpochSampler(len(dataset), config.seed, shuffle=True, rank=self.rank, world=self.world)
+        self.step_count = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self._log_fh = None
+
+    # ------------------------------------------------------------- the losses
+    def _autocast(self):
+        if self.amp:
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def _members(self):
+        members = getattr(self.target, "members", None)
+        if members:
+            weights = getattr(self.target, "weights", None) or [1.0 / len(members)] * len(members)
+            return list(zip(members, [float(w) for w in weights]))
+        return [(self.target, 1.0)]
+
+    def _clean_view(self, x: Tensor, texts: Sequence[str]):
+        """Per member: the target's features and logits on the original images (no grad)."""
+        views = []
+        with torch.no_grad(), self._autocast():
+            for tgt, w in self._members():
+                feats = tgt.image_features(x).float()
+                if tgt.kind == "classifier":
+                    logits = tgt.logits(x).float()
+                    labels = logits.argmax(-1)
+                    text_feats = tgt.label_features()[labels].float()
+                    logit_texts = None
+                else:
+                    text_feats = tgt.text_features(list(texts)).float()
+                    logit_texts = list(texts)
+                    logits = tgt.logits(x, logit_texts).float()
+                    labels = torch.arange(x.shape[0], device=logits.device)
+                views.append(dict(target=tgt, weight=w, feats=feats, logits=logits, labels=labels,
+                                  text_feats=text_feats, texts=logit_texts))
+        return views
+
+    def _encryption_loss(self, x_enc: Tensor, views) -> Tensor:
+        cfg = self.cfg
+        total = x_enc.new_zeros(())
+        n = x_enc.shape[0]
+        for v in views:
+            reps = n // v["feats"].shape[0]
+            clean = v["feats"].repeat(reps, 1)
+            texts = v["text_feats"]
+            tgt = v["target"]
+            with self._autocast():
+                if cfg.objective == "margin":
+                    logits = tgt.logits(x_enc, v["texts"]).float()
+                    loss = losses.untargeted_margin_loss(logits, v["labels"].repeat(reps), margin=cfg.margin)
+                else:
+                    recon = tgt.image_features(x_enc).float()
+                    if cfg.objective == "naive":
+                        loss = losses.naive_cosine_loss(recon, texts.repeat(reps, 1))
+                    else:
+                        # UAEO pairs row i with caption i: one square batch per repeat
+                        fn = losses.uaeo_loss if cfg.objective == "uaeo" else losses.authors_uaeo_loss
+                        chunks = recon.chunk(reps)
+                        kw = {"s": cfg.s} if cfg.objective == "uaeo" else {}
+                        loss = sum(fn(c, texts, v["feats"], **kw) for c in chunks) / reps
+            total = total + v["weight"] * loss
+        return total
+
+    def _reference_logits(self, x_ref: Optional[Tensor], views) -> List[Tensor]:
+        """The target's logits on the reference decode (stage 1: on the original images)."""
+        if x_ref is None:
+            return [v["logits"] for v in views]
+        with torch.no_grad(), self._autocast():
+            return [v["target"].logits(x_ref, v["texts"]).float() for v in views]
+
+    def _guard_loss(self, x_full: Tensor, views, ref_logits: List[Tensor]) -> Tensor:
+        total = x_full.new_zeros(())
+        for v, ref in zip(views, ref_logits):
+            with self._autocast():
+                logits = v["target"].logits(x_full, v["texts"]).float()
+            total = total + v["weight"] * losses.semantic_guard_loss(logits, ref, kind="kl")
+        return total
+
+    @torch.no_grad()
+    def _reference_decode(self, y_hat: Tensor) -> Tensor:
+        """The base codec's decode of ``y_hat`` (the decoder as it was before training)."""
+        with self._autocast():
+            if self.reference_g_s is not None:
+                return self.reference_g_s(y_hat).float()
+            with self.model.disable_adapter():
+                return self.model.base.g_s(y_hat).float()
+
+    def _encrypted_conditions(self, n: int) -> Tensor:
+        cond = self.model.encrypted_condition().to(self.device).expand(n, -1).clone()
+        k = int(round(self.cfg.wrong_key_fraction * n))
+        if k:
+            cond[n - k :] = self.model.wrong_key_conditions(k, generator=self.generator).to(self.device)
+        return cond
+
+    # --------------------------------------------------------------- one step
+    def step(self, batch: Dict[str, Any]) -> Dict[str, float]:
+        """One optimisation step on ``batch``; returns the loss terms as floats."""
+        cfg = self.cfg
+        x = batch["image"].to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        texts = batch.get("text") or [""] * x.shape[0]
+        n = x.shape[0]
+        if cfg.schedule == "joint":
+            versions = ["full", "encrypted"]
+            name = f"S{cfg.stage}-joint"
+        else:
+            phase: Phase = phase_at(cfg.stage, self.step_count)
+            versions = [phase.version]
+            name = phase.name
+        conds = [self.full_cond.expand(n, -1) if v == "full" else self._encrypted_conditions(n) for v in versions]
+        guard = cfg.guard_weight > 0 and "full" in versions
+        views = self._clean_view(x, texts) if ("encrypted" in versions or guard) else None
+
+        if cfg.stage == 2:
+            with torch.no_grad():
+                y_hat = self.model.analyze(x)["y_hat"]  # frozen encoder: rounding, no graph
+            ref_logits = self._reference_logits(self._reference_decode(y_hat), views) if guard else None
+            with self._autocast():
+                x_hat, likelihoods = self.step_module(y_hat, torch.cat(conds), 2, repeats=len(versions))
+        else:
+            ref_logits = self._reference_logits(None, views) if guard else None
+            x_hat, likelihoods = self.step_module(x, torch.cat(conds), 1, repeats=len(versions))
+        x_hat = x_hat.float()
+        parts = dict(zip(versions, x_hat.split(n)))
+        scale = self.lmbda * 255.0**2
+        terms: Dict[str, Tensor] = {}
+        loss = x_hat.new_zeros(())
+        if likelihoods is not None:
+            bpp = losses.rate_loss(likelihoods, n * x.shape[-2] * x.shape[-1] * len(versions)) * len(versions)
+            terms["bpp"] = bpp / len(versions)
+            loss = loss + bpp
+        if "full" in parts:
+            mse = F.mse_loss(parts["full"], x)
+            terms["mse_full"] = mse
+            loss = loss + scale * mse
+            if guard:
+                g = self._guard_loss(parts["full"], views, ref_logits)
+                terms["guard"] = g
+                loss = loss + cfg.guard_weight * g
+        if "encrypted" in parts:
+            mse = F.mse_loss(parts["encrypted"], x)
+            terms["mse_encrypted"] = mse
+            enc = self._encryption_loss(parts["encrypted"], views)
+            terms["encryption"] = enc
+            loss = loss + self.enc_dist_w * scale * mse + cfg.encryption_weight * enc
+        terms["loss"] = loss
+
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        if cfg.clip_max_norm:
+            terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, cfg.clip_max_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.aux_optimizer is not None:
+            self.aux_optimizer.zero_grad(set_to_none=True)
+            aux = self.model.base.aux_loss()
+            aux.backward()
+            if self.world > 1:
+                import torch.distributed as dist
+
+                for p in self.groups["aux"]:
+                    if p.grad is not None:
+                        dist.all_reduce(p.grad)
+                        p.grad /= self.world
+            self.aux_optimizer.step()
+            terms["aux"] = aux.detach()
+        self.step_count += 1
+        out = {k: float(v.detach()) for k, v in terms.items()}
+        out["phase"] = name
+        for v in ("full", "encrypted"):
+            if f"mse_{v}" in out:
+                out[f"psnr_{v}"] = _psnr(torch.tensor(out[f"mse_{v}"]))
+        return out
+
+    # ------------------------------------------------------------ checkpoints
+    def _trainable_base_state(self) -> Dict[str, Tensor]:
+        if not self.trains_codec:
+            return {}
+        return {k: v.detach().cpu() for k, v in self.model.base.state_dict().items()}
+
+    def save_checkpoint(self, path: Optional[PathLike] = None) -> Path:
+        path = Path(path or self.out_dir / CHECKPOINT_NAME)
+        state = {
+            "format": 1,
+            "step": self.step_count,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "train_config": self.cfg.to_dict(),
+            "adapter_config": self.model.config.to_dict(),
+            "adapter_state": self.model.adapter_state_dict(),
+            "base_state": self._trainable_base_state(),
+            "optimizer": self.optimizer.state_dict(),
+            "aux_optimizer": self.aux_optimizer.state_dict() if self.aux_optimizer else None,
+            "scheduler": self.scheduler.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+                "generator": self.generator.get_state(),
+            },
+        }
+        tmp = path.with_name(path.name + ".part")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+        return path
+
+    def load_checkpoint(self, path: Optional[PathLike] = None) -> None:
+        path = Path(path or self.out_dir / CHECKPOINT_NAME)
+        if not path.is_file():
+            raise PSICError(f"{path}: no checkpoint to resume from")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state["adapter_config"]["salt"] != self.model.config.salt:
+            raise PSICError(f"{path} belongs to another adapter (its salt differs): resume with the same adapter")
+        self.model.psic_adapters[self.model.active_adapter].load_state_dict(state["adapter_state"])
+        if state["base_state"]:
+            self.model.base.load_state_dict(state["base_state"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.aux_optimizer is not None and state["aux_optimizer"] is not None:
+            self.aux_optimizer.load_state_dict(state["aux_optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        self.generator.set_state(rng["generator"])
+        self.step_count = state["step"]
+        self.epoch = state["epoch"]
+        self.batch_in_epoch = state["batch_in_epoch"]
+
+    # ------------------------------------------------------------- the loop
+    def _batches(self) -> Iterator[Dict[str, Any]]:
+        from .data import make_loader
+
+        pin = self.device.type == "cuda"
+        while True:
+            if hasattr(self.dataset, "set_epoch"):
+                self.dataset.set_epoch(self.epoch)
+            self.sampler.set_epoch(self.epoch, start=self.batch_in_epoch * self.cfg.batch_size)
+            loader = make_loader(self.dataset, self.cfg.batch_size, shuffle=False, num_workers=self.cfg.num_workers,
+                                 pin_memory=pin, drop_last=True, sampler=self.sampler, seed=self.cfg.seed)
+            got = False
+            for batch in loader:
+                got = True
+                self.batch_in_epoch += 1
+                yield batch
+            if not got and self.batch_in_epoch == 0:
+                raise ConfigError(
+                    f"the dataset ({len(self.dataset)} items) is smaller than one batch of {self.cfg.batch_size} "
+                    f"per process: lower the batch size (or add repeats of the sample photos)"
+                )
+            self.epoch += 1
+            self.batch_in_epoch = 0
+
+    def _log(self, record: Dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        if self._log_fh is None:
+            self._log_fh = open(self.out_dir / "log.jsonl", "a")
+        self._log_fh.write(json.dumps(record) + "\n")
+        self._log_fh.flush()
+
+    def prepare_out_dir(self, resume: bool = False, force: bool = False) -> None:
+        if not self.is_main:
+            return
+        adapter_dir = self.out_dir / "adapter"
+        if not resume and (adapter_dir / "adapter_config.json").exists() and not force:
+            raise OverwriteError(f"{adapter_dir} exists (use --force to overwrite, or --resume)")
+        if not resume and (self.out_dir / "log.jsonl").exists():
+            if not force:
+                raise OverwriteError(f"{self.out_dir / 'log.jsonl'} exists (use --force to start over, or --resume)")
+            (self.out_dir / "log.jsonl").unlink()
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+
+    def train(self, resume: bool = False, force: bool = False) -> Dict[str, Any]:
+        """Run ``steps`` optimisation steps, then save the adapter (and trained codec)."""
+        from tqdm.auto import tqdm
+
+        self.prepare_out_dir(resume=resume, force=force)
+        if resume:
+            self.load_checkpoint()
+        cfg = self.cfg
+        bar = tqdm(total=cfg.steps, initial=self.step_count, disable=not (self.progress and self.is_main),
+                   desc=f"stage {cfg.stage}{' adapter-only' if cfg.adapter_only else ''}", unit="step")
+        batches = self._batches()
+        t0, seen = time.perf_counter(), 0
+        last: Dict[str, float] = {}
+        while self.step_count < cfg.steps:
+            batch = next(batches)
+            last = self.step(batch)
+            seen += batch["image"].shape[0] * self.world
+            bar.update(1)
+            if self.step_count % cfg.log_every == 0 or self.step_count == cfg.steps:
+                elapsed = time.perf_counter() - t0
+                rec = {"step": self.step_count, "epoch": self.epoch, **last,
+                       "lr": self.optimizer.param_groups[-1]["lr"], "img_per_s": seen / max(elapsed, 1e-9)}
+                self._log(rec)
+                bar.set_postfix({k: f"{last[k]:.3g}" for k in ("loss", "psnr_full", "psnr_encrypted", "encryption") if k in last})
+            if cfg.checkpoint_every and self.step_count % cfg.checkpoint_every == 0 and self.is_main:
+                self.save_checkpoint()
+        bar.close()
+        result = self.finish(last)
+        if self._log_fh is not None:
+            self._log_fh.close()
+            self._log_fh = None
+        return result
+
+    def finish(self, last: Dict[str, float]) -> Dict[str, Any]:
+        """Save the adapter (+ the codec when it trained) and a final checkpoint."""
+        from .codecs import fingerprint, save_codec
+
+        self.model.eval()
+        result: Dict[str, Any] = {"steps": self.step_count, "last": last}
+        if not self.is_main:
+            return result
+        cfg = self.model.config
+        if self.trains_codec:
+            self.model.base.update(force=True)
+            codec_path = save_codec(self.model.base, self.out_dir / "codec.safetensors")
+            cfg.base_model["fingerprint"] = fingerprint(self.model.base)
+            cfg.base_model["checkpoint"] = "codec.safetensors (trained with this adapter)"
+            result["codec"] = str(codec_path)
+        cfg.training = {
+            **self.recipe,
+            "train_config": self.cfg.to_dict(),
+            "lmbda": self.lmbda,
+            "steps_done": self.step_count,
+            "target": getattr(self.target, "name", type(self.target).__name__),
+            "final": {k: v for k, v in last.items() if isinstance(v, float)},
+        }
+        adapter_dir = self.model.save_pretrained(self.out_dir / "adapter", force=True)
+        self.save_checkpoint()
+        result["adapter"] = str(adapter_dir)
+        result["log"] = str(self.out_dir / "log.jsonl")
+        return result
+
+
+def _frozen_copy(module: nn.Module) -> nn.Module:
+    """A deep copy without forward hooks (no adapter acts on it), eval mode, no gradients."""
+    import copy
+
+    ref = copy.deepcopy(module)
+    for m in ref.modules():
+        m._forward_hooks.clear()
+        m._forward_pre_hooks.clear()
+    ref.requires_grad_(False)
+    return ref.eval()
+
+
+def train(model, target, dataset, config: TrainConfig, out_dir: PathLike, **kwargs) -> Dict[str, Any]:
+    """Shorthand for ``Trainer(model, target, dataset, config, out_dir, **kwargs).train()``."""
+    resume = kwargs.pop("resume", False)
+    force = kwargs.pop("force", False)
+    return Trainer(model, target, dataset, config, out_dir, **kwargs).train(resume=resume, force=force)
