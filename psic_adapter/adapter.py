@@ -62,6 +62,10 @@ PUBLIC_MODES_DOC = {
 }
 
 
+class _StopDecoding(Exception):
+    """Raised inside ``g_s``'s pre-hook to stop a decode once ``y_hat`` is known."""
+
+
 class _Active:
     """The condition of the call in progress (set by :meth:`PSICModel.conditioned`)."""
 
@@ -352,6 +356,31 @@ class PSICModel(nn.Module):
             self.base._modules["g_s"] = g_s
         return {"y_hat": out["x_hat"], "likelihoods": out["likelihoods"]}
 
+    def decode_latent(self, strings, shape, **kwargs) -> Tensor:
+        """Entropy-decode a bitstream to ``y_hat`` without running ``g_s``.
+
+        ``synthesize(y_hat, c).clamp(0, 1)`` then equals ``decompress(..., condition=c)``
+        exactly, so evaluation decodes a bitstream once and synthesises it under
+        many conditions.
+        """
+        captured: Dict[str, Tensor] = {}
+
+        def grab(_module, args):
+            captured["y_hat"] = args[0]
+            raise _StopDecoding
+
+        handle = self.base.g_s.register_forward_pre_hook(grab)
+        try:
+            with self._plain():
+                self.base.decompress(strings, shape, **kwargs)
+        except _StopDecoding:
+            pass
+        finally:
+            handle.remove()
+        if "y_hat" not in captured:
+            raise PSICError(f"{type(self.base).__name__}.decompress did not call g_s")
+        return captured["y_hat"]
+
     def synthesize(self, y_hat: Tensor, condition: Tensor) -> Tensor:
         """``g_s(y_hat)`` under ``condition`` (not clamped, as in ``forward``)."""
         with self.conditioned(condition.to(y_hat.device)):
@@ -515,3 +544,39 @@ def load_adapter(codec: nn.Module, path: PathLike, adapter_name: str = "default"
         raise ConfigError(f"{weights}: tensors do not fit the adapter config ({str(exc).splitlines()[0]})") from None
     module.requires_grad_(is_trainable)
     return model
+
+
+def codec_for_adapter(path: PathLike, checkpoint=None, device="cpu"):
+    """Build the base codec an adapter was fitted to.
+
+    The architecture and quality come from the adapter config; the weights from
+    the first candidate whose fingerprint matches: ``codec.safetensors`` beside
+    the adapter folder (written when training changed the codec), then
+    ``checkpoint``; with no candidate, the CompressAI zoo's weights (download).
+    """
+    from .codecs import load_codec
+
+    directory = _resolve_adapter_dir(path)
+    config = PSICConfig.load(directory)
+    info = config.base_model
+    name, quality = info.get("architecture"), info.get("quality")
+    dims = {} if quality is not None else {k: info[k] for k in ("N", "M") if info.get(k)}
+    candidates = []
+    beside = directory.parent / "codec.safetensors"
+    if beside.is_file():
+        candidates.append(beside)
+    if checkpoint:
+        candidates.append(checkpoint)
+    if not candidates:
+        return load_codec(name, quality, pretrained=True, device=device)
+    seen = []
+    for cand in candidates:
+        codec = load_codec(name, quality, checkpoint=cand, device=device) if quality is not None else load_codec(name, checkpoint=cand, device=device)
+        fp = fingerprint(codec)
+        if fp == info.get("fingerprint"):
+            return codec
+        seen.append(f"{cand} ({fp[:12]})")
+    raise FingerprintMismatchError(
+        f"none of the codec weights given fits adapter {directory} (it wants {str(info.get('fingerprint'))[:12]}): "
+        + ", ".join(seen)
+    )

@@ -185,6 +185,47 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from .adapter import codec_for_adapter, load_adapter
+    from .eval.runner import EvalConfig, Evaluator, headline, load_samples, write_eval_report
+    from .targets import build_target
+
+    device = _device(args.device)
+    key = _read_key(args)
+    target = build_target(args.target, weights=args.target_weights, device=device)
+    samples = load_samples(args.data, crop=args.crop, count=args.count, seed=args.seed)
+    cfg = EvalConfig(wrong_keys=args.wrong_keys, attack_steps=args.attack_steps, attack_images=args.attack_images,
+                     perturbations=() if args.no_robustness else EvalConfig.perturbations, seed=args.seed)
+    runs = {}
+    for adapter in args.adapter:
+        codec = codec_for_adapter(adapter, args.checkpoint)  # entropy coding on the CPU
+        model = load_adapter(codec, adapter)
+        name = Path(adapter).resolve().parent.name if Path(adapter).name == "adapter" else Path(adapter).name
+        runs[name] = Evaluator(model, target, key=key, config=cfg).run(samples)
+        h = headline(runs[name])
+        print(f"{name}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in h.items()))
+    meta = {"target": args.target, "data": str(args.data), "crop": args.crop, "count": args.count,
+            "adapters": list(args.adapter), "key_given": key is not None, "config": cfg.__dict__}
+    html = write_eval_report(args.out, runs, meta, force=args.force)
+    print(f"report: {html}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(codec=args.codec, quality=args.quality, checkpoint=args.checkpoint)
+    if args.steps is not None:
+        cfg.adapter_steps = args.steps
+    if args.scratch_steps is not None:
+        cfg.scratch_steps = args.scratch_steps
+    if args.quick:  # a smoke run: minutes -> seconds, numbers meaningless
+        cfg.scratch_steps, cfg.adapter_steps, cfg.batch, cfg.crop = 4, 4, 2, 64
+        cfg.eval_crops, cfg.eval_crop, cfg.wrong_keys, cfg.attack_steps = 4, 64, 2, 1
+    run_demo(args.out, cfg, force=args.force)
+    return 0
+
+
 # ------------------------------------------------------------------ parser
 def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="fit an adapter (stage 2) or train codec + adapter (stage 1)")
@@ -220,6 +261,40 @@ def _train_parser(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--force", action="store_true", help="overwrite an earlier run in OUT")
     p.set_defaults(func=cmd_train)
+
+
+def _eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="measure adapters: bpp, PSNR, ASR, robustness, wrong keys, white-box attack")
+    p.add_argument("--adapter", nargs="+", required=True, metavar="DIR", help="adapter folder(s) or hub id(s)")
+    p.add_argument("--checkpoint", nargs="+", metavar="FILE", help="base codec weights (default: codec.safetensors beside the adapter, else the zoo)")
+    _key_args(p)
+    p.add_argument("--target", required=True, help="efficientnet-lite0 | clip:MODEL | timm:MODEL | A+B")
+    p.add_argument("--target-weights", metavar="F")
+    p.add_argument("--data", default="samples", help="'samples' (the bundled test photos), a folder, or a CSV")
+    p.add_argument("--crop", type=int, help="evaluate COUNT random crops of this size instead of whole images")
+    p.add_argument("--count", type=int, help="number of images (or crops)")
+    p.add_argument("--wrong-keys", type=int, default=100)
+    p.add_argument("--attack-steps", type=int, default=50, help="white-box attacker's steps (0: skip)")
+    p.add_argument("--attack-images", type=int, default=16)
+    p.add_argument("--no-robustness", action="store_true", help="skip JPEG / resize / blur / codec re-encoding")
+    p.add_argument("--device", default="cpu", help="device for the target model")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="report folder (metrics.json, report.html, PNGs)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing report")
+    p.set_defaults(func=cmd_eval)
+
+
+def _demo_parser(sub) -> None:
+    p = sub.add_parser("demo", help="the whole job offline: codec, key, adapter, bitstream, report")
+    p.add_argument("--out", default="psic-demo", help="output folder (default: psic-demo)")
+    p.add_argument("--codec", default="bmshj2018-hyperprior")
+    p.add_argument("--quality", type=int, default=3)
+    p.add_argument("--checkpoint", nargs="+", metavar="FILE", help="use these codec weights (else zoo, else train from scratch)")
+    p.add_argument("--steps", type=int, help="adapter training steps")
+    p.add_argument("--scratch-steps", type=int, help="stage-1 steps when a codec is trained from scratch")
+    p.add_argument("--quick", action="store_true", help="a seconds-long smoke run (meaningless numbers)")
+    p.add_argument("--force", action="store_true", help="reuse a non-empty output folder")
+    p.set_defaults(func=cmd_demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -258,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     _train_parser(sub)
+    _eval_parser(sub)
+    _demo_parser(sub)
     return parser
 
 

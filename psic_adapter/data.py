@@ -446,6 +446,15 @@ def _clip_imagenet_names() -> Tuple[str, ...]:
         return ()
 
 
+def imagenet_class_names(names: str = "clip") -> List[str]:
+    """The 1000 ImageNet-1k class names in class-index order.
+
+    ``names="clip"``: open_clip's curated names (what CLIP zero-shot prompts
+    use); ``"timm"``: the first WordNet lemma of each synset.
+    """
+    return [imagenet_class_name(s, names=names) for s in _imagenet_tables()[0]]
+
+
 def imagenet_class_name(folder: str, names: str = "timm") -> str:
     """A readable class name for a folder name.
 
