@@ -42,7 +42,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import losses
+from .coding import PAD_MULTIPLE
 from .errors import ConfigError, OverwriteError, PSICError
+from .images import crop_to, pad_to_multiple
 from .schedule import Phase, configure_trainable, phase_at
 
 PathLike = Union[str, os.PathLike]
@@ -271,6 +273,8 @@ class Trainer:
         self.channels_last = (cuda and config.channels_last == "auto") or config.channels_last == "on"
 
         self.full_cond = model.full_condition().to(self.device)  # raises without the key
+        if self.world > 1:
+            self.full_cond = self._sync_adapter_identity(self.full_cond)
         self.lmbda = config.resolved_lmbda(self.quality)
         self.enc_dist_w = config.resolved_encrypted_distortion()
 
@@ -315,6 +319,26 @@ class Trainer:
         self.epoch = 0
         self.batch_in_epoch = 0
         self._log_fh = None
+
+    def _sync_adapter_identity(self, full_cond: Tensor) -> Tensor:
+        """Make every rank train rank 0's adapter: its config (salt, key check) and full condition.
+
+        Each process that wraps the codec itself draws its own salt, hence its own
+        owner's condition; DDP broadcasts parameters, not these. Without this,
+        ranks > 0 train the full version on another condition than the one saved.
+        """
+        import torch.distributed as dist
+
+        from .config import PSICConfig
+
+        obj = [self.model.config.to_dict(), full_cond.detach().cpu()]
+        dist.broadcast_object_list(obj, src=0, device=self.device if self.device.type == "cuda" else None)
+        if self.rank != 0:
+            name = self.model.active_adapter
+            self.model.psic_configs[name] = PSICConfig.from_dict(obj[0])
+            self.model._owner_conditions[name] = obj[1][0].clone()
+            self.model._key_cache = {k: v for k, v in self.model._key_cache.items() if k[0] != name}
+        return obj[1].to(self.device)
 
     # ------------------------------------------------------------- the losses
     def _autocast(self):
@@ -428,22 +452,25 @@ class Trainer:
         guard = cfg.guard_weight > 0 and "full" in versions
         views = self._clean_view(x, texts) if ("encrypted" in versions or guard) else None
 
+        # crops of any size: pad to the codec's multiple of 64, crop the decodes back
+        x_in, size = pad_to_multiple(x, PAD_MULTIPLE)
         if cfg.stage == 2:
             with torch.no_grad():
-                y_hat = self.model.analyze(x)["y_hat"]  # frozen encoder: rounding, no graph
-            ref_logits = self._reference_logits(self._reference_decode(y_hat), views) if guard else None
+                y_hat = self.model.analyze(x_in)["y_hat"]  # frozen encoder: rounding, no graph
+            ref = crop_to(self._reference_decode(y_hat), size) if guard else None
+            ref_logits = self._reference_logits(ref, views) if guard else None
             with self._autocast():
                 x_hat, likelihoods = self.step_module(y_hat, torch.cat(conds), 2, repeats=len(versions))
         else:
             ref_logits = self._reference_logits(None, views) if guard else None
-            x_hat, likelihoods = self.step_module(x, torch.cat(conds), 1, repeats=len(versions))
-        x_hat = x_hat.float()
+            x_hat, likelihoods = self.step_module(x_in, torch.cat(conds), 1, repeats=len(versions))
+        x_hat = crop_to(x_hat.float(), size)
         parts = dict(zip(versions, x_hat.split(n)))
         scale = self.lmbda * 255.0**2
         terms: Dict[str, Tensor] = {}
         loss = x_hat.new_zeros(())
         if likelihoods is not None:
-            bpp = losses.rate_loss(likelihoods, n * x.shape[-2] * x.shape[-1] * len(versions)) * len(versions)
+            bpp = losses.rate_loss(likelihoods, n * x_in.shape[-2] * x_in.shape[-1] * len(versions)) * len(versions)
             terms["bpp"] = bpp / len(versions)
             loss = loss + bpp
         if "full" in parts:
@@ -532,6 +559,12 @@ class Trainer:
             raise PSICError(f"{path} belongs to another adapter (its salt differs): resume with the same adapter")
         self.model.psic_adapters[self.model.active_adapter].load_state_dict(state["adapter_state"])
         if state["base_state"]:
+            # The entropy coder's tables (e.g. ``_quantized_cdf``) change size when
+            # ``update()`` recomputes them; CompressAI only resizes empty ones.
+            own = dict(self.model.base.named_buffers())
+            for k, v in state["base_state"].items():
+                if k in own and own[k].shape != v.shape:
+                    own[k].resize_(v.shape)
             self.model.base.load_state_dict(state["base_state"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.aux_optimizer is not None and state["aux_optimizer"] is not None:
@@ -599,6 +632,11 @@ class Trainer:
         self.prepare_out_dir(resume=resume, force=force)
         if resume:
             self.load_checkpoint()
+        else:  # the noise of training (quantisation, wrong keys' draws aside) is the seed's, per rank
+            seed = self.cfg.seed * 1_000_003 + self.rank
+            torch.manual_seed(seed)
+            np.random.seed(seed % 2**32)
+            random.seed(seed)
         cfg = self.cfg
         bar = tqdm(total=cfg.steps, initial=self.step_count, disable=not (self.progress and self.is_main),
                    desc=f"stage {cfg.stage}{' adapter-only' if cfg.adapter_only else ''}", unit="step")
