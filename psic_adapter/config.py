@@ -120,6 +120,12 @@ class PSICConfig:
     def from_dict(cls, data: Dict[str, Any]) -> "PSICConfig":
         if not isinstance(data, dict):
             raise ConfigError("an adapter config must be a JSON object")
+        version = data.get("format_version", FORMAT_VERSION)
+        if isinstance(version, int) and version > FORMAT_VERSION:  # before the field check: new formats add fields
+            raise ConfigError(
+                f"adapter format {version} is newer than this psic_adapter understands "
+                f"({FORMAT_VERSION}); upgrade psic-adapter"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -169,14 +169,24 @@ def probe_channels(codec: nn.Module, names: Sequence[str]) -> List[int]:
     return [found[n] for n in names]
 
 
-def attach_hooks(codec: nn.Module, names: Sequence[str], fn: Callable[[int, torch.Tensor], Optional[torch.Tensor]]):
-    """Register ``fn(index, output)`` as a forward hook on each named module.
+def _owns_output(out, inputs) -> bool:
+    """False when ``out`` shares memory with a tensor input (``nn.Identity``, in-place activations)."""
+    if not torch.is_tensor(out):
+        return False
+    ptr = out.untyped_storage().data_ptr()
+    return not any(torch.is_tensor(t) and t.untyped_storage().data_ptr() == ptr for t in inputs)
 
-    ``fn`` returns the new output, or ``None`` to leave it unchanged. Returns
-    the hook handles (``handle.remove()`` detaches them).
+
+def attach_hooks(codec: nn.Module, names: Sequence[str], fn: Callable[[int, torch.Tensor, bool], Optional[torch.Tensor]]):
+    """Register ``fn(index, output, owned)`` as a forward hook on each named module.
+
+    ``owned`` is True when the output does not share memory with the module's
+    inputs (so that it may be changed in place). ``fn`` returns the new output,
+    or ``None`` to leave it unchanged. Returns the hook handles
+    (``handle.remove()`` detaches them).
     """
     handles = []
     for i, name in enumerate(names):
         mod = get_submodule(codec, name)
-        handles.append(mod.register_forward_hook(lambda _m, _inp, out, _i=i: fn(_i, out)))
+        handles.append(mod.register_forward_hook(lambda _m, inp, out, _i=i: fn(_i, out, _owns_output(out, inp))))
     return handles

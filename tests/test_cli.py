@@ -1,0 +1,507 @@
+"""The `psic` command line, run in-process (``psic_adapter.cli.main``) on real files.
+
+Every decode is compared with what the codec's own ``compress``/``decompress`` give
+on the same (padded, then cropped) pixels: the CLI must add nothing but file
+handling. Every bad input must give exit status 1 and one ``psic: error:`` line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+
+import numpy as np
+import png
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from psic_adapter import PSICConfig, container, wrap_model
+from psic_adapter.cli import main
+from psic_adapter.codecs import load_codec, save_codec
+
+from .conftest import make_codec, randomize_adapter
+
+CODEC = "bmshj2018-hyperprior"
+QUALITY = 1  # conftest's random-weight hyperprior
+PAD = 64
+
+
+# ------------------------------------------------------------------ helpers
+def run(capsys, *argv):
+    capsys.readouterr()  # drop anything printed before
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_error_line(rc, err, pattern):
+    import re
+
+    assert rc == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("psic: error: "), err
+    assert "Traceback" not in err
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+def write_png16(path, arr):
+    planes = 1 if arr.ndim == 2 else arr.shape[2]
+    writer = png.Writer(arr.shape[1], arr.shape[0], bitdepth=16, greyscale=planes in (1, 2), alpha=planes in (2, 4))
+    with open(path, "wb") as fh:
+        writer.write(fh, arr.reshape(arr.shape[0], -1).tolist())
+
+
+def read_png(path):
+    """(array, bit depth) read with pypng: independent of the library's reader."""
+    w, h, rows, meta = png.Reader(filename=str(path)).asDirect()
+    dtype = np.uint16 if meta["bitdepth"] == 16 else np.uint8
+    arr = np.vstack([np.asarray(r, dtype=dtype) for r in rows]).reshape(h, w, meta["planes"])
+    return (arr[..., 0] if meta["planes"] == 1 else arr), meta["bitdepth"]
+
+
+@torch.no_grad()
+def reference(codec, arr, bit_depth, **decode_kwargs):
+    """The codec alone on ``arr``: pad (replicate) to 64, compress, decompress, crop, quantise.
+
+    Returns (the decoded array in the input's layout, the compress output).
+    """
+    scale = 65535.0 if bit_depth == 16 else 255.0
+    dtype = np.uint16 if bit_depth == 16 else np.uint8
+    grey = arr.ndim == 2
+    rgb = np.repeat(arr[..., None], 3, axis=2) if grey else arr[..., :3]
+    x = torch.from_numpy(rgb.astype(np.float32) / scale).permute(2, 0, 1)[None]
+    h, w = arr.shape[:2]
+    xp = F.pad(x, (0, (-w) % PAD, 0, (-h) % PAD), mode="replicate")
+    enc = codec.compress(xp)
+    x_hat = codec.decompress(enc["strings"], enc["shape"], **decode_kwargs)["x_hat"][..., :h, :w].clamp(0, 1)
+    if grey:
+        out = (x_hat[0].mean(0).numpy() * scale).round().astype(dtype)
+    else:
+        out = (x_hat[0].permute(1, 2, 0).numpy() * scale).round().astype(dtype)
+        if arr.ndim == 3 and arr.shape[2] == 4:
+            out = np.concatenate([out, arr[..., 3:]], axis=2)
+    return out, enc
+
+
+# ------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def ckpt(hyperprior, tmp_path_factory):
+    return save_codec(hyperprior, tmp_path_factory.mktemp("ckpt") / "hp.safetensors")
+
+
+@pytest.fixture(scope="module")
+def ref_codec(ckpt):
+    """The codec exactly as the CLI loads it."""
+    return load_codec(CODEC, quality=QUALITY, checkpoint=ckpt)
+
+
+@pytest.fixture(scope="module")
+def other_ckpt(tmp_path_factory):
+    return save_codec(make_codec(CODEC, seed=1), tmp_path_factory.mktemp("other") / "hp-other.safetensors")
+
+
+@pytest.fixture(scope="module")
+def photos():
+    from skimage import data
+
+    return {"rgb": data.astronaut()[100:137, 200:250], "grey": data.camera()[200:233, 300:345]}
+
+
+def _make_input(kind, photos, folder):
+    rng = np.random.default_rng(7)
+    rgb, grey = photos["rgb"], photos["grey"]
+    if kind == "rgb8":  # odd size 50x37
+        arr, path = rgb.copy(), folder / "rgb8.png"
+        Image.fromarray(arr).save(path)
+    elif kind == "grey8":
+        arr, path = grey.copy(), folder / "grey8.png"
+        Image.fromarray(arr).save(path)
+    elif kind == "rgba8":
+        alpha = rng.integers(0, 256, rgb.shape[:2], dtype=np.uint8)
+        arr, path = np.concatenate([rgb, alpha[..., None]], axis=2), folder / "rgba8.png"
+        Image.fromarray(arr).save(path)
+    elif kind == "rgb16":
+        arr = rgb.astype(np.uint16) * 257 + rng.integers(0, 200, rgb.shape, dtype=np.uint16)
+        path = folder / "rgb16.png"
+        write_png16(path, arr)
+    elif kind == "grey16":
+        arr = grey.astype(np.uint16) * 256 + rng.integers(0, 256, grey.shape, dtype=np.uint16)
+        path = folder / "grey16.png"
+        write_png16(path, arr)
+    elif kind == "jpeg":
+        path = folder / "photo.jpg"
+        Image.fromarray(rgb).save(path, quality=90)
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB"))  # the pixels a JPEG decoder gives
+    else:
+        raise AssertionError(kind)
+    return path, arr
+
+
+@pytest.fixture(scope="module")
+def rgb_png(photos, tmp_path_factory):
+    return _make_input("rgb8", photos, tmp_path_factory.mktemp("in"))
+
+
+# ------------------------------------------------------------------ round trips
+LAYOUTS = {  # kind -> (PIL mode of the output, bit depth, channels)
+    "rgb8": ("RGB", 8, 3),
+    "grey8": ("L", 8, 1),
+    "rgba8": ("RGBA", 8, 4),
+    "rgb16": (None, 16, 3),
+    "grey16": (None, 16, 1),
+    "jpeg": ("RGB", 8, 3),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(LAYOUTS))
+def test_round_trip_adds_nothing_to_the_codec(kind, photos, ckpt, ref_codec, tmp_path, capsys):
+    src, arr = _make_input(kind, photos, tmp_path)
+    psic, out = tmp_path / "x.psic", tmp_path / "x.png"
+    rc, stdout, err = run(capsys, "compress", src, psic, "--codec", CODEC, "--quality", QUALITY, "--checkpoint", ckpt)
+    assert rc == 0, err
+    assert "bpp" in stdout
+
+    bit_depth = LAYOUTS[kind][1]
+    want, enc = reference(ref_codec, arr, bit_depth)
+    got_enc, header, _ = container.read(psic)
+    assert got_enc["strings"] == enc["strings"]  # the codec's own bitstream, byte for byte
+    assert (header.height, header.width) == arr.shape[:2]
+    assert header.bit_depth == bit_depth
+
+    rc, stdout, err = run(capsys, "decompress", psic, out, "--checkpoint", ckpt)
+    assert rc == 0, err
+    assert "plain version" in stdout
+
+    mode, depth, channels = LAYOUTS[kind]
+    got, got_depth = read_png(out)
+    assert got_depth == depth
+    assert got.shape == want.shape == arr.shape
+    assert (1 if got.ndim == 2 else got.shape[2]) == channels
+    if mode is not None:
+        with Image.open(out) as im:
+            assert im.mode == mode and im.size == (arr.shape[1], arr.shape[0])
+    assert np.array_equal(got, want)
+    if kind == "rgba8":
+        assert np.array_equal(got[..., 3], arr[..., 3])  # alpha comes back exactly
+    if bit_depth == 16:
+        assert got.dtype == np.uint16 and int(got.max()) > 255  # not an 8-bit image scaled up
+        assert np.any(got % 257 != 0)
+
+
+def test_info_prints_the_header_with_bpp(rgb_png, ckpt, tmp_path, capsys):
+    src, arr = rgb_png
+    psic = tmp_path / "x.psic"
+    assert run(capsys, "compress", src, psic, "--codec", CODEC, "--quality", QUALITY, "--checkpoint", ckpt)[0] == 0
+    rc, stdout, err = run(capsys, "info", psic)
+    assert rc == 0, err
+    info = json.loads(stdout)
+    enc, header, _ = container.read(psic)
+    nbytes = sum(len(s) for part in enc["strings"] for s in part)
+    assert info["bitstream_bytes"] == nbytes
+    assert info["bpp"] == pytest.approx(8 * nbytes / (37 * 50), abs=1e-5)
+    assert (info["codec"], info["quality"], info["height"], info["width"]) == (CODEC, QUALITY, 37, 50)
+    assert info["mode"] == "RGB" and info["bit_depth"] == 8
+    assert info["base_fingerprint"] == header.base_fingerprint and info["adapter_fingerprint"] is None
+    assert "layout" not in info
+
+
+def test_keygen_makes_a_private_key_file(tmp_path, capsys):
+    path = tmp_path / "owner.key"
+    rc, stdout, err = run(capsys, "keygen", path)
+    assert rc == 0, err
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    key = path.read_text().strip()
+    assert len(key) == 64 and int(key, 16) >= 0
+    rc, _, err = run(capsys, "keygen", path)  # never overwrites a key silently
+    assert_one_error_line(rc, err, "exists")
+    assert path.read_text().strip() == key
+    rc, _, _ = run(capsys, "keygen", path, "--force")
+    assert rc == 0 and path.read_text().strip() != key
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+# ------------------------------------------------------------------ adapters
+@pytest.fixture(scope="module")
+def owner(ckpt, rgb_png, tmp_path_factory):
+    """A keyed adapter (key from `psic keygen`), a .psic made for it, and the library's own decodes."""
+    folder = tmp_path_factory.mktemp("owner")
+    key_file = folder / "owner.key"
+    assert main(["keygen", str(key_file)]) == 0
+    assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+    key = key_file.read_bytes().strip()
+
+    codec = load_codec(CODEC, quality=QUALITY, checkpoint=ckpt)
+    model = randomize_adapter(wrap_model(codec, PSICConfig(), key=key), std=0.5)
+    adapter_dir = model.save_pretrained(folder / "adapter")
+
+    src, arr = rgb_png
+    psic = folder / "x.psic"
+    assert main(["compress", str(src), str(psic), "--codec", CODEC, "--quality", str(QUALITY),
+                 "--checkpoint", str(ckpt), "--adapter", str(adapter_dir)]) == 0
+    encrypted, enc = reference(model, arr, 8)
+    full, _ = reference(model, arr, 8, key=key)
+    plain, plain_enc = reference(codec, arr, 8)  # outside a wrapper call: the base codec
+    assert enc["strings"] == plain_enc["strings"]
+    assert not np.array_equal(encrypted, full) and not np.array_equal(full, plain)
+    wrong_file = folder / "wrong.key"
+    wrong_file.write_text("f" * 64 + "\n")
+    yield {"key": key, "key_file": key_file, "wrong_file": wrong_file, "adapter": adapter_dir, "psic": psic,
+           "model": model, "encrypted": encrypted, "full": full, "plain": plain, "strings": enc["strings"]}
+    model.unwrap()
+
+
+def test_compress_with_an_adapter_records_it(owner):
+    enc, header, _ = container.read(owner["psic"])
+    assert header.adapter_fingerprint == owner["model"].adapter_fingerprint()
+    assert enc["strings"] == owner["strings"]  # the bitstream is the base codec's
+
+
+def test_decompress_without_the_adapter_is_refused(owner, ckpt, tmp_path, capsys):
+    out = tmp_path / "x.png"
+    rc, _, err = run(capsys, "decompress", owner["psic"], out, "--checkpoint", ckpt)
+    assert_one_error_line(rc, err, rf"adapter {owner['model'].adapter_fingerprint()}.*--adapter")
+    assert not out.exists()
+
+
+def test_decompress_plain_is_the_base_codec(owner, ckpt, tmp_path, capsys):
+    out = tmp_path / "x.png"
+    rc, stdout, err = run(capsys, "decompress", owner["psic"], out, "--checkpoint", ckpt, "--plain")
+    assert rc == 0, err
+    assert "plain version" in stdout
+    assert np.array_equal(read_png(out)[0], owner["plain"])
+
+
+def test_decompress_with_adapter_and_no_key_is_encrypted(owner, ckpt, tmp_path, capsys):
+    out = tmp_path / "x.png"
+    rc, stdout, err = run(capsys, "decompress", owner["psic"], out, "--checkpoint", ckpt, "--adapter", owner["adapter"])
+    assert rc == 0, err
+    assert "encrypted version" in stdout and err == ""
+    assert np.array_equal(read_png(out)[0], owner["encrypted"])
+
+
+def test_decompress_with_the_key_file_is_full(owner, ckpt, tmp_path, capsys):
+    out = tmp_path / "x.png"
+    rc, stdout, err = run(capsys, "decompress", owner["psic"], out, "--checkpoint", ckpt, "--adapter", owner["adapter"],
+                          "--key-file", owner["key_file"])
+    assert rc == 0, err
+    assert "full version" in stdout and err == ""
+    assert np.array_equal(read_png(out)[0], owner["full"])
+
+
+def test_decompress_with_a_wrong_key_is_encrypted_and_warns(owner, ckpt, tmp_path, capsys):
+    out = tmp_path / "x.png"
+    rc, stdout, err = run(capsys, "decompress", owner["psic"], out, "--checkpoint", ckpt, "--adapter", owner["adapter"],
+                          "--key-file", owner["wrong_file"])
+    assert rc == 0, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("psic: warning:") and "does not match" in lines[0]
+    assert "encrypted version" in stdout
+    assert np.array_equal(read_png(out)[0], owner["encrypted"])
+
+
+def test_decompress_with_the_key_in_an_env_variable(owner, ckpt, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PSIC_TEST_OWNER_KEY", owner["key"].decode())
+    out = tmp_path / "x.png"
+    rc, stdout, err = run(capsys, "decompress", owner["psic"], out, "--checkpoint", ckpt, "--adapter", owner["adapter"],
+                          "--key-env", "PSIC_TEST_OWNER_KEY")
+    assert rc == 0, err
+    assert "full version" in stdout
+    assert np.array_equal(read_png(out)[0], owner["full"])
+
+
+# ------------------------------------------------------------------ bad input
+@pytest.fixture(scope="module")
+def other_adapter(tmp_path_factory):
+    """An adapter fitted to another hyperprior (other weights)."""
+    model = wrap_model(make_codec(CODEC, seed=1), PSICConfig(), key="someone else")
+    path = model.save_pretrained(tmp_path_factory.mktemp("other-adapter") / "adapter")
+    model.unwrap()
+    return path
+
+
+@pytest.fixture(scope="module")
+def same_codec_adapter(ckpt, tmp_path_factory):
+    """Another adapter for the very same codec (not the one owner's file was made for)."""
+    model = wrap_model(load_codec(CODEC, quality=QUALITY, checkpoint=ckpt), PSICConfig(), key="another owner")
+    path = model.save_pretrained(tmp_path_factory.mktemp("same-codec-adapter") / "adapter")
+    model.unwrap()
+    return path
+
+
+@pytest.fixture(scope="module")
+def good_psic(rgb_png, ckpt, tmp_path_factory):
+    path = tmp_path_factory.mktemp("good") / "good.psic"
+    assert main(["compress", str(rgb_png[0]), str(path), "--codec", CODEC, "--quality", str(QUALITY),
+                 "--checkpoint", str(ckpt)]) == 0
+    return path
+
+
+def _bad_case(case, tmp_path, rgb_png, ckpt, other_ckpt, good_psic, owner, other_adapter, monkeypatch):
+    """(argv, message pattern, a file that must stay untouched or None)."""
+    compress = ["--codec", CODEC, "--quality", QUALITY, "--checkpoint", ckpt]
+    out_psic, out_png = tmp_path / "out.psic", tmp_path / "out.png"
+    data = good_psic.read_bytes()
+    if case == "missing input image":
+        return ["compress", tmp_path / "nope.png", out_psic, *compress], r"nope\.png: no such image file", None
+    if case == "text file named .png":
+        p = tmp_path / "notes.png"
+        p.write_text("this is not an image\n")
+        return ["compress", p, out_psic, *compress], r"notes\.png: cannot read image", None
+    if case == "empty image file":
+        p = tmp_path / "empty.png"
+        p.write_bytes(b"")
+        return ["compress", p, out_psic, *compress], r"empty\.png: cannot read image", None
+    if case == "empty .psic":
+        p = tmp_path / "empty.psic"
+        p.write_bytes(b"")
+        return ["decompress", p, out_png, "--checkpoint", ckpt], r"empty\.psic: the file is empty", None
+    if case == "truncated .psic":
+        p = tmp_path / "cut.psic"
+        p.write_bytes(data[: len(data) // 2])
+        return ["decompress", p, out_png, "--checkpoint", ckpt], r"cut\.psic: .*truncated", None
+    if case == "corrupted .psic":
+        flipped = bytearray(data)
+        flipped[len(data) - 20] ^= 0x10
+        p = tmp_path / "bad.psic"
+        p.write_bytes(bytes(flipped))
+        return ["decompress", p, out_png, "--checkpoint", ckpt], r"bad\.psic: .*corrupted", None
+    if case == "info on a corrupted .psic":
+        flipped = bytearray(data)
+        flipped[len(data) - 20] ^= 0x10
+        p = tmp_path / "bad.psic"
+        p.write_bytes(bytes(flipped))
+        return ["info", p], r"bad\.psic: .*corrupted", None
+    if case == "a .png given as the .psic":
+        return ["decompress", rgb_png[0], out_png, "--checkpoint", ckpt], r"not a \.psic file", None
+    if case == "other checkpoint":
+        return ["decompress", good_psic, out_png, "--checkpoint", other_ckpt], r"compressed with another .*--checkpoint", None
+    if case == "adapter for another codec":
+        return (["compress", rgb_png[0], out_psic, *compress, "--adapter", other_adapter],
+                r"fitted to another base codec", None)
+    if case == "adapter for another codec (decompress)":
+        return (["decompress", good_psic, out_png, "--checkpoint", ckpt, "--adapter", other_adapter],
+                r"fitted to another base codec", None)
+    if case == "another adapter of the same codec":
+        return (["decompress", owner["psic"], out_png, "--checkpoint", ckpt, "--adapter", other_adapter],
+                rf"made for adapter {owner['model'].adapter_fingerprint()}, not ", None)
+    if case == "a key without an adapter":
+        return (["decompress", good_psic, out_png, "--checkpoint", ckpt, "--key-file", owner["key_file"]],
+                r"a key needs an adapter", None)
+    if case == "missing adapter folder":
+        return (["decompress", owner["psic"], out_png, "--checkpoint", ckpt, "--adapter", tmp_path / "no-such-adapter"],
+                r"no-such-adapter: no such adapter folder", None)
+    if case == "missing key file":
+        return (["decompress", owner["psic"], out_png, "--checkpoint", ckpt, "--adapter", owner["adapter"],
+                 "--key-file", tmp_path / "lost.key"], r"lost\.key: no such key file", None)
+    if case == "unset key variable":
+        monkeypatch.delenv("PSIC_TEST_UNSET_KEY", raising=False)
+        return (["decompress", owner["psic"], out_png, "--checkpoint", ckpt, "--adapter", owner["adapter"],
+                 "--key-env", "PSIC_TEST_UNSET_KEY"], r"PSIC_TEST_UNSET_KEY is not set", None)
+    if case == "existing output (compress)":
+        out_psic.write_bytes(b"keep me \x00\x01")
+        return ["compress", rgb_png[0], out_psic, *compress], r"out\.psic exists.*--force", out_psic
+    if case == "existing output (decompress)":
+        out_png.write_bytes(b"keep me too")
+        return ["decompress", good_psic, out_png, "--checkpoint", ckpt], r"out\.png exists.*--force", out_png
+    if case == "unknown codec":
+        return (["compress", rgb_png[0], out_psic, "--codec", "nosuch2099-codec", "--quality", QUALITY,
+                 "--checkpoint", ckpt], r"unknown codec 'nosuch2099-codec'", None)
+    if case == "checkpoint of another size":
+        return (["compress", rgb_png[0], out_psic, "--codec", CODEC, "--quality", 8, "--checkpoint", ckpt],
+                r"checkpoint does not fit", None)
+    raise AssertionError(case)
+
+
+BAD_CASES = [
+    "missing input image",
+    "text file named .png",
+    "empty image file",
+    "empty .psic",
+    "truncated .psic",
+    "corrupted .psic",
+    "info on a corrupted .psic",
+    "a .png given as the .psic",
+    "other checkpoint",
+    "adapter for another codec",
+    "adapter for another codec (decompress)",
+    "another adapter of the same codec",
+    "a key without an adapter",
+    "missing adapter folder",
+    "missing key file",
+    "unset key variable",
+    "existing output (compress)",
+    "existing output (decompress)",
+    "unknown codec",
+    "checkpoint of another size",
+]
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_is_one_error_line(case, tmp_path, rgb_png, ckpt, other_ckpt, good_psic, owner, other_adapter,
+                                     same_codec_adapter, monkeypatch, capsys):
+    adapter = same_codec_adapter if case == "another adapter of the same codec" else other_adapter
+    argv, pattern, keep = _bad_case(case, tmp_path, rgb_png, ckpt, other_ckpt, good_psic, owner, adapter, monkeypatch)
+    before = keep.read_bytes() if keep is not None else None
+    outputs_before = {p.name for p in tmp_path.iterdir()}
+    rc, stdout, err = run(capsys, *argv)
+    assert_one_error_line(rc, err, pattern)
+    assert stdout == ""
+    if keep is not None:
+        assert keep.read_bytes() == before  # untouched, byte for byte
+    # nothing new written (no output, no stray .part file)
+    assert {p.name for p in tmp_path.iterdir()} == outputs_before
+
+
+def test_usage_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["compress", "a.png", "b.psic"])  # --codec is required
+    assert info.value.code == 2
+    assert "--codec" in capsys.readouterr().err
+
+
+def test_the_real_console_script(good_psic, tmp_path):
+    """The installed `psic` entry point: exit status 1 and one clean line on a bad file."""
+    exe = shutil.which("psic")
+    cmd = [exe] if exe else [sys.executable, "-m", "psic_adapter.cli"]
+    data = good_psic.read_bytes()
+    bad = tmp_path / "cut.psic"
+    bad.write_bytes(data[: len(data) - 7])
+    proc = subprocess.run([*cmd, "info", str(bad)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("psic: error: ") and "cut.psic" in lines[0] and "truncated" in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+
+
+# ------------------------------------------------------------------ the real codec
+@pytest.mark.shared
+def test_shared_checkpoint_reproduces_the_documented_rate_and_quality(shared_codec_path, tmp_path, capsys):
+    """../shared/codecs/README.md: chelsea at 0.316 bpp / 30.70 dB with this checkpoint on the CPU."""
+    from skimage import data
+
+    arr = data.chelsea()
+    src, psic, out = tmp_path / "chelsea.png", tmp_path / "chelsea.psic", tmp_path / "chelsea-dec.png"
+    Image.fromarray(arr).save(src)
+    rc, _, err = run(capsys, "compress", src, psic, "--codec", CODEC, "--quality", 3, "--checkpoint", shared_codec_path)
+    assert rc == 0, err
+    rc, stdout, err = run(capsys, "info", psic)
+    assert rc == 0, err
+    bpp = json.loads(stdout)["bpp"]
+    rc, _, err = run(capsys, "decompress", psic, out, "--checkpoint", shared_codec_path)
+    assert rc == 0, err
+    dec = np.asarray(Image.open(out)).astype(np.float64)
+    assert dec.shape == arr.shape
+    mse = np.mean((dec - arr.astype(np.float64)) ** 2)
+    psnr = 10 * np.log10(255.0**2 / mse)
+    assert bpp == pytest.approx(0.316, abs=0.01)
+    assert psnr == pytest.approx(30.70, abs=0.05)
