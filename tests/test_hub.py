@@ -1,0 +1,530 @@
+"""The Hugging Face Hub, offline: loading from a pre-populated cache, and pushing to a recording fake.
+
+Nothing here reaches the network. The cache is laid out the way huggingface_hub
+(2.x) leaves it after a download and reads it offline in ``snapshot_download``:
+
+    <HF_HUB_CACHE>/models--org--name/
+        blobs/<etag>                     the files' bytes (git sha1, or sha256 for LFS files)
+        snapshots/<commit>/<file>        relative symlinks to the blobs
+        refs/main, refs/<tag>            the commit hash (no newline)
+        trees/<commit>.json              the commit's file listing (lets it spot incomplete snapshots)
+
+Uploads go through ``huggingface_hub.HfApi``, whose ``create_repo`` /
+``create_branch`` / ``upload_folder`` are replaced by recorders that copy what
+would be sent.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import load_file
+
+import huggingface_hub
+from huggingface_hub import HfApi, ModelCard, scan_cache_dir
+
+from psic_adapter import PSICConfig, PSICError, load_adapter, wrap_model
+from psic_adapter import hub
+from psic_adapter.cli import main
+from psic_adapter.codecs import save_codec
+from psic_adapter.config import CONFIG_NAME, WEIGHTS_NAME
+
+from .conftest import make_codec, randomize_adapter
+
+CODEC = "bmshj2018-hyperprior"
+QUALITY = 1  # conftest's random-weight hyperprior
+KEY = "hub test owner key: 5b1f0c7e"
+REPO = "psic-test/hyperprior-q1"
+ADAPTER_FILES = {CONFIG_NAME, WEIGHTS_NAME, "README.md"}
+
+
+# ------------------------------------------------------------------ helpers
+def _git_blob_sha1(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def put_in_hf_cache(cache: Path, repo_id: str, files: dict, commit: str, refs=("main",), listed=None) -> Path:
+    """Store ``files`` ({name in repo: local path}) as commit ``commit`` of model repo ``repo_id``.
+
+    ``listed``: the names the cached tree listing claims (default: the files given).
+    Returns the snapshot folder.
+    """
+    storage = cache / ("models--" + repo_id.replace("/", "--"))
+    snap = storage / "snapshots" / commit
+    tree = {}
+    for name, src in files.items():
+        data = Path(src).read_bytes()
+        if name.endswith(".safetensors"):  # an LFS file: its etag is the sha256 of its bytes
+            sha = hashlib.sha256(data).hexdigest()
+            pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize {len(data)}\n".encode()
+            etag, entry = sha, {"size": len(pointer), "blob_id": _git_blob_sha1(pointer),
+                                "lfs_sha256": sha, "lfs_size": len(data)}
+        else:
+            etag = _git_blob_sha1(data)
+            entry = {"size": len(data), "blob_id": etag}
+        tree[name] = entry
+        blob = storage / "blobs" / etag
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = snap / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.symlink(os.path.relpath(blob, link.parent), link)
+        except OSError:  # no symlinks (Windows without developer mode): huggingface_hub copies too
+            link.write_bytes(data)
+    for ref in refs:
+        (storage / "refs" / ref).parent.mkdir(parents=True, exist_ok=True)
+        (storage / "refs" / ref).write_text(commit)  # no newline: snapshot_download reads it verbatim
+    if listed is not None:
+        tree.update({n: {"size": 1, "blob_id": "0" * 40} for n in listed if n not in tree})
+    (storage / "trees").mkdir(parents=True, exist_ok=True)
+    (storage / "trees" / f"{commit}.json").write_text(json.dumps({"format_version": 1, "files": tree}, indent=1))
+    return snap
+
+
+def commit_hash(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def decodes(model, enc, key=None):
+    with torch.no_grad():
+        return model.decompress(enc["strings"], enc["shape"], key=key)["x_hat"]
+
+
+class RecordingApi:
+    """What ``HfApi`` would send, copied before the temporary upload folder goes away."""
+
+    def __init__(self):
+        self.calls = []
+        self.uploaded = {}
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", repo_id, kwargs))
+        return f"https://huggingface.co/{repo_id}"
+
+    def create_branch(self, repo_id, **kwargs):
+        self.calls.append(("create_branch", repo_id, kwargs))
+
+    def upload_folder(self, **kwargs):
+        self.calls.append(("upload_folder", kwargs["repo_id"], kwargs))
+        folder = Path(kwargs["folder_path"])
+        patterns = kwargs.get("allow_patterns")
+        self.uploaded = {
+            p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()
+            and (patterns is None or p.relative_to(folder).as_posix() in patterns)
+        }
+        self.folder_files = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+        url = f"https://huggingface.co/{kwargs['repo_id']}/commit/{'c' * 40}"
+        return types.SimpleNamespace(commit_url=url, pr_url=None, oid="c" * 40)
+
+    def call(self, name):
+        return [c for c in self.calls if c[0] == name]
+
+
+# ------------------------------------------------------------------ fixtures
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Any call that would reach the Hub fails the test."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a test tried to reach the Hugging Face Hub")
+
+    for name in ("repo_info", "model_info", "list_repo_tree", "create_repo", "create_branch", "upload_folder",
+                 "create_commit", "whoami"):
+        monkeypatch.setattr(HfApi, name, refuse)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # as the environment leaves it
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN",
+                "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME"):
+        monkeypatch.delenv(var, raising=False)
+
+
+_PRISTINE = {}
+
+
+def fresh_codec():
+    """A copy of one random-weight hyperprior that no adapter ever touched (building one costs seconds)."""
+    if "codec" not in _PRISTINE:
+        _PRISTINE["codec"] = make_codec(CODEC)
+    return copy.deepcopy(_PRISTINE["codec"])
+
+
+@pytest.fixture(scope="module")
+def owner(tmp_path_factory):
+    """Two saved versions of a keyed adapter on one random hyperprior, its checkpoint and key file."""
+    folder = tmp_path_factory.mktemp("owner")
+    codec = fresh_codec()
+    v1 = randomize_adapter(wrap_model(codec, PSICConfig(description="test adapter"), key=KEY, quality=QUALITY), seed=0)
+    v1.config.training = {"codec": CODEC, "quality": QUALITY, "target": "efficientnet-lite0", "data": "samples",
+                          "train_config": {"stage": 2, "steps": 20, "batch_size": 4, "crop": 64, "objective": "uaeo"},
+                          "lmbda": 0.0018, "steps_done": 20, "final": {"psnr_full": 30.5, "psnr_encrypted": 27.25}}
+    d1 = v1.save_pretrained(folder / "v1")
+    v2 = randomize_adapter(wrap_model(fresh_codec(), PSICConfig(), key=KEY, quality=QUALITY), seed=1)
+    d2 = v2.save_pretrained(folder / "v2")
+    ckpt = save_codec(codec, folder / "codec.safetensors")
+    key_file = folder / "owner.key"
+    key_file.write_text(KEY + "\n")
+    g = torch.Generator().manual_seed(1)  # smooth content, as conftest's image64
+    x = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8, generator=g), size=(64, 64), mode="bicubic").clamp(0, 1)
+    with torch.no_grad():
+        enc = v1.compress(x)  # the base codec's bitstream: one for every model here
+    yield types.SimpleNamespace(model=v1, v1=d1, v2=d2, model_v2=v2, ckpt=ckpt, key_file=key_file, enc=enc,
+                                fingerprint=v1.config.base_model["fingerprint"])
+    v2.unwrap()
+
+
+@pytest.fixture()
+def offline_cache(owner, tmp_path, monkeypatch):
+    """An HF cache holding REPO: main -> v1 (with a card), tag v2 -> v2; HF_HUB_OFFLINE=1."""
+    cache = tmp_path / "hf-home" / "hub"
+    (tmp_path / "card").mkdir()
+    card = hub.write_model_card(tmp_path / "card", PSICConfig.load(owner.v1), repo_id=REPO)
+    c1, c2 = commit_hash("v1"), commit_hash("v2")
+    put_in_hf_cache(cache, REPO, {CONFIG_NAME: owner.v1 / CONFIG_NAME, WEIGHTS_NAME: owner.v1 / WEIGHTS_NAME,
+                                  "README.md": card}, c1, refs=("main",))
+    put_in_hf_cache(cache, REPO, {CONFIG_NAME: owner.v2 / CONFIG_NAME, WEIGHTS_NAME: owner.v2 / WEIGHTS_NAME}, c2,
+                    refs=("v2",))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return types.SimpleNamespace(cache=cache, c1=c1, c2=c2)
+
+
+METRICS = {  # the layout write_eval_report gives metrics.json for one adapter (headline() as "summary")
+    "summary": {"images": 8, "bpp": 0.31234, "psnr_base": 29.871, "psnr_encrypted": 27.512, "asr": 0.875,
+                "n_base_right": 8, "psnr_full": 29.64, "full_agreement_with_base": 1.0,
+                "asr_jpeg75": 0.75, "asr_wrong_keys_mean": 0.8625, "asr_whitebox": None},
+    "per_image": [{"name": "a.png", "psnr_full": 29.6}],
+    "runs": {},
+    "meta": {"target": "efficientnet-lite0", "data": "samples", "crop": None, "count": 8, "key_given": True},
+}
+
+
+# ------------------------------------------------------------------ loading from the cache
+def test_the_hand_made_cache_is_a_valid_hf_cache(offline_cache):
+    info = scan_cache_dir(offline_cache.cache)
+    assert not info.warnings
+    (repo,) = info.repos
+    assert repo.repo_id == REPO
+    refs = {r.commit_hash: set(r.refs) for r in repo.revisions}
+    assert refs == {offline_cache.c1: {"main"}, offline_cache.c2: {"v2"}}
+
+
+def test_load_from_the_offline_cache_decodes_as_the_original(owner, offline_cache):
+    loaded = load_adapter(fresh_codec(), REPO)
+    assert hub.is_hub_id(REPO)
+    assert loaded.adapter_fingerprint() == owner.model.adapter_fingerprint()
+    encrypted = decodes(loaded, owner.enc)
+    assert torch.equal(encrypted, decodes(owner.model, owner.enc))
+    full = decodes(loaded, owner.enc, key=KEY)
+    assert torch.equal(full, decodes(owner.model, owner.enc, key=KEY))
+    assert not torch.equal(full, encrypted)
+
+
+def test_a_revision_picks_its_commit(owner, offline_cache):
+    by_tag = load_adapter(fresh_codec(), REPO, revision="v2")
+    by_hash = load_adapter(fresh_codec(), REPO, revision=offline_cache.c2)
+    by_main = load_adapter(fresh_codec(), REPO, revision="main")
+    want = owner.model_v2.adapter_fingerprint()
+    assert by_tag.adapter_fingerprint() == want == by_hash.adapter_fingerprint()
+    assert by_main.adapter_fingerprint() == owner.model.adapter_fingerprint() != want
+    assert torch.equal(decodes(by_tag, owner.enc, key=KEY), decodes(owner.model_v2, owner.enc, key=KEY))
+
+
+def test_the_snapshot_is_the_cached_commit_with_adapter_files_only(owner, offline_cache):
+    folder = hub.snapshot(REPO)
+    assert folder == offline_cache.cache / f"models--{REPO.replace('/', '--')}" / "snapshots" / offline_cache.c1
+    assert {p.name for p in folder.iterdir()} == ADAPTER_FILES
+    assert hub.SNAPSHOT_PATTERNS == ["*.json", "*.safetensors", "README.md"]
+
+
+def test_hf_hub_cache_names_the_cache_too(owner, offline_cache, monkeypatch):
+    monkeypatch.delenv("HF_HOME")
+    monkeypatch.setenv("HF_HUB_CACHE", str(offline_cache.cache))
+    assert hub.snapshot(REPO, revision="v2").name == offline_cache.c2
+
+
+def test_a_missing_repo_offline_is_a_clear_error(offline_cache):
+    with pytest.raises(PSICError, match=r"'psic-test/nope' is not in the local Hugging Face cache.*HF_HUB_OFFLINE=1"):
+        load_adapter(fresh_codec(), "psic-test/nope")
+
+
+def test_a_missing_revision_offline_is_a_clear_error(offline_cache):
+    with pytest.raises(PSICError, match=r"revision 'v9'.*not in the local Hugging Face cache"):
+        load_adapter(fresh_codec(), REPO, revision="v9")
+
+
+def test_an_incomplete_cached_snapshot_is_a_clear_error(owner, offline_cache):
+    put_in_hf_cache(offline_cache.cache, "psic-test/partial", {CONFIG_NAME: owner.v1 / CONFIG_NAME}, commit_hash("p"),
+                    listed=[WEIGHTS_NAME])
+    with pytest.raises(PSICError, match=r"'psic-test/partial'.*incomplete"):
+        hub.snapshot("psic-test/partial")
+
+
+def test_a_cached_repo_without_an_adapter_is_a_clear_error(offline_cache, tmp_path):
+    other = tmp_path / "model.safetensors"
+    other.write_bytes(b"not an adapter")
+    put_in_hf_cache(offline_cache.cache, "psic-test/not-an-adapter", {"model.safetensors": other}, commit_hash("n"))
+    with pytest.raises(PSICError, match=r"holds no adapter_config\.json"):
+        load_adapter(fresh_codec(), "psic-test/not-an-adapter")
+
+
+def _http_error(cls, status, url):
+    import httpx2
+
+    response = httpx2.Response(status, request=httpx2.Request("GET", url))
+    return cls(f"{status} Client Error", response=response)
+
+
+@pytest.mark.parametrize("which, pattern", [
+    ("repo", r"no adapter repository 'psic-test/gone' on the hub \(or it is private"),
+    ("revision", r"'psic-test/gone' has no revision 'v3'"),
+    ("connect", r"not in the local Hugging Face cache.*the hub cannot be reached"),
+    ("server", r"cannot get adapter 'psic-test/gone'.*HTTP 500"),
+])
+def test_online_failures_are_clear_errors(which, pattern, monkeypatch):
+    from huggingface_hub.errors import (HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    url = "https://huggingface.co/api/models/psic-test/gone"
+    errors = {"repo": _http_error(RepositoryNotFoundError, 404, url),
+              "revision": _http_error(RevisionNotFoundError, 404, url),
+              "connect": LocalEntryNotFoundError("An error happened while trying to locate the files on the Hub"),
+              "server": _http_error(HfHubHTTPError, 500, url)}
+    seen = {}
+
+    def fake_snapshot_download(repo_id, **kwargs):
+        seen.update(kwargs)
+        raise errors[which]
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    with pytest.raises(PSICError, match=pattern):
+        hub.snapshot("psic-test/gone", revision="v3")
+    assert seen["local_files_only"] is False and seen["allow_patterns"] == hub.SNAPSHOT_PATTERNS
+
+
+# ------------------------------------------------------------------ the model card
+def test_the_model_card(owner, tmp_path):
+    path = hub.write_model_card(tmp_path, PSICConfig.load(owner.v1), METRICS, repo_id=REPO)
+    assert path == tmp_path / "README.md"
+    text = path.read_text()
+    card = ModelCard(text)
+    assert card.data.library_name == "psic-adapter"
+    assert card.data.tags == ["psic", "image-compression", "privacy", "compressai"]
+    assert card.data.license == "apache-2.0"
+    assert owner.fingerprint in text and "`bmshj2018-hyperprior`" in text and "| quality | 1 |" in text
+    assert "| N | 128 |" in text and "| M | 192 |" in text
+    assert "test adapter" in text  # the description
+    assert "| target model | efficientnet-lite0 |" in text and "| steps | 20 |" in text
+    assert "psnr_full = 30.5" in text
+    # the metrics table
+    assert "## Evaluation (`psic eval`)" in text and "target model `efficientnet-lite0`" in text
+    assert "| rate (bpp) | 0.3123 |" in text
+    assert "| PSNR, full version (dB) | 29.64 |" in text
+    assert "| attack success rate, encrypted version | 0.875 |" in text
+    assert "| attack success rate after jpeg75 | 0.75 |" in text
+    assert "| attack success rate after a white-box attack on the condition | n/a |" in text
+    # how to decode, and what is not protected
+    assert f'load_adapter(codec, "{REPO}")' in text and 'key=read_key_file("owner.key")' in text
+    assert f"psic decompress IN.psic OUT.png --adapter {REPO} --key-file owner.key" in text
+    assert "The key is not in this repository" in text
+    assert "The base codec alone decodes the full image" in text and "docs/threat-model.md" in text
+    assert KEY not in text
+
+
+def test_the_model_card_without_metrics_or_training(tmp_path):
+    model = wrap_model(fresh_codec(), PSICConfig(condition="public"))
+    folder = model.save_pretrained(tmp_path / "a")
+    text = hub.write_model_card(folder).read_text()  # config read from the folder
+    assert "## Evaluation" not in text
+    assert "holds no training record" in text
+    assert "not access-controlled" in text and 'mode="full"' in text and "--key-file" not in text
+    assert f"| parameters | {model.num_adapter_parameters():,} |" in text
+    assert "org/name" in text  # the placeholder id
+
+
+def test_metrics_of_several_adapters_and_from_a_report_folder(owner, tmp_path):
+    report = tmp_path / "report"
+    report.mkdir()
+    both = dict(METRICS, summary={"run-a": METRICS["summary"], "run-b": dict(METRICS["summary"], bpp=0.5)})
+    (report / "metrics.json").write_text(json.dumps(both))
+    text = hub.write_model_card(tmp_path, PSICConfig.load(owner.v1), report).read_text()
+    assert "| metric | run-a | run-b |" in text and "| rate (bpp) | 0.3123 | 0.5 |" in text
+    with pytest.raises(PSICError, match="no metrics file"):
+        hub.write_model_card(tmp_path, PSICConfig.load(owner.v1), tmp_path / "nope.json")
+
+
+# ------------------------------------------------------------------ pushing
+def _assert_upload(api, owner, repo=REPO, metrics=True):
+    assert set(api.uploaded) == ADAPTER_FILES and api.folder_files == ADAPTER_FILES
+    sent, saved = load_safetensors(api.uploaded[WEIGHTS_NAME]), load_file(str(owner.v1 / WEIGHTS_NAME))
+    assert sent.keys() == saved.keys() and all(torch.equal(sent[k], saved[k]) for k in saved)
+    assert json.loads(api.uploaded[CONFIG_NAME]) == json.loads((owner.v1 / CONFIG_NAME).read_text())
+    card = api.uploaded["README.md"].decode()
+    assert owner.fingerprint in card and f'load_adapter(codec, "{repo}")' in card
+    assert ("| rate (bpp) | 0.3123 |" in card) == metrics
+    for blob in api.uploaded.values():  # no key material
+        assert KEY.encode() not in blob and KEY.encode().hex().encode() not in blob
+
+
+def test_push_a_folder(owner, tmp_path):
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    for fn in (CONFIG_NAME, WEIGHTS_NAME):
+        (folder / fn).write_bytes((owner.v1 / fn).read_bytes())
+    (folder / "owner.key").write_text(KEY)  # a careless owner: it must stay here
+    (folder / "notes.txt").write_text("private notes")
+    api = RecordingApi()
+    info = hub.push_to_hub(folder, REPO, private=True, token="hf_test", card_metrics=METRICS, api=api)
+    assert info.commit_url.startswith(f"https://huggingface.co/{REPO}/commit/")
+    _assert_upload(api, owner)
+    ((_, repo, kw),) = api.call("create_repo")
+    assert repo == REPO and kw["private"] is True and kw["exist_ok"] is True and kw["token"] == "hf_test"
+    ((_, _, up),) = api.call("upload_folder")
+    assert up["revision"] is None and up["create_pr"] is False and up["commit_message"] == "Upload PSIC adapter"
+    assert not api.call("create_branch")
+    assert sorted(p.name for p in folder.iterdir()) == sorted([CONFIG_NAME, WEIGHTS_NAME, "owner.key", "notes.txt"])
+
+
+def test_model_push_to_hub_through_hfapi(owner, monkeypatch):
+    api = RecordingApi()
+    for name in ("create_repo", "create_branch", "upload_folder"):
+        monkeypatch.setattr(HfApi, name, lambda self, *a, _n=name, **k: getattr(api, _n)(*a, **k))
+    monkeypatch.setenv("HF_TOKEN", "hf_from_env")
+    info = owner.model.push_to_hub(REPO, revision="dev", commit_message="v1", create_pr=True, card_metrics=METRICS)
+    assert info.oid == "c" * 40
+    _assert_upload(api, owner)
+    ((_, _, br),) = api.call("create_branch")
+    assert br["branch"] == "dev" and br["exist_ok"] is True
+    ((_, _, up),) = api.call("upload_folder")
+    assert up["revision"] == "dev" and up["create_pr"] is True and up["commit_message"] == "v1"
+
+
+def test_push_of_one_adapter_of_several(owner, tmp_path):
+    model = wrap_model(fresh_codec(), PSICConfig(), key=KEY, quality=QUALITY)
+    randomize_adapter(model, seed=3)
+    model.add_adapter("second", PSICConfig(condition="public"))
+    api = RecordingApi()
+    hub.push_to_hub(model, REPO, token="t", adapter_name="second", api=api)
+    assert set(api.uploaded) == ADAPTER_FILES
+    assert json.loads(api.uploaded[CONFIG_NAME])["condition"] == "public"
+    model.unwrap()
+
+
+def test_push_failures_are_clear_errors(owner, tmp_path, monkeypatch):
+    from huggingface_hub.errors import HfHubHTTPError
+
+    with pytest.raises(PSICError, match="needs a Hugging Face token"):
+        monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+        hub.push_to_hub(owner.v1, REPO)
+    with pytest.raises(PSICError, match="not a hub id"):
+        hub.push_to_hub(owner.v1, "no-slash", api=RecordingApi())
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    for fn in (CONFIG_NAME, WEIGHTS_NAME):
+        (run / "adapter" / fn).write_bytes((owner.v1 / fn).read_bytes())
+    with pytest.raises(PSICError, match=r"run: no adapter_config\.json here.*did you mean .*run/adapter"):
+        hub.push_to_hub(run, REPO, api=RecordingApi())
+    (run / "adapter" / WEIGHTS_NAME).unlink()
+    with pytest.raises(PSICError, match=r"adapter_model\.safetensors is missing"):
+        hub.push_to_hub(run / "adapter", REPO, api=RecordingApi())
+
+    url = "https://huggingface.co/api/repos/create"
+
+    class Failing(RecordingApi):
+        def __init__(self, exc):
+            super().__init__()
+            self.exc = exc
+
+        def create_repo(self, repo_id, **kwargs):
+            raise self.exc
+
+    import httpx2
+
+    for exc, pattern in [
+        (_http_error(HfHubHTTPError, 401, url), r"cannot create the repository .*refused the token"),
+        (_http_error(HfHubHTTPError, 403, url), r"no write access to 'psic-test'"),
+        (httpx2.ConnectError("[Errno -3] Temporary failure in name resolution"), r"cannot reach the hub"),
+    ]:
+        with pytest.raises(PSICError, match=pattern):
+            hub.push_to_hub(owner.v1, REPO, token="t", api=Failing(exc))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(PSICError, match="HF_HUB_OFFLINE"):
+        hub.push_to_hub(owner.v1, REPO, token="t", api=RecordingApi())
+
+
+# ------------------------------------------------------------------ the command line
+def test_psic_push(owner, tmp_path, monkeypatch, capsys):
+    api = RecordingApi()
+    seen_tokens = []
+
+    def make(name):
+        def method(self, *a, **k):
+            seen_tokens.append(self.token)
+            return getattr(api, name)(*a, **k)
+        return method
+
+    for name in ("create_repo", "create_branch", "upload_folder"):
+        monkeypatch.setattr(HfApi, name, make(name))
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "metrics.json").write_text(json.dumps(METRICS))
+    monkeypatch.setenv("MY_HF_TOKEN", "hf_cli_token")
+    rc = main(["push", str(owner.v1), REPO, "--private", "--revision", "r1", "--metrics", str(report / "metrics.json"),
+               "--token-env", "MY_HF_TOKEN"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert f"https://huggingface.co/{REPO}/commit/" in out
+    _assert_upload(api, owner)
+    assert set(seen_tokens) == {"hf_cli_token"}
+    assert api.call("create_repo")[0][2]["private"] is True
+    assert api.call("upload_folder")[0][2]["revision"] == "r1"
+
+    rc = main(["push", str(owner.v1), REPO, "--token-env", "UNSET_VARIABLE_FOR_PSIC"])
+    out, err = capsys.readouterr()
+    assert rc == 1 and err.startswith("psic: error: ") and "UNSET_VARIABLE_FOR_PSIC" in err
+    assert "Traceback" not in err
+
+
+def test_psic_compress_and_decompress_with_a_hub_id(owner, offline_cache, tmp_path, capsys):
+    from psic_adapter import load_codec
+    from psic_adapter.coding import decode_file
+
+    import numpy as np
+    from PIL import Image
+
+    src = tmp_path / "in.png"
+    g = torch.Generator().manual_seed(3)
+    small = torch.rand(3, 6, 6, generator=g)
+    pixels = torch.nn.functional.interpolate(small[None], size=(40, 56), mode="bilinear")[0]
+    Image.fromarray((pixels.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(src)
+    psic = tmp_path / "x.psic"
+    ckpt = str(owner.ckpt)
+    assert main(["compress", str(src), str(psic), "--codec", CODEC, "--quality", str(QUALITY),
+                 "--checkpoint", ckpt, "--adapter", REPO]) == 0
+    full, enc = tmp_path / "full.png", tmp_path / "enc.png"
+    assert main(["decompress", str(psic), str(full), "--checkpoint", ckpt, "--adapter", REPO,
+                 "--key-file", str(owner.key_file)]) == 0
+    assert main(["decompress", str(psic), str(enc), "--checkpoint", ckpt, "--adapter", REPO]) == 0
+    out = capsys.readouterr().out
+    assert "full version" in out and "encrypted version" in out
+
+    reference = load_adapter(load_codec(CODEC, quality=QUALITY, checkpoint=ckpt), owner.v1)
+    ref_full, ref_enc = tmp_path / "ref-full.png", tmp_path / "ref-enc.png"
+    decode_file(psic, ref_full, reference, key=KEY)
+    decode_file(psic, ref_enc, reference)
+    arr = {p.name: np.asarray(Image.open(p)) for p in (full, enc, ref_full, ref_enc)}
+    assert np.array_equal(arr["full.png"], arr["ref-full.png"])
+    assert np.array_equal(arr["enc.png"], arr["ref-enc.png"])
+    assert not np.array_equal(arr["full.png"], arr["enc.png"])
+
+    rc = main(["decompress", str(psic), str(tmp_path / "x.png"), "--checkpoint", ckpt, "--adapter", "psic-test/nope"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("psic: error: ") and "not in the local Hugging Face cache" in err
