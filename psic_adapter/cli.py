@@ -143,7 +143,7 @@ def cmd_train(args) -> int:
     from .data import build_dataset
     from .errors import ConfigError
     from .targets import build_target
-    from .train import TrainConfig, Trainer, init_distributed_from_env
+    from .train import TrainConfig, Trainer, checkpoint_adapter_config, init_distributed_from_env
 
     device = _device(args.device)
     if init_distributed_from_env(device) and device.startswith("cuda"):
@@ -156,8 +156,13 @@ def cmd_train(args) -> int:
     if key is None and not args.public:
         raise ConfigError("training needs the owner's key: --key-file F (make one with `psic keygen F`) or --key-env VAR")
     codec = _train_codec(args, device)
+    resume_config = checkpoint_adapter_config(args.out) if args.resume and not args.adapter else None
     if args.adapter:
         model = load_adapter(codec, args.adapter, key=key, is_trainable=True)
+    elif resume_config is not None:  # the checkpoint's adapter (its salt), not a new one
+        from .adapter import PSICModel
+
+        model = PSICModel(codec).add_adapter("default", resume_config, key=key)
     else:
         config = PSICConfig(preset=args.preset, condition="public" if args.public else "key")
         model = wrap_model(codec, config, key=key, quality=args.quality)
@@ -190,6 +195,10 @@ def cmd_eval(args) -> int:
     from .eval.runner import EvalConfig, Evaluator, headline, load_samples, write_eval_report
     from .targets import build_target
 
+    if args.task != "classify":
+        return _eval_task(args)
+    if not args.target:
+        args.parser.error("the following arguments are required: --target")
     device = _device(args.device)
     key = _read_key(args)
     target = build_target(args.target, weights=args.target_weights, device=device)
@@ -211,6 +220,61 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _eval_task(args) -> int:
+    """``psic eval --task imagenet | celeba | caption`` (psic_adapter.eval.tasks)."""
+    from .adapter import codec_for_adapter, load_adapter
+    from .errors import ConfigError
+    from .eval import tasks
+    from .eval.runner import EvalConfig, headline, write_eval_report
+    from .targets import build_target
+
+    task = args.task
+    if str(args.data).strip().lower() == "samples":
+        raise ConfigError(f"--task {task} needs --data DIR (" + {
+            "imagenet": "an ImageFolder of ImageNet synset folders, or of any classes",
+            "celeba": "CelebA's folder: list_attr_celeba.txt + img_align_celeba/",
+            "caption": "the folder of the images to caption"}[task] + ")")
+    if args.crop:
+        raise ConfigError("--crop applies to --task classify only (the other tasks take whole images)")
+    if task == "caption" and not args.captioner:
+        raise ConfigError("--task caption needs --captioner NAME_OR_PATH (e.g. Salesforce/blip-image-captioning-base)")
+    if task != "caption" and not args.target:
+        args.parser.error(f"--task {task} needs --target (e.g. clip:ViT-B-32)")
+    device = _device(args.device)
+    key = _read_key(args)
+    target = build_target(args.target, weights=args.target_weights, device=device) if task != "caption" else None
+    cfg = EvalConfig(wrong_keys=0, attack_steps=0, perturbations=(), seed=args.seed)
+    captioner = None
+    if task == "caption":
+        captioner = tasks.HFCaptioner(args.captioner, device=device, max_new_tokens=args.max_new_tokens)
+    runs = {}
+    for adapter in args.adapter:
+        codec = codec_for_adapter(adapter, args.checkpoint)  # entropy coding on the CPU
+        model = load_adapter(codec, adapter)
+        name = Path(adapter).resolve().parent.name if Path(adapter).name == "adapter" else Path(adapter).name
+        if task == "imagenet":
+            result = tasks.imagenet_zero_shot(model, target, args.data, key=key, limit=args.count, config=cfg, progress=True)
+        elif task == "celeba":
+            result = tasks.celeba_attributes(model, target, args.data, key=key, limit=args.count,
+                                             split=args.split or "test", config=cfg, progress=True)
+        else:
+            result = tasks.captioning(model, None, captioner, args.data, args.captions, key=key, limit=args.count,
+                                      max_new_tokens=args.max_new_tokens, device=device, split=args.split,
+                                      seed=args.seed, progress=True)
+        runs[name] = tasks.report_run(result)
+        h = {**headline(runs[name]), **runs[name]["task_headline"]}
+        print(f"{name}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in h.items()))
+    meta = {"task": task, "target": args.target, "data": str(args.data), "count": args.count, "split": args.split,
+            "adapters": list(args.adapter), "key_given": key is not None, "seed": args.seed}
+    if task == "caption":
+        meta.update(captioner=str(args.captioner), captions=args.captions, max_new_tokens=args.max_new_tokens)
+    if len(runs) == 1:
+        meta["task_headline"] = next(iter(runs.values()))["task_headline"]
+    html = write_eval_report(args.out, runs, meta, force=args.force)
+    print(f"report: {html}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import DemoConfig, run_demo
 
@@ -223,6 +287,22 @@ def cmd_demo(args) -> int:
         cfg.scratch_steps, cfg.adapter_steps, cfg.batch, cfg.crop = 4, 4, 2, 64
         cfg.eval_crops, cfg.eval_crop, cfg.wrong_keys, cfg.attack_steps = 4, 64, 2, 1
     run_demo(args.out, cfg, force=args.force)
+    return 0
+
+
+def cmd_push(args) -> int:
+    from .errors import PSICError
+    from .hub import push_to_hub
+
+    token = None
+    if args.token_env:
+        token = os.environ.get(args.token_env, "").strip()
+        if not token:
+            raise PSICError(f"the environment variable {args.token_env} holding the hub token is not set or empty")
+    info = push_to_hub(args.adapter_dir, args.repo_id, private=args.private, token=token, revision=args.revision,
+                       commit_message=args.commit_message, create_pr=args.create_pr, card_metrics=args.metrics)
+    url = getattr(info, "pr_url", None) or getattr(info, "commit_url", None) or info
+    print(f"{args.repo_id}: pushed adapter_config.json, adapter_model.safetensors, README.md ({url})")
     return 0
 
 
@@ -268,9 +348,19 @@ def _eval_parser(sub) -> None:
     p.add_argument("--adapter", nargs="+", required=True, metavar="DIR", help="adapter folder(s) or hub id(s)")
     p.add_argument("--checkpoint", nargs="+", metavar="FILE", help="base codec weights (default: codec.safetensors beside the adapter, else the zoo)")
     _key_args(p)
-    p.add_argument("--target", required=True, help="efficientnet-lite0 | clip:MODEL | timm:MODEL | A+B")
+    p.add_argument("--task", default="classify", choices=["classify", "imagenet", "celeba", "caption"],
+                   help="classify (default): the checks below on --data; imagenet: zero-shot top-1 on an ImageFolder of "
+                        "synsets; celeba: 40 facial attributes; caption: BLEU/CIDEr of --captioner's captions")
+    p.add_argument("--target", help="efficientnet-lite0 | clip:MODEL | timm:MODEL | A+B (required, except for --task caption)")
     p.add_argument("--target-weights", metavar="F")
     p.add_argument("--data", default="samples", help="'samples' (the bundled test photos), a folder, or a CSV")
+    p.add_argument("--captions", metavar="FILE", help="caption task: reference captions (Flickr8k.token.txt, a COCO or "
+                   "Karpathy JSON, a CSV; default: a .txt caption beside each image)")
+    p.add_argument("--captioner", metavar="NAME_OR_PATH", help="caption task: a Hugging Face image-to-text model, hub id "
+                   "or folder (the paper: Salesforce/blip2-opt-2.7b)")
+    p.add_argument("--max-new-tokens", type=int, default=30, help="caption task: caption length limit")
+    p.add_argument("--split", help="celeba: train | val | test (default) | all; caption: a file of image names "
+                   "(Flickr_8k.devImages.txt) or a Karpathy JSON split")
     p.add_argument("--crop", type=int, help="evaluate COUNT random crops of this size instead of whole images")
     p.add_argument("--count", type=int, help="number of images (or crops)")
     p.add_argument("--wrong-keys", type=int, default=100)
@@ -281,7 +371,7 @@ def _eval_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="report folder (metrics.json, report.html, PNGs)")
     p.add_argument("--force", action="store_true", help="overwrite an existing report")
-    p.set_defaults(func=cmd_eval)
+    p.set_defaults(func=cmd_eval, parser=p)
 
 
 def _demo_parser(sub) -> None:
@@ -295,6 +385,19 @@ def _demo_parser(sub) -> None:
     p.add_argument("--quick", action="store_true", help="a seconds-long smoke run (meaningless numbers)")
     p.add_argument("--force", action="store_true", help="reuse a non-empty output folder")
     p.set_defaults(func=cmd_demo)
+
+
+def _push_parser(sub) -> None:
+    p = sub.add_parser("push", help="upload an adapter with a model card to the Hugging Face Hub (never the key)")
+    p.add_argument("adapter_dir", metavar="ADAPTER_DIR", help="adapter folder (adapter_config.json + adapter_model.safetensors)")
+    p.add_argument("repo_id", metavar="REPO_ID", help="hub id, org/name (created when missing)")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.add_argument("--revision", metavar="R", help="branch to push to (created when missing; default main)")
+    p.add_argument("--metrics", metavar="F", help="metrics.json of `psic eval` (or its report folder): a table in the card")
+    p.add_argument("--token-env", metavar="VAR", help="environment variable holding the hub token (default: HF_TOKEN or `hf auth login`)")
+    p.add_argument("--commit-message", metavar="M", help="commit message (default: 'Upload PSIC adapter')")
+    p.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
+    p.set_defaults(func=cmd_push)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -335,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _eval_parser(sub)
     _demo_parser(sub)
+    _push_parser(sub)
     return parser
 
 

@@ -355,24 +355,34 @@ class Trainer:
             return list(zip(members, [float(w) for w in weights]))
         return [(self.target, 1.0)]
 
-    def _clean_view(self, x: Tensor, texts: Sequence[str]):
-        """Per member: the target's features and logits on the original images (no grad)."""
+    def _clean_view(self, x: Tensor, texts: Sequence[str], feats: bool = True, logits: bool = True):
+        """Per member: what the losses need of the target's view of the original images (no grad).
+
+        ``feats``: image features and the captions' (or, for a classifier, the
+        predicted labels') features, for the feature objectives; ``logits``: the
+        target's logits (margin objective, stage-1 guard reference). Each is a
+        pass of the target, so only what the step needs is computed.
+        """
         views = []
+        n = x.shape[0]
         with torch.no_grad(), self._autocast():
             for tgt, w in self._members():
-                feats = tgt.image_features(x).float()
+                v = dict(target=tgt, weight=w, n=n, feats=None, logits=None, labels=None, text_feats=None, texts=None)
                 if tgt.kind == "classifier":
-                    logits = tgt.logits(x).float()
-                    labels = logits.argmax(-1)
-                    text_feats = tgt.label_features()[labels].float()
-                    logit_texts = None
+                    if feats or logits:  # the predicted labels stand in for the captions
+                        v["logits"] = tgt.logits(x).float()
+                        v["labels"] = v["logits"].argmax(-1)
+                        v["text_feats"] = tgt.label_features()[v["labels"]].float()
                 else:
-                    text_feats = tgt.text_features(list(texts)).float()
-                    logit_texts = list(texts)
-                    logits = tgt.logits(x, logit_texts).float()
-                    labels = torch.arange(x.shape[0], device=logits.device)
-                views.append(dict(target=tgt, weight=w, feats=feats, logits=logits, labels=labels,
-                                  text_feats=text_feats, texts=logit_texts))
+                    v["texts"] = list(texts)
+                    v["labels"] = torch.arange(n, device=x.device)
+                    if feats:
+                        v["text_feats"] = tgt.text_features(v["texts"]).float()
+                    if logits:
+                        v["logits"] = tgt.logits(x, v["texts"]).float()
+                if feats:
+                    v["feats"] = tgt.image_features(x).float()
+                views.append(v)
         return views
 
     def _encryption_loss(self, x_enc: Tensor, views) -> Tensor:
@@ -380,8 +390,7 @@ class Trainer:
         total = x_enc.new_zeros(())
         n = x_enc.shape[0]
         for v in views:
-            reps = n // v["feats"].shape[0]
-            clean = v["feats"].repeat(reps, 1)
+            reps = n // v["n"]
             texts = v["text_feats"]
             tgt = v["target"]
             with self._autocast():
@@ -450,7 +459,11 @@ class Trainer:
             name = phase.name
         conds = [self.full_cond.expand(n, -1) if v == "full" else self._encrypted_conditions(n) for v in versions]
         guard = cfg.guard_weight > 0 and "full" in versions
-        views = self._clean_view(x, texts) if ("encrypted" in versions or guard) else None
+        encrypted = "encrypted" in versions
+        views = None
+        if encrypted or guard:  # only the target passes this step needs (stage 2's guard needs none)
+            views = self._clean_view(x, texts, feats=encrypted and cfg.objective != "margin",
+                                     logits=(encrypted and cfg.objective == "margin") or (guard and cfg.stage == 1))
 
         # crops of any size: pad to the codec's multiple of 64, crop the decodes back
         x_in, size = pad_to_multiple(x, PAD_MULTIPLE)
@@ -691,6 +704,22 @@ class Trainer:
         result["adapter"] = str(adapter_dir)
         result["log"] = str(self.out_dir / "log.jsonl")
         return result
+
+
+def checkpoint_adapter_config(out_dir: PathLike):
+    """The adapter config (salt, key check, ...) in ``out_dir``'s checkpoint, or ``None``.
+
+    Resuming needs the adapter the checkpoint was made with: a freshly wrapped
+    codec draws a new salt (``PSICModel(codec).add_adapter("default", config, key=key)``
+    rebuilds it; the trainer then loads its weights from the checkpoint).
+    """
+    from .config import PSICConfig
+
+    path = Path(out_dir) / CHECKPOINT_NAME
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return PSICConfig.from_dict(state["adapter_config"])
 
 
 def _frozen_copy(module: nn.Module) -> nn.Module:

@@ -69,3 +69,19 @@ def randomize_adapter(model, std: float = 0.5, seed: int = 0):
         for p in model.psic_adapters.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * std)
     return model
+
+
+# ~400 K parameters, almost all in the token embedding the bundled BPE needs
+TINY_CLIP = dict(
+    embed_dim=16,
+    vision_cfg=dict(image_size=32, patch_size=8, width=16, layers=1, head_width=8),
+    text_cfg=dict(context_length=16, vocab_size=49408, width=8, heads=2, layers=1),
+)
+
+
+def tiny_clip(seed=0, **kwargs):
+    """A tiny random-weight open_clip CLIP target (offline, ~2 s to build)."""
+    from psic_adapter.targets import CLIPTarget
+
+    torch.manual_seed(seed)
+    return CLIPTarget("ViT-B-32", pretrained=None, model_kwargs=TINY_CLIP, **kwargs)

@@ -26,18 +26,9 @@ from psic_adapter.targets import (
     resize_center_crop,
 )
 
-# ~400 K parameters, almost all in the token embedding the bundled BPE needs
-TINY_CLIP = dict(
-    embed_dim=16,
-    vision_cfg=dict(image_size=32, patch_size=8, width=16, layers=1, head_width=8),
-    text_cfg=dict(context_length=16, vocab_size=49408, width=8, heads=2, layers=1),
-)
+from .conftest import TINY_CLIP, tiny_clip
+
 CLASSES = ["cat", "dog", "car"]
-
-
-def tiny_clip(seed=0, **kwargs):
-    torch.manual_seed(seed)
-    return CLIPTarget("ViT-B-32", pretrained=None, model_kwargs=TINY_CLIP, **kwargs)
 
 
 @pytest.fixture(scope="module")

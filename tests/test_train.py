@@ -1,0 +1,573 @@
+"""The trainer: what trains in each stage, which conditions each step decodes with,
+resume, the saved outputs, multi-process (gloo DDP) training and ``psic train``.
+
+Small and offline: a random hyperprior with N=32, M=48, the tiny random CLIP
+of ``conftest``, 64 x 64 crops of the bundled sample photos.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import multiprocessing
+import os
+import socket
+import traceback
+
+import pytest
+import torch
+
+from psic_adapter.adapter import load_adapter, wrap_model
+from psic_adapter.data import SamplePhotos, collate
+from psic_adapter.errors import ConfigError, FingerprintMismatchError, PSICError
+from psic_adapter.train import CHECKPOINT_NAME, Trainer, TrainConfig
+
+from .conftest import SHARED_CODEC, tiny_clip
+
+KEY = b"the owner's training key, 32 bytes!"
+CROP = 64
+BATCH = 4
+
+
+# ------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These models are tiny: one intra-op thread is as fast, and far faster when other
+    jobs share the cores (two OpenMP threads on a busy core were 10x slower here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def base_codec():
+    """A random hyperprior (N=32, M=48), entropy tables computed; deep-copy it before use."""
+    from psic_adapter.codecs import build_codec, prepare_for_coding
+
+    torch.manual_seed(0)
+    codec = build_codec("bmshj2018-hyperprior", N=32, M=48)
+    with torch.no_grad():  # random weights give latents of ~0.03, all rounded to 0: make them matter
+        codec.g_a[-1].weight.mul_(50.0)
+        codec.g_a[-1].bias.mul_(50.0)
+    return prepare_for_coding(codec)
+
+
+@pytest.fixture(scope="module")
+def target():
+    return tiny_clip()
+
+
+@pytest.fixture(scope="module")
+def photos():
+    """12 random 64 x 64 crops (2 of each training photo), captioned."""
+    return SamplePhotos("train", crop=CROP, repeats=2)
+
+
+@pytest.fixture(scope="module")
+def batch(photos):
+    return collate([photos[i] for i in range(BATCH)])
+
+
+def new_model(base_codec):
+    return wrap_model(copy.deepcopy(base_codec), key=KEY)
+
+
+def new_trainer(model, target, data, out_dir, **overrides):
+    cfg = dict(steps=2, batch_size=BATCH, crop=CROP, log_every=1, num_workers=0)
+    cfg.update(overrides)
+    return Trainer(model, target, data, TrainConfig(**cfg), out_dir, device="cpu", progress=False)
+
+
+def snapshot(named):
+    return {n: t.detach().clone() for n, t in named}
+
+
+def changed(before, module_named):
+    now = dict(module_named)
+    return {n for n, t in before.items() if not torch.equal(t, now[n].detach())}
+
+
+def assert_finite(out, *names):
+    for name in names:
+        assert name in out, (name, out)
+        assert math.isfinite(out[name]), (name, out)
+
+
+def params_by_part(model):
+    """Base-codec parameter names grouped by the part of the codec they belong to."""
+    parts = {}
+    for n, _ in model.base.named_parameters():
+        parts.setdefault(n.split(".")[0], set()).add(n)
+    return parts
+
+
+# ------------------------------------------------------------------ stage 1
+def test_stage1_steps_train_codec_adapter_and_quantiles(base_codec, target, batch, tmp_path):
+    model = new_model(base_codec)
+    tr = Trainer(model, target, [batch], TrainConfig(stage=1, steps=2, batch_size=BATCH, crop=CROP), tmp_path,
+                 device="cpu", progress=False)
+    quantiles = [p for n, p in model.base.named_parameters() if n.endswith(".quantiles")]
+    assert quantiles and all(not any(p is q for q in quantiles) for g in tr.optimizer.param_groups for p in g["params"])
+    assert {id(p) for p in tr.aux_optimizer.param_groups[0]["params"]} == {id(q) for q in quantiles}
+
+    base_before = snapshot(model.base.named_parameters())
+    adapter_before = snapshot(model.psic_adapters.named_parameters())
+    full = tr.step(batch)
+    assert full["phase"] == "S1-1"
+    assert_finite(full, "loss", "bpp", "mse_full", "guard", "aux", "grad_norm")
+    enc = tr.step(batch)
+    assert enc["phase"] == "S1-2"
+    assert_finite(enc, "loss", "bpp", "mse_encrypted", "encryption", "aux")
+
+    moved = changed(base_before, model.base.named_parameters())
+    parts = params_by_part(model)
+    for part in ("g_a", "h_a", "h_s", "g_s", "entropy_bottleneck"):
+        assert parts[part] & moved, f"no parameter of {part} changed"
+    # every parameter of the encoder and decoder trains
+    for part in ("g_a", "g_s"):
+        assert parts[part] <= moved, parts[part] - moved
+    assert {n for n in base_before if n.endswith(".quantiles")} <= moved  # the aux optimiser
+    assert changed(adapter_before, model.psic_adapters.named_parameters()) == set(adapter_before)
+    assert all(p.grad is None for p in target.parameters())
+
+
+# ------------------------------------------------------------------ stage 2
+def test_stage2_decoder_variant_trains_only_g_s_and_adapter(base_codec, target, batch, tmp_path):
+    model = new_model(base_codec)
+    tr = Trainer(model, target, [batch], TrainConfig(stage=2, steps=2, batch_size=BATCH, crop=CROP), tmp_path,
+                 device="cpu", progress=False)
+    assert tr.aux_optimizer is None
+    g_s = {n for n, _ in model.base.named_parameters() if n.startswith("g_s.")}
+    frozen = [(n, p) for n, p in model.base.named_parameters() if n not in g_s]
+    assert frozen and all(not p.requires_grad for _, p in frozen)
+    params_before = snapshot(model.base.named_parameters())
+    buffers_before = snapshot(model.base.named_buffers())
+    adapter_before = snapshot(model.psic_adapters.named_parameters())
+    assert buffers_before  # CDF tables, GDN reparametrisation constants ...
+
+    for phase in ("S2-1", "S2-2"):
+        out = tr.step(batch)
+        assert out["phase"] == phase
+        assert_finite(out, "loss", "grad_norm")
+        assert "bpp" not in out  # no rate term in stage 2
+        assert all(p.grad is None for _, p in frozen), [n for n, p in frozen if p.grad is not None]
+        assert all(p.grad is None for p in target.parameters())
+    assert_finite(out, "encryption", "mse_encrypted")
+
+    moved = changed(params_before, model.base.named_parameters())
+    assert moved == g_s, (moved ^ g_s)
+    assert changed(adapter_before, model.psic_adapters.named_parameters()) == set(adapter_before)
+    assert not changed(buffers_before, model.base.named_buffers())
+    # the frozen copy the guard decodes with is the decoder as it was
+    ref = dict(tr.reference_g_s.named_parameters())
+    assert all(torch.equal(ref[n[len("g_s."):]], params_before[n]) for n in g_s)
+
+
+def test_stage2_adapter_only_leaves_the_base_codec_bit_identical(base_codec, target, photos, tmp_path):
+    model = new_model(base_codec)
+    state_before = snapshot(model.base.state_dict().items())
+    adapter_before = snapshot(model.psic_adapters.named_parameters())
+    tr = new_trainer(model, target, photos, tmp_path, stage=2, adapter_only=True, steps=2)
+    assert tr.groups["base"] == [] and not tr.trains_codec and tr.reference_g_s is None
+    result = tr.train()
+    assert_finite(result["last"], "loss", "encryption")
+    state_after = model.base.state_dict()
+    assert state_before.keys() == state_after.keys()
+    assert all(torch.equal(v, state_after[k]) for k, v in state_before.items())
+    assert all(p.grad is None for p in model.base.parameters())
+    assert changed(adapter_before, model.psic_adapters.named_parameters()) == set(adapter_before)
+    assert not (tmp_path / "codec.safetensors").exists()
+
+
+# ------------------------------------------------------------------ conditions
+def capture_conditions(monkeypatch, model):
+    """Record the condition of every conditioned decode (forward or synthesize)."""
+    seen = []
+    real = model.conditioned
+
+    def spy(condition, *args, **kwargs):
+        seen.append(condition.detach().clone())
+        return real(condition, *args, **kwargs)
+
+    monkeypatch.setattr(model, "conditioned", spy)
+    return seen
+
+
+def check_encrypted(cond, n, fraction, full):
+    k = int(round(fraction * n))
+    assert cond.shape == (n, full.shape[-1])
+    assert torch.equal(cond[: n - k], torch.zeros_like(cond[: n - k]))
+    wrong = cond[n - k :]
+    assert torch.equal(wrong.abs(), torch.ones_like(wrong))  # random +-1 key conditions
+    assert not (wrong == full).all(dim=-1).any()
+    return wrong
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_full_and_encrypted_steps_decode_with_the_right_conditions(stage, base_codec, target, batch, tmp_path,
+                                                                   monkeypatch):
+    model = new_model(base_codec)
+    tr = Trainer(model, target, [batch], TrainConfig(stage=stage, adapter_only=stage == 2, steps=4,
+                                                     batch_size=BATCH, crop=CROP, wrong_key_fraction=0.5),
+                 tmp_path, device="cpu", progress=False)
+    full = model.full_condition()
+    assert full.abs().eq(1).all()
+    seen = capture_conditions(monkeypatch, model)
+    wrongs = []
+    for step in range(4):
+        seen.clear()
+        tr.step(batch)
+        assert len(seen) == 1, f"step {step}: {len(seen)} conditioned decodes"
+        cond = seen[0]
+        if step % 2 == 0:  # full
+            assert torch.equal(cond, full.expand(BATCH, -1))
+        else:
+            wrongs.append(check_encrypted(cond, BATCH, 0.5, full[0]))
+    assert not torch.equal(wrongs[0], wrongs[1])  # fresh wrong keys every step
+
+
+def test_joint_schedule_decodes_both_versions_in_one_synthesis(base_codec, target, batch, tmp_path, monkeypatch):
+    model = new_model(base_codec)
+    tr = Trainer(model, target, [batch], TrainConfig(stage=2, schedule="joint", steps=1, batch_size=BATCH, crop=CROP,
+                                                     wrong_key_fraction=0.25), tmp_path, device="cpu", progress=False)
+    calls = []
+    real = model.synthesize
+    monkeypatch.setattr(model, "synthesize", lambda y, c: calls.append((y.shape, c.clone())) or real(y, c))
+    out = tr.step(batch)
+    assert out["phase"] == "S2-joint"
+    assert_finite(out, "loss", "mse_full", "mse_encrypted", "encryption", "guard")
+    assert len(calls) == 1
+    shape, cond = calls[0]
+    assert shape[0] == 2 * BATCH
+    assert torch.equal(cond[:BATCH], model.full_condition().expand(BATCH, -1))
+    check_encrypted(cond[BATCH:], BATCH, 0.25, model.full_condition()[0])
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0])
+def test_wrong_key_fraction_extremes(fraction, base_codec, target, batch, tmp_path, monkeypatch):
+    model = new_model(base_codec)
+    tr = Trainer(model, target, [batch], TrainConfig(stage=2, adapter_only=True, steps=2, batch_size=BATCH, crop=CROP,
+                                                     wrong_key_fraction=fraction), tmp_path, device="cpu",
+                 progress=False)
+    seen = capture_conditions(monkeypatch, model)
+    tr.step(batch)
+    tr.step(batch)
+    check_encrypted(seen[-1], BATCH, fraction, model.full_condition()[0])
+
+
+def test_trainer_refuses_a_model_loaded_without_its_key(base_codec, target, photos, tmp_path):
+    saved = new_model(base_codec).save_pretrained(tmp_path / "adapter")
+    keyless = load_adapter(copy.deepcopy(base_codec), saved, is_trainable=True)
+    with pytest.raises(ConfigError, match="without its key"):
+        new_trainer(keyless, target, photos, tmp_path / "run")
+    with pytest.raises(ConfigError, match="PSICModel"):
+        new_trainer(copy.deepcopy(base_codec), target, photos, tmp_path / "run")
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_each_step_runs_the_target_twice_and_the_text_tower_once_per_caption(stage, base_codec, batch, tmp_path,
+                                                                               monkeypatch):
+    target = tiny_clip()  # a fresh text cache
+    model = new_model(base_codec)
+    tr = Trainer(model, target, [batch], TrainConfig(stage=stage, adapter_only=stage == 2, steps=4, batch_size=BATCH,
+                                                     crop=CROP), tmp_path, device="cpu", progress=False)
+    images, texts = [], []
+    real_images, real_texts = target.image_features, target._encode_texts
+    monkeypatch.setattr(target, "image_features", lambda x: images.append(x.shape[0]) or real_images(x))
+    monkeypatch.setattr(target, "_encode_texts", lambda t: texts.append(list(t)) or real_texts(t))
+    for _ in range(4):
+        images.clear()
+        tr.step(batch)
+        # full: reference view (clean logits / base decode) + the full decode with grad;
+        # encrypted: clean features + the encrypted decode with grad
+        assert images == [BATCH, BATCH]
+    assert sorted(t for chunk in texts for t in chunk) == sorted(set(batch["text"]))
+
+
+# ------------------------------------------------------------------ resume
+def _state_equal(a, b, path="state"):
+    if torch.is_tensor(a):
+        assert torch.is_tensor(b) and a.shape == b.shape and torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _state_equal(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _state_equal(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, (path, a, b)
+
+
+def test_resume_is_bit_identical_to_an_uninterrupted_run(base_codec, target, photos, tmp_path):
+    init = new_model(base_codec).save_pretrained(tmp_path / "init")
+
+    def model():  # the same adapter (salt, weights) every time
+        return load_adapter(copy.deepcopy(base_codec), init, key=KEY, is_trainable=True)
+
+    cfg = dict(stage=1, wrong_key_fraction=0.5)
+    # 12 items, batch 4: 3 batches an epoch, so step 4 starts a new epoch
+    straight = new_trainer(model(), target, photos, tmp_path / "a", steps=4, checkpoint_every=2, **cfg)
+    straight.train()
+
+    first = new_trainer(model(), target, photos, tmp_path / "b", steps=2, **cfg)
+    first.train()
+    assert (tmp_path / "b" / CHECKPOINT_NAME).is_file()
+    resumed = new_trainer(model(), target, photos, tmp_path / "b", steps=4, **cfg)
+    resumed.train(resume=True)
+
+    assert resumed.step_count == straight.step_count == 4
+    assert (resumed.epoch, resumed.batch_in_epoch) == (straight.epoch, straight.batch_in_epoch) == (1, 1)
+    _state_equal(straight.model.adapter_state_dict(), resumed.model.adapter_state_dict(), "adapter")
+    _state_equal(dict(straight.model.base.named_parameters()), dict(resumed.model.base.named_parameters()), "base")
+    _state_equal(straight.optimizer.state_dict(), resumed.optimizer.state_dict(), "optimizer")
+    _state_equal(straight.aux_optimizer.state_dict(), resumed.aux_optimizer.state_dict(), "aux_optimizer")
+    # ... and not trivially: training moved them
+    fresh = model().adapter_state_dict()
+    assert any(not torch.equal(v, straight.model.adapter_state_dict()[k]) for k, v in fresh.items())
+    # the log goes on where it stopped
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_resume_refuses_another_adapter(base_codec, target, photos, tmp_path):
+    new_trainer(new_model(base_codec), target, photos, tmp_path, stage=2, adapter_only=True, steps=1).train()
+    other = new_trainer(new_model(base_codec), target, photos, tmp_path, stage=2, adapter_only=True, steps=2)
+    with pytest.raises(PSICError, match="another adapter"):
+        other.train(resume=True)
+
+
+# ------------------------------------------------------------------ objectives
+@pytest.mark.parametrize("objective", ["uaeo", "naive", "authors", "margin"])
+def test_every_objective_gives_a_finite_loss(objective, base_codec, target, batch, tmp_path):
+    model = new_model(base_codec)
+    tr = Trainer(model, target, [batch], TrainConfig(stage=2, adapter_only=True, schedule="joint", steps=1,
+                                                     batch_size=BATCH, crop=CROP, objective=objective),
+                 tmp_path, device="cpu", progress=False)
+    out = tr.step(batch)
+    assert_finite(out, "loss", "encryption", "mse_full", "mse_encrypted", "guard")
+
+
+def test_joint_schedule_in_stage1(base_codec, target, batch, tmp_path):
+    model = new_model(base_codec)
+    tr = Trainer(model, target, [batch], TrainConfig(stage=1, schedule="joint", steps=1, batch_size=BATCH, crop=CROP),
+                 tmp_path, device="cpu", progress=False)
+    out = tr.step(batch)
+    assert out["phase"] == "S1-joint"
+    assert_finite(out, "loss", "bpp", "mse_full", "mse_encrypted", "encryption", "guard", "aux")
+
+
+# ------------------------------------------------------------------ outputs
+def test_finish_writes_a_loadable_adapter_and_the_log(base_codec, target, photos, tmp_path, image64):
+    model = new_model(base_codec)
+    result = new_trainer(model, target, photos, tmp_path, stage=2, adapter_only=True, steps=3).train()
+    assert result["steps"] == 3 and "codec" not in result
+    lines = (tmp_path / "log.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    for r in records:
+        assert_finite(r, "loss", "lr", "img_per_s")
+    assert {"mse_full", "guard"} <= records[0].keys() and {"mse_encrypted", "encryption"} <= records[1].keys()
+
+    loaded = load_adapter(copy.deepcopy(base_codec), tmp_path / "adapter", key=KEY)
+    assert loaded.config.training["steps_done"] == 3
+    model.eval()
+    with torch.no_grad():
+        enc = model.compress(image64)
+        for kw in ({"key": KEY}, {}):
+            a = model.decompress(enc["strings"], enc["shape"], **kw)["x_hat"]
+            b = loaded.decompress(enc["strings"], enc["shape"], **kw)["x_hat"]
+            assert torch.equal(a, b)
+        full = model.decompress(enc["strings"], enc["shape"], key=KEY)["x_hat"]
+        plain = model.decompress(enc["strings"], enc["shape"])["x_hat"]
+        assert not torch.equal(full, plain)  # the trained adapter acts
+
+
+def test_finish_saves_the_trained_codec_that_the_adapter_fits(base_codec, target, photos, tmp_path, image64):
+    from psic_adapter.codecs import fingerprint, load_codec
+
+    model = new_model(base_codec)
+    result = new_trainer(model, target, photos, tmp_path, stage=1, steps=2).train()
+    codec_file = tmp_path / "codec.safetensors"
+    assert result["codec"] == str(codec_file) and codec_file.is_file()
+    trained = load_codec("bmshj2018-hyperprior", checkpoint=codec_file)
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model"]["fingerprint"] == fingerprint(trained) == fingerprint(model.base)
+    loaded = load_adapter(trained, tmp_path / "adapter", key=KEY)
+    with pytest.raises(FingerprintMismatchError):
+        load_adapter(copy.deepcopy(base_codec), tmp_path / "adapter")
+    model.eval()
+    with torch.no_grad():
+        enc = model.compress(image64)
+        enc2 = loaded.compress(image64)
+        assert enc["strings"] == enc2["strings"]
+        a = model.decompress(enc["strings"], enc["shape"], key=KEY)["x_hat"]
+        b = loaded.decompress(enc["strings"], enc["shape"], key=KEY)["x_hat"]
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+# ------------------------------------------------------------------ DDP
+class _Recorded(torch.utils.data.Dataset):
+    """A dataset that remembers which indices this process read."""
+
+    def __init__(self, data):
+        self.data, self.seen = data, []
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        self.seen.append(int(i))
+        return self.data[i]
+
+    def set_epoch(self, epoch):
+        self.data.set_epoch(epoch)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, out_dir, base_codec, target, photos, stage):
+    """One rank of a gloo run (forked: the parent's imports and fixtures come along).
+
+    Writes ``rank<r>.pt`` (what the test checks) or ``rank<r>.err`` (a traceback)."""
+    import datetime
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    try:
+        dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
+        try:
+            torch.manual_seed(100 + rank)  # each rank wraps its own adapter (own salt), as `psic train` does
+            model = wrap_model(copy.deepcopy(base_codec), key=KEY)
+            data = _Recorded(photos)
+            tr = Trainer(model, target, data, TrainConfig(stage=stage, steps=2, batch_size=2, crop=CROP, log_every=1),
+                         os.path.join(out_dir, "run"), device="cpu", progress=False)
+            assert tr.world == world and tr.rank == rank
+
+            def params():
+                return {**{"adapter." + k: v.clone() for k, v in model.adapter_state_dict().items()},
+                        **{k: v.detach().clone() for k, v in model.base.named_parameters()}}
+
+            start = params()
+            tr.train()
+            result = {"start": start, "end": params(), "seen": data.seen, "salt": model.config.salt,
+                      "full": tr.full_cond.cpu(), "model_full": model.full_condition().cpu()}
+            torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+        finally:
+            dist.destroy_process_group()
+    except BaseException:
+        with open(os.path.join(out_dir, f"rank{rank}.err"), "w") as fh:
+            fh.write(traceback.format_exc())
+        os._exit(1)
+    os._exit(0)  # no atexit handlers of the parent (pytest) in a forked child
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_ddp_two_gloo_processes_train_one_model(stage, base_codec, target, photos, tmp_path):
+    from psic_adapter.codecs import load_codec
+
+    ctx = multiprocessing.get_context("fork")
+    port = _free_port()
+    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, str(tmp_path), base_codec, target, photos, stage))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join(timeout=150)
+        hung = [r for r, p in enumerate(procs) if p.is_alive()]
+    finally:
+        for p in procs:  # never leave a rank behind
+            if p.is_alive():
+                p.kill()
+                p.join()
+    errors = {r: (tmp_path / f"rank{r}.err").read_text() for r in range(2) if (tmp_path / f"rank{r}.err").exists()}
+    assert not errors, "\n".join(f"rank {r}:\n{e}" for r, e in errors.items())
+    assert not hung, f"ranks {hung} did not finish in time"
+    assert [p.exitcode for p in procs] == [0, 0]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2))
+    # rank 0's adapter everywhere: parameters (DDP broadcast), salt and owner's condition
+    _state_equal(r0["start"], r1["start"], "start")
+    assert r0["salt"] == r1["salt"]
+    assert torch.equal(r0["full"], r1["full"]) and torch.equal(r1["full"], r1["model_full"])
+    # trained in step, identically, and actually trained
+    _state_equal(r0["end"], r1["end"], "end")
+    moved = [k for k in r0["start"] if not torch.equal(r0["start"][k], r0["end"][k])]
+    assert any(k.startswith("adapter.") for k in moved) and any(k.startswith("g_s.") for k in moved)
+    if stage == 1:
+        assert any(k.startswith("g_a.") for k in moved)
+        assert any(k.endswith(".quantiles") for k in moved)  # the aux step, all-reduced
+    else:
+        assert all(k.startswith(("adapter.", "g_s.")) for k in moved)
+    # the sampler shards: two batches of 2 per rank, disjoint within an epoch
+    assert len(r0["seen"]) == len(r1["seen"]) == 4
+    assert not set(r0["seen"][:2]) & set(r1["seen"][:2]) and not set(r0["seen"][2:]) & set(r1["seen"][2:])
+    # only rank 0 writes
+    run = tmp_path / "run"
+    saved = load_adapter(load_codec("bmshj2018-hyperprior", checkpoint=run / "codec.safetensors"), run / "adapter",
+                         key=KEY)
+    assert saved.config.salt == r0["salt"]
+    assert len((run / "log.jsonl").read_text().splitlines()) == 2
+
+
+# ------------------------------------------------------------------ CLI
+@pytest.mark.skipif(not SHARED_CODEC.is_dir(), reason="../shared/codecs/bmshj2018-hyperprior-q3 is not available")
+def test_psic_train_on_the_shared_codec(tmp_path, capsys):
+    from psic_adapter.cli import main
+    from psic_adapter.codecs import load_codec
+    from psic_adapter.images import save_image
+    from psic_adapter.data import sample_photo
+
+    key_file = tmp_path / "owner.key"
+    assert main(["keygen", str(key_file)]) == 0
+    ckpt = str(SHARED_CODEC)
+    out = tmp_path / "run"
+    train = ["train", "--codec", "bmshj2018-hyperprior", "--quality", "3", "--checkpoint", ckpt,
+             "--target", "efficientnet-lite0", "--data", "samples", "--stage", "2", "--adapter-only",
+             "--batch", "4", "--crop", "96", "--key-file", str(key_file), "--out", str(out),
+             "--device", "cpu", "--log-every", "2"]
+    rc = main(train + ["--steps", "4"])
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err
+    assert "adapter:" in printed.out
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4]
+    assert not (out / "codec.safetensors").exists()
+
+    from psic_adapter.condition import read_key_file
+
+    key = read_key_file(key_file)
+    model = load_adapter(load_codec("bmshj2018-hyperprior", quality=3, checkpoint=ckpt), out / "adapter", key=key)
+    assert model.config.training["steps_done"] == 4
+    salt = model.config.salt
+
+    # --resume continues the same adapter (its salt) from OUT/checkpoint.pt
+    rc = main(train + ["--steps", "5", "--resume"])
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err
+    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [2, 4, 5]
+    model = load_adapter(load_codec("bmshj2018-hyperprior", quality=3, checkpoint=ckpt), out / "adapter", key=key)
+    assert model.config.training["steps_done"] == 5 and model.config.salt == salt
+
+    x, _ = sample_photo("coffee")
+    img = tmp_path / "coffee.png"
+    save_image(x[..., :128, :192], img)
+    psic = tmp_path / "coffee.psic"
+    assert main(["compress", str(img), str(psic), "--codec", "bmshj2018-hyperprior", "--quality", "3",
+                 "--checkpoint", ckpt, "--adapter", str(out / "adapter")]) == 0
+    for extra, version in (([], "encrypted"), (["--key-file", str(key_file)], "full")):
+        capsys.readouterr()
+        rc = main(["decompress", str(psic), str(tmp_path / f"{version}.png"), "--checkpoint", ckpt,
+                   "--adapter", str(out / "adapter"), *extra])
+        printed = capsys.readouterr()
+        assert rc == 0, printed.err
+        assert f"{version} version" in printed.out
