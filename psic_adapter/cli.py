@@ -329,7 +329,8 @@ def _train_parser(sub) -> None:
     p.add_argument("--objective", default="uaeo", choices=["uaeo", "naive", "authors", "margin"])
     p.add_argument("--encryption-weight", type=float, default=1.0)
     p.add_argument("--encrypted-distortion", type=float, help="encrypted distortion weight (default 1 stage 1, 0.3 stage 2)")
-    p.add_argument("--guard-weight", type=float, default=1.0, help="semantic guard on the full version (0: paper)")
+    p.add_argument("--guard-weight", type=float,
+                   help="semantic guard on the full version (0: the paper; default 1, or 0 with --adapter-only)")
     p.add_argument("--schedule", default="alternate", choices=["alternate", "joint"])
     p.add_argument("--compile", action="store_true", help="torch.compile the decoder and the target")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")

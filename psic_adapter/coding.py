@@ -155,6 +155,8 @@ def decode_file(src: PathLike, dst: PathLike, model: nn.Module, key: Optional[Ke
     enc, header, alpha = container.read(src)
     check_codec(header, model)
     wrapped = isinstance(model, PSICModel)
+    if plain and key is not None:
+        raise PSICError("--plain decodes with the base codec alone, which takes no key")
     if plain and wrapped:
         model = model.base
         wrapped = False

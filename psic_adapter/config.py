@@ -121,7 +121,9 @@ class PSICConfig:
         if not isinstance(data, dict):
             raise ConfigError("an adapter config must be a JSON object")
         version = data.get("format_version", FORMAT_VERSION)
-        if isinstance(version, int) and version > FORMAT_VERSION:  # before the field check: new formats add fields
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise ConfigError(f"adapter config format_version must be an integer, not {version!r}")
+        if version > FORMAT_VERSION:  # before the field check: new formats add fields
             raise ConfigError(
                 f"adapter format {version} is newer than this psic_adapter understands "
                 f"({FORMAT_VERSION}); upgrade psic-adapter"

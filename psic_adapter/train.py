@@ -78,7 +78,9 @@ class TrainConfig:
         encrypted_distortion: weight of the encrypted version's distortion
             relative to the full version's (default: 1 in stage 1, as the paper;
             0.3 in stage 2, where the paper has none).
-        guard_weight: weight of the semantic guard on full steps (0: the paper's L2 alone).
+        guard_weight: weight of the semantic guard on full steps (0: the paper's L2 alone;
+            default: 1 when the decoder trains, 0 for adapter-only training, where the
+            base decoder is frozen and L2 alone keeps the full version at the base).
             Its reference is the base codec's decode (a frozen copy of the decoder
             when the decoder trains); in stage 1, the original image.
         margin: margin of the "margin" objective, in logits.
@@ -107,7 +109,7 @@ class TrainConfig:
     s: float = 0.1
     encryption_weight: float = 1.0
     encrypted_distortion: Optional[float] = None
-    guard_weight: float = 1.0
+    guard_weight: Optional[float] = None
     margin: float = 5.0
     wrong_key_fraction: float = 0.5
     schedule: str = "alternate"
@@ -153,6 +155,11 @@ class TrainConfig:
         if self.lmbda is not None:
             return self.lmbda
         return COMPRESSAI_LAMBDAS.get(quality, 0.0067)
+
+    def resolved_guard_weight(self) -> float:
+        if self.guard_weight is not None:
+            return self.guard_weight
+        return 0.0 if self.adapter_only else 1.0
 
     def resolved_encrypted_distortion(self) -> float:
         if self.encrypted_distortion is not None:
@@ -288,7 +295,8 @@ class Trainer:
         # The guard keeps the target's view of the full decode at the base decode's.
         # Stage 2 with a training decoder needs the decoder as it was: a frozen copy.
         self.reference_g_s = None
-        if config.stage == 2 and self.trains_codec and config.guard_weight > 0:
+        self.guard_weight = config.resolved_guard_weight()
+        if config.stage == 2 and self.trains_codec and self.guard_weight > 0:
             self.reference_g_s = _frozen_copy(model.base.g_s)
         if config.compile:
             model.base.g_s.compile()
@@ -458,7 +466,7 @@ class Trainer:
             versions = [phase.version]
             name = phase.name
         conds = [self.full_cond.expand(n, -1) if v == "full" else self._encrypted_conditions(n) for v in versions]
-        guard = cfg.guard_weight > 0 and "full" in versions
+        guard = self.guard_weight > 0 and "full" in versions
         encrypted = "encrypted" in versions
         views = None
         if encrypted or guard:  # only the target passes this step needs (stage 2's guard needs none)
@@ -493,7 +501,7 @@ class Trainer:
             if guard:
                 g = self._guard_loss(parts["full"], views, ref_logits)
                 terms["guard"] = g
-                loss = loss + cfg.guard_weight * g
+                loss = loss + self.guard_weight * g
         if "encrypted" in parts:
             mse = F.mse_loss(parts["encrypted"], x)
             terms["mse_encrypted"] = mse

@@ -530,3 +530,13 @@ def test_a_block_that_returns_its_input_is_not_changed_in_place():
     assert torch.equal(a, b)
     with torch.enable_grad():
         assert torch.equal(model.synthesize(y, model.full_condition()).detach(), a)
+
+
+@pytest.mark.parametrize("bad", ["2", 1.5, None, True])
+def test_config_format_version_must_be_an_integer(bad):
+    from psic_adapter.errors import ConfigError
+
+    data = PSICConfig().to_dict()
+    data["format_version"] = bad
+    with pytest.raises(ConfigError, match="format_version must be an integer"):
+        PSICConfig.from_dict(data)

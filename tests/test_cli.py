@@ -505,3 +505,20 @@ def test_shared_checkpoint_reproduces_the_documented_rate_and_quality(shared_cod
     psnr = 10 * np.log10(255.0**2 / mse)
     assert bpp == pytest.approx(0.316, abs=0.01)
     assert psnr == pytest.approx(30.70, abs=0.05)
+
+
+def test_plain_with_a_key_is_refused(tmp_path):
+    """--plain means the base codec alone; a key there would silently do nothing."""
+    from PIL import Image
+
+    from psic_adapter.coding import decode_file, encode_file
+    from psic_adapter.errors import PSICError
+
+    from .conftest import make_codec
+
+    codec = make_codec("bmshj2018-hyperprior")
+    Image.fromarray((np.random.default_rng(0).random((40, 40, 3)) * 255).astype("uint8")).save(tmp_path / "a.png")
+    encode_file(tmp_path / "a.png", tmp_path / "a.psic", codec)
+    with pytest.raises(PSICError, match="takes no key"):
+        decode_file(tmp_path / "a.psic", tmp_path / "b.png", codec, key=b"k", plain=True)
+    assert not (tmp_path / "b.png").exists()
