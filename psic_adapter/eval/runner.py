@@ -33,12 +33,11 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
@@ -367,6 +366,7 @@ def headline(result: Dict[str, Any]) -> Dict[str, Any]:
         h["asr_whitebox"] = result["whitebox"]["asr"]
     if result.get("retrieval"):
         h.update({f"retrieval_{k}": v for k, v in result["retrieval"]["asr"].items()})
+    h.update(result.get("task_headline", {}))  # ImageNet / CelebA / captioning numbers (eval/tasks.py)
     return h
 
 
