@@ -592,10 +592,10 @@ def codec_for_adapter(path: PathLike, checkpoint=None, device="cpu"):
     if checkpoint:
         candidates.append(checkpoint)
     if not candidates:
-        return load_codec(name, quality, pretrained=True, device=device)
+        return load_codec(name, quality, pretrained=True, device=device, **dims)
     seen = []
     for cand in candidates:
-        codec = load_codec(name, quality, checkpoint=cand, device=device) if quality is not None else load_codec(name, checkpoint=cand, device=device)
+        codec = load_codec(name, quality, checkpoint=cand, device=device, **dims)
         fp = fingerprint(codec)
         if fp == info.get("fingerprint"):
             return codec

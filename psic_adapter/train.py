@@ -32,7 +32,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
@@ -45,13 +45,13 @@ from . import losses
 from .coding import PAD_MULTIPLE
 from .errors import ConfigError, OverwriteError, PSICError
 from .images import crop_to, pad_to_multiple
+from .objectives import OBJECTIVES, EncryptionObjective
 from .schedule import Phase, configure_trainable, phase_at
 
 PathLike = Union[str, os.PathLike]
 
 #: CompressAI's MSE lambdas by zoo quality (paper: "lambda ... to obtain models at different levels")
 COMPRESSAI_LAMBDAS = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483, 7: 0.0932, 8: 0.1800}
-OBJECTIVES = ("uaeo", "naive", "authors", "margin")
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
@@ -244,8 +244,190 @@ class _CodecStep(nn.Module):
         return self.model.synthesize(inp, condition), None
 
 
+# ------------------------------------------------------------------ the loop
+def _rng_state() -> Dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(rng: Dict[str, Any]) -> None:
+    torch.set_rng_state(rng["torch"])
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+
+
+class TrainingLoop:
+    """What every trainer of this project shares (PSIC's :class:`Trainer`, the BAvAFT baseline).
+
+    The seeded, sharded, resumable stream of batches; the tqdm bar; the
+    JSON-lines log; checkpoints that hold the counters, the RNG states and
+    whatever the subclass adds; bit-exact resume; refusing to overwrite a
+    finished run. Subclasses implement :meth:`step`, :meth:`checkpoint_state`,
+    :meth:`load_checkpoint_state` and :meth:`finish`.
+    """
+
+    #: the file whose presence marks a finished run in ``out_dir``
+    done_marker = ("adapter", "adapter_config.json")
+    checkpoint_name = CHECKPOINT_NAME
+    postfix_keys: Sequence[str] = ("loss",)
+
+    def _init_loop(self, dataset, config, out_dir: PathLike, device: Optional[str], progress: bool,
+                   recipe: Optional[Dict[str, Any]], rank: int = 0, world: int = 1) -> None:
+        self.dataset, self.cfg = dataset, config
+        self.out_dir = Path(out_dir)
+        self.progress = progress
+        self.recipe = dict(recipe or {})
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.rank, self.world, self.is_main = rank, world, rank == 0
+        self.sampler = EpochSampler(len(dataset), config.seed, shuffle=True, rank=rank, world=world)
+        self.step_count = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self._log_fh = None
+
+    # ---- what a subclass provides
+    def step(self, batch: Dict[str, Any]) -> Dict[str, float]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def checkpoint_state(self) -> Dict[str, Any]:  # pragma: no cover - abstract
+        """Model and optimiser state to put in a checkpoint."""
+        raise NotImplementedError
+
+    def load_checkpoint_state(self, state: Dict[str, Any], path: Path) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def finish(self, last: Dict[str, float]) -> Dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def log_fields(self) -> Dict[str, Any]:
+        """Extra fields of each log record (learning rates ...)."""
+        return {}
+
+    @property
+    def bar_desc(self) -> str:
+        return "train"
+
+    # ---- checkpoints
+    def save_checkpoint(self, path: Optional[PathLike] = None) -> Path:
+        path = Path(path or self.out_dir / self.checkpoint_name)
+        state = {
+            "step": self.step_count,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "train_config": self.cfg.to_dict(),
+            "rng": _rng_state(),
+            **self.checkpoint_state(),
+        }
+        tmp = path.with_name(path.name + ".part")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+        return path
+
+    def load_checkpoint(self, path: Optional[PathLike] = None) -> None:
+        path = Path(path or self.out_dir / self.checkpoint_name)
+        if not path.is_file():
+            raise PSICError(f"{path}: no checkpoint to resume from")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        self.load_checkpoint_state(state, path)
+        _set_rng_state(state["rng"])
+        self.step_count = state["step"]
+        self.epoch = state["epoch"]
+        self.batch_in_epoch = state["batch_in_epoch"]
+
+    # ---- data and log
+    def _batches(self) -> Iterator[Dict[str, Any]]:
+        from .data import make_loader
+
+        pin = self.device.type == "cuda"
+        while True:
+            if hasattr(self.dataset, "set_epoch"):
+                self.dataset.set_epoch(self.epoch)
+            self.sampler.set_epoch(self.epoch, start=self.batch_in_epoch * self.cfg.batch_size)
+            loader = make_loader(self.dataset, self.cfg.batch_size, shuffle=False, num_workers=self.cfg.num_workers,
+                                 pin_memory=pin, drop_last=True, sampler=self.sampler, seed=self.cfg.seed)
+            got = False
+            for batch in loader:
+                got = True
+                self.batch_in_epoch += 1
+                yield batch
+            if not got and self.batch_in_epoch == 0:
+                raise ConfigError(
+                    f"the dataset ({len(self.dataset)} items) is smaller than one batch of {self.cfg.batch_size} "
+                    f"per process: lower the batch size (or add repeats of the sample photos)"
+                )
+            self.epoch += 1
+            self.batch_in_epoch = 0
+
+    def _log(self, record: Dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        if self._log_fh is None:
+            self._log_fh = open(self.out_dir / "log.jsonl", "a")
+        self._log_fh.write(json.dumps(record) + "\n")
+        self._log_fh.flush()
+
+    def prepare_out_dir(self, resume: bool = False, force: bool = False) -> None:
+        if not self.is_main:
+            return
+        done = self.out_dir.joinpath(*self.done_marker)
+        if not resume and done.exists() and not force:
+            raise OverwriteError(f"{done.parent} exists (use --force to overwrite, or --resume)")
+        log = self.out_dir / "log.jsonl"
+        if not resume and log.exists():
+            if not force:
+                raise OverwriteError(f"{log} exists (use --force to start over, or --resume)")
+            log.unlink()
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+
+    # ---- the loop
+    def train(self, resume: bool = False, force: bool = False) -> Dict[str, Any]:
+        """Run ``steps`` optimisation steps (tqdm, JSON-lines log, checkpoints), then :meth:`finish`."""
+        from tqdm.auto import tqdm
+
+        self.prepare_out_dir(resume=resume, force=force)
+        if resume:
+            self.load_checkpoint()
+        else:  # the noise of training (quantisation ...) is the seed's, per rank
+            seed = self.cfg.seed * 1_000_003 + self.rank
+            torch.manual_seed(seed)
+            np.random.seed(seed % 2**32)
+            random.seed(seed)
+        cfg = self.cfg
+        bar = tqdm(total=cfg.steps, initial=self.step_count, disable=not (self.progress and self.is_main),
+                   desc=self.bar_desc, unit="step")
+        batches = self._batches()
+        t0, seen = time.perf_counter(), 0
+        last: Dict[str, float] = {}
+        try:
+            while self.step_count < cfg.steps:
+                batch = next(batches)
+                last = self.step(batch)
+                seen += batch["image"].shape[0] * self.world
+                bar.update(1)
+                if self.step_count % cfg.log_every == 0 or self.step_count == cfg.steps:
+                    elapsed = time.perf_counter() - t0
+                    self._log({"step": self.step_count, "epoch": self.epoch, **last, **self.log_fields(),
+                               "img_per_s": seen / max(elapsed, 1e-9)})
+                    bar.set_postfix({k: f"{last[k]:.3g}" for k in self.postfix_keys if k in last})
+                if cfg.checkpoint_every and self.step_count % cfg.checkpoint_every == 0 and self.is_main:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+        result = self.finish(last)
+        if self._log_fh is not None:
+            self._log_fh.close()
+            self._log_fh = None
+        return result
+
+
 # --------------------------------------------------------------------- trainer
-class Trainer:
+class Trainer(TrainingLoop):
     """Fit a PSIC adapter (and, by stage, the codec) against a target model.
 
     Args:
@@ -260,6 +442,8 @@ class Trainer:
         device: "cpu", "cuda", ... (default: CUDA when available).
     """
 
+    postfix_keys = ("loss", "psnr_full", "psnr_encrypted", "encryption")
+
     def __init__(self, model, target, dataset, config: TrainConfig, out_dir: PathLike,
                  quality: Optional[int] = None, device: Optional[str] = None, progress: bool = True,
                  recipe: Optional[Dict[str, Any]] = None):
@@ -267,17 +451,15 @@ class Trainer:
 
         if not isinstance(model, PSICModel):
             raise ConfigError("Trainer takes a PSICModel (wrap_model(codec, key=...))")
-        self.model, self.target, self.dataset, self.cfg = model, target, dataset, config
-        self.out_dir = Path(out_dir)
+        rank, world = _dist_info()
+        self._init_loop(dataset, config, out_dir, device, progress, recipe, rank, world)
+        self.model, self.target = model, target
         self.quality = quality if quality is not None else model.config.base_model.get("quality")
-        self.progress = progress
-        self.recipe = dict(recipe or {})
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.rank, self.world = _dist_info()
-        self.is_main = self.rank == 0
         cuda = self.device.type == "cuda"
-        self.amp = cuda and config.amp == "auto" or config.amp == "bf16"
+        self.amp = (cuda and config.amp == "auto") or config.amp == "bf16"
         self.channels_last = (cuda and config.channels_last == "auto") or config.channels_last == "on"
+        self.objective = EncryptionObjective(target, config.objective, s=config.s, margin=config.margin,
+                                             amp=self.amp, device_type=self.device.type)
 
         self.full_cond = model.full_condition().to(self.device)  # raises without the key
         if self.world > 1:
@@ -320,13 +502,11 @@ class Trainer:
         self.aux_optimizer = torch.optim.Adam(self.groups["aux"], lr=config.aux_lr) if self.groups["aux"] else None
         milestones = sorted({max(1, int(f * config.steps)) for f in config.lr_milestones})
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=milestones, gamma=0.1)
-
         self.generator = torch.Generator().manual_seed(config.seed * 7919 + self.rank)
-        self.sampler = EpochSampler(len(dataset), config.seed, shuffle=True, rank=self.rank, world=self.world)
-        self.step_count = 0
-        self.epoch = 0
-        self.batch_in_epoch = 0
-        self._log_fh = None
+
+    @property
+    def bar_desc(self) -> str:
+        return f"stage {self.cfg.stage}{' adapter-only' if self.cfg.adapter_only else ''}"
 
     def _sync_adapter_identity(self, full_cond: Tensor) -> Tensor:
         """Make every rank train rank 0's adapter: its config (salt, key check) and full condition.
@@ -348,95 +528,10 @@ class Trainer:
             self.model._key_cache = {k: v for k, v in self.model._key_cache.items() if k[0] != name}
         return obj[1].to(self.device)
 
-    # ------------------------------------------------------------- the losses
-    def _autocast(self):
-        if self.amp:
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        import contextlib
-
-        return contextlib.nullcontext()
-
-    def _members(self):
-        members = getattr(self.target, "members", None)
-        if members:
-            weights = getattr(self.target, "weights", None) or [1.0 / len(members)] * len(members)
-            return list(zip(members, [float(w) for w in weights]))
-        return [(self.target, 1.0)]
-
-    def _clean_view(self, x: Tensor, texts: Sequence[str], feats: bool = True, logits: bool = True):
-        """Per member: what the losses need of the target's view of the original images (no grad).
-
-        ``feats``: image features and the captions' (or, for a classifier, the
-        predicted labels') features, for the feature objectives; ``logits``: the
-        target's logits (margin objective, stage-1 guard reference). Each is a
-        pass of the target, so only what the step needs is computed.
-        """
-        views = []
-        n = x.shape[0]
-        with torch.no_grad(), self._autocast():
-            for tgt, w in self._members():
-                v = dict(target=tgt, weight=w, n=n, feats=None, logits=None, labels=None, text_feats=None, texts=None)
-                if tgt.kind == "classifier":
-                    if feats or logits:  # the predicted labels stand in for the captions
-                        v["logits"] = tgt.logits(x).float()
-                        v["labels"] = v["logits"].argmax(-1)
-                        v["text_feats"] = tgt.label_features()[v["labels"]].float()
-                else:
-                    v["texts"] = list(texts)
-                    v["labels"] = torch.arange(n, device=x.device)
-                    if feats:
-                        v["text_feats"] = tgt.text_features(v["texts"]).float()
-                    if logits:
-                        v["logits"] = tgt.logits(x, v["texts"]).float()
-                if feats:
-                    v["feats"] = tgt.image_features(x).float()
-                views.append(v)
-        return views
-
-    def _encryption_loss(self, x_enc: Tensor, views) -> Tensor:
-        cfg = self.cfg
-        total = x_enc.new_zeros(())
-        n = x_enc.shape[0]
-        for v in views:
-            reps = n // v["n"]
-            texts = v["text_feats"]
-            tgt = v["target"]
-            with self._autocast():
-                if cfg.objective == "margin":
-                    logits = tgt.logits(x_enc, v["texts"]).float()
-                    loss = losses.untargeted_margin_loss(logits, v["labels"].repeat(reps), margin=cfg.margin)
-                else:
-                    recon = tgt.image_features(x_enc).float()
-                    if cfg.objective == "naive":
-                        loss = losses.naive_cosine_loss(recon, texts.repeat(reps, 1))
-                    else:
-                        # UAEO pairs row i with caption i: one square batch per repeat
-                        fn = losses.uaeo_loss if cfg.objective == "uaeo" else losses.authors_uaeo_loss
-                        chunks = recon.chunk(reps)
-                        kw = {"s": cfg.s} if cfg.objective == "uaeo" else {}
-                        loss = sum(fn(c, texts, v["feats"], **kw) for c in chunks) / reps
-            total = total + v["weight"] * loss
-        return total
-
-    def _reference_logits(self, x_ref: Optional[Tensor], views) -> List[Tensor]:
-        """The target's logits on the reference decode (stage 1: on the original images)."""
-        if x_ref is None:
-            return [v["logits"] for v in views]
-        with torch.no_grad(), self._autocast():
-            return [v["target"].logits(x_ref, v["texts"]).float() for v in views]
-
-    def _guard_loss(self, x_full: Tensor, views, ref_logits: List[Tensor]) -> Tensor:
-        total = x_full.new_zeros(())
-        for v, ref in zip(views, ref_logits):
-            with self._autocast():
-                logits = v["target"].logits(x_full, v["texts"]).float()
-            total = total + v["weight"] * losses.semantic_guard_loss(logits, ref, kind="kl")
-        return total
-
     @torch.no_grad()
     def _reference_decode(self, y_hat: Tensor) -> Tensor:
         """The base codec's decode of ``y_hat`` (the decoder as it was before training)."""
-        with self._autocast():
+        with self.objective.autocast():
             if self.reference_g_s is not None:
                 return self.reference_g_s(y_hat).float()
             with self.model.disable_adapter():
@@ -452,7 +547,7 @@ class Trainer:
     # --------------------------------------------------------------- one step
     def step(self, batch: Dict[str, Any]) -> Dict[str, float]:
         """One optimisation step on ``batch``; returns the loss terms as floats."""
-        cfg = self.cfg
+        cfg, obj = self.cfg, self.objective
         x = batch["image"].to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -470,20 +565,19 @@ class Trainer:
         encrypted = "encrypted" in versions
         views = None
         if encrypted or guard:  # only the target passes this step needs (stage 2's guard needs none)
-            views = self._clean_view(x, texts, feats=encrypted and cfg.objective != "margin",
-                                     logits=(encrypted and cfg.objective == "margin") or (guard and cfg.stage == 1))
+            views = obj.clean_view(x, texts, feats=encrypted and not obj.uses_logits,
+                                   logits=(encrypted and obj.uses_logits) or (guard and cfg.stage == 1))
 
         # crops of any size: pad to the codec's multiple of 64, crop the decodes back
         x_in, size = pad_to_multiple(x, PAD_MULTIPLE)
         if cfg.stage == 2:
             with torch.no_grad():
                 y_hat = self.model.analyze(x_in)["y_hat"]  # frozen encoder: rounding, no graph
-            ref = crop_to(self._reference_decode(y_hat), size) if guard else None
-            ref_logits = self._reference_logits(ref, views) if guard else None
-            with self._autocast():
+            ref_logits = obj.reference_logits(crop_to(self._reference_decode(y_hat), size), views) if guard else None
+            with obj.autocast():
                 x_hat, likelihoods = self.step_module(y_hat, torch.cat(conds), 2, repeats=len(versions))
         else:
-            ref_logits = self._reference_logits(None, views) if guard else None
+            ref_logits = obj.reference_logits(None, views) if guard else None
             x_hat, likelihoods = self.step_module(x_in, torch.cat(conds), 1, repeats=len(versions))
         x_hat = crop_to(x_hat.float(), size)
         parts = dict(zip(versions, x_hat.split(n)))
@@ -499,13 +593,13 @@ class Trainer:
             terms["mse_full"] = mse
             loss = loss + scale * mse
             if guard:
-                g = self._guard_loss(parts["full"], views, ref_logits)
+                g = obj.guard_loss(parts["full"], views, ref_logits)
                 terms["guard"] = g
                 loss = loss + self.guard_weight * g
         if "encrypted" in parts:
             mse = F.mse_loss(parts["encrypted"], x)
             terms["mse_encrypted"] = mse
-            enc = self._encryption_loss(parts["encrypted"], views)
+            enc = obj.encryption_loss(parts["encrypted"], views)
             terms["encryption"] = enc
             loss = loss + self.enc_dist_w * scale * mse + cfg.encryption_weight * enc
         terms["loss"] = loss
@@ -538,44 +632,28 @@ class Trainer:
                 out[f"psnr_{v}"] = _psnr(torch.tensor(out[f"mse_{v}"]))
         return out
 
-    # ------------------------------------------------------------ checkpoints
-    def _trainable_base_state(self) -> Dict[str, Tensor]:
-        if not self.trains_codec:
-            return {}
-        return {k: v.detach().cpu() for k, v in self.model.base.state_dict().items()}
+    def log_fields(self) -> Dict[str, Any]:
+        return {"lr": self.optimizer.param_groups[-1]["lr"]}
 
-    def save_checkpoint(self, path: Optional[PathLike] = None) -> Path:
-        path = Path(path or self.out_dir / CHECKPOINT_NAME)
-        state = {
+    # ------------------------------------------------------------ checkpoints
+    def checkpoint_state(self) -> Dict[str, Any]:
+        base_state = {}
+        if self.trains_codec:
+            base_state = {k: v.detach().cpu() for k, v in self.model.base.state_dict().items()}
+        return {
             "format": 1,
-            "step": self.step_count,
-            "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
-            "train_config": self.cfg.to_dict(),
             "adapter_config": self.model.config.to_dict(),
             "adapter_state": self.model.adapter_state_dict(),
-            "base_state": self._trainable_base_state(),
+            "base_state": base_state,
             "optimizer": self.optimizer.state_dict(),
             "aux_optimizer": self.aux_optimizer.state_dict() if self.aux_optimizer else None,
             "scheduler": self.scheduler.state_dict(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "numpy": np.random.get_state(),
-                "python": random.getstate(),
-                "generator": self.generator.get_state(),
-            },
+            "generator": self.generator.get_state(),
         }
-        tmp = path.with_name(path.name + ".part")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-        return path
 
-    def load_checkpoint(self, path: Optional[PathLike] = None) -> None:
-        path = Path(path or self.out_dir / CHECKPOINT_NAME)
-        if not path.is_file():
-            raise PSICError(f"{path}: no checkpoint to resume from")
-        state = torch.load(path, map_location="cpu", weights_only=False)
+    def load_checkpoint_state(self, state: Dict[str, Any], path: Path) -> None:
+        if "adapter_config" not in state:
+            raise PSICError(f"{path} is not a PSIC training checkpoint")
         if state["adapter_config"]["salt"] != self.model.config.salt:
             raise PSICError(f"{path} belongs to another adapter (its salt differs): resume with the same adapter")
         self.model.psic_adapters[self.model.active_adapter].load_state_dict(state["adapter_state"])
@@ -591,98 +669,7 @@ class Trainer:
         if self.aux_optimizer is not None and state["aux_optimizer"] is not None:
             self.aux_optimizer.load_state_dict(state["aux_optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
-        self.generator.set_state(rng["generator"])
-        self.step_count = state["step"]
-        self.epoch = state["epoch"]
-        self.batch_in_epoch = state["batch_in_epoch"]
-
-    # ------------------------------------------------------------- the loop
-    def _batches(self) -> Iterator[Dict[str, Any]]:
-        from .data import make_loader
-
-        pin = self.device.type == "cuda"
-        while True:
-            if hasattr(self.dataset, "set_epoch"):
-                self.dataset.set_epoch(self.epoch)
-            self.sampler.set_epoch(self.epoch, start=self.batch_in_epoch * self.cfg.batch_size)
-            loader = make_loader(self.dataset, self.cfg.batch_size, shuffle=False, num_workers=self.cfg.num_workers,
-                                 pin_memory=pin, drop_last=True, sampler=self.sampler, seed=self.cfg.seed)
-            got = False
-            for batch in loader:
-                got = True
-                self.batch_in_epoch += 1
-                yield batch
-            if not got and self.batch_in_epoch == 0:
-                raise ConfigError(
-                    f"the dataset ({len(self.dataset)} items) is smaller than one batch of {self.cfg.batch_size} "
-                    f"per process: lower the batch size (or add repeats of the sample photos)"
-                )
-            self.epoch += 1
-            self.batch_in_epoch = 0
-
-    def _log(self, record: Dict[str, Any]) -> None:
-        if not self.is_main:
-            return
-        if self._log_fh is None:
-            self._log_fh = open(self.out_dir / "log.jsonl", "a")
-        self._log_fh.write(json.dumps(record) + "\n")
-        self._log_fh.flush()
-
-    def prepare_out_dir(self, resume: bool = False, force: bool = False) -> None:
-        if not self.is_main:
-            return
-        adapter_dir = self.out_dir / "adapter"
-        if not resume and (adapter_dir / "adapter_config.json").exists() and not force:
-            raise OverwriteError(f"{adapter_dir} exists (use --force to overwrite, or --resume)")
-        if not resume and (self.out_dir / "log.jsonl").exists():
-            if not force:
-                raise OverwriteError(f"{self.out_dir / 'log.jsonl'} exists (use --force to start over, or --resume)")
-            (self.out_dir / "log.jsonl").unlink()
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-
-    def train(self, resume: bool = False, force: bool = False) -> Dict[str, Any]:
-        """Run ``steps`` optimisation steps, then save the adapter (and trained codec)."""
-        from tqdm.auto import tqdm
-
-        self.prepare_out_dir(resume=resume, force=force)
-        if resume:
-            self.load_checkpoint()
-        else:  # the noise of training (quantisation, wrong keys' draws aside) is the seed's, per rank
-            seed = self.cfg.seed * 1_000_003 + self.rank
-            torch.manual_seed(seed)
-            np.random.seed(seed % 2**32)
-            random.seed(seed)
-        cfg = self.cfg
-        bar = tqdm(total=cfg.steps, initial=self.step_count, disable=not (self.progress and self.is_main),
-                   desc=f"stage {cfg.stage}{' adapter-only' if cfg.adapter_only else ''}", unit="step")
-        batches = self._batches()
-        t0, seen = time.perf_counter(), 0
-        last: Dict[str, float] = {}
-        while self.step_count < cfg.steps:
-            batch = next(batches)
-            last = self.step(batch)
-            seen += batch["image"].shape[0] * self.world
-            bar.update(1)
-            if self.step_count % cfg.log_every == 0 or self.step_count == cfg.steps:
-                elapsed = time.perf_counter() - t0
-                rec = {"step": self.step_count, "epoch": self.epoch, **last,
-                       "lr": self.optimizer.param_groups[-1]["lr"], "img_per_s": seen / max(elapsed, 1e-9)}
-                self._log(rec)
-                bar.set_postfix({k: f"{last[k]:.3g}" for k in ("loss", "psnr_full", "psnr_encrypted", "encryption") if k in last})
-            if cfg.checkpoint_every and self.step_count % cfg.checkpoint_every == 0 and self.is_main:
-                self.save_checkpoint()
-        bar.close()
-        result = self.finish(last)
-        if self._log_fh is not None:
-            self._log_fh.close()
-            self._log_fh = None
-        return result
+        self.generator.set_state(state["generator"])
 
     def finish(self, last: Dict[str, float]) -> Dict[str, Any]:
         """Save the adapter (+ the codec when it trained) and a final checkpoint."""

@@ -279,10 +279,12 @@ def test_each_step_runs_the_target_twice_and_the_text_tower_once_per_caption(sta
     monkeypatch.setattr(target, "_encode_texts", lambda t: texts.append(list(t)) or real_texts(t))
     for _ in range(4):
         images.clear()
-        tr.step(batch)
-        # full: reference view (clean logits / base decode) + the full decode with grad;
+        phase = tr.step(batch)["phase"]
+        # full: reference view (clean logits / base decode) + the full decode with grad, when
+        # the guard is on (it is off for adapter-only training: nothing else needs the target);
         # encrypted: clean features + the encrypted decode with grad
-        assert images == [BATCH, BATCH]
+        guarded = tr.guard_weight > 0
+        assert images == ([BATCH, BATCH] if phase.endswith("-2") or guarded else [])
     assert sorted(t for chunk in texts for t in chunk) == sorted(set(batch["text"]))
 
 
@@ -345,10 +347,20 @@ def test_resume_refuses_another_adapter(base_codec, target, photos, tmp_path):
 def test_every_objective_gives_a_finite_loss(objective, base_codec, target, batch, tmp_path):
     model = new_model(base_codec)
     tr = Trainer(model, target, [batch], TrainConfig(stage=2, adapter_only=True, schedule="joint", steps=1,
-                                                     batch_size=BATCH, crop=CROP, objective=objective),
+                                                     batch_size=BATCH, crop=CROP, objective=objective, guard_weight=1.0),
                  tmp_path, device="cpu", progress=False)
     out = tr.step(batch)
     assert_finite(out, "loss", "encryption", "mse_full", "mse_encrypted", "guard")
+
+
+def test_the_guard_is_off_by_default_only_for_adapter_only_training(base_codec, target, batch, tmp_path):
+    for adapter_only, expected in ((True, 0.0), (False, 1.0)):
+        tr = Trainer(new_model(base_codec), target, [batch],
+                     TrainConfig(stage=2, adapter_only=adapter_only, steps=1, batch_size=BATCH, crop=CROP),
+                     tmp_path, device="cpu", progress=False)
+        assert tr.guard_weight == expected
+        out = tr.step(batch)  # step 0: a full step
+        assert ("guard" in out) == (expected > 0)
 
 
 def test_joint_schedule_in_stage1(base_codec, target, batch, tmp_path):
@@ -370,7 +382,8 @@ def test_finish_writes_a_loadable_adapter_and_the_log(base_codec, target, photos
     assert [r["step"] for r in records] == [1, 2, 3]
     for r in records:
         assert_finite(r, "loss", "lr", "img_per_s")
-    assert {"mse_full", "guard"} <= records[0].keys() and {"mse_encrypted", "encryption"} <= records[1].keys()
+    assert {"mse_full"} <= records[0].keys() and {"mse_encrypted", "encryption"} <= records[1].keys()
+    assert "guard" not in records[0]  # adapter-only: no guard by default
 
     loaded = load_adapter(copy.deepcopy(base_codec), tmp_path / "adapter", key=KEY)
     assert loaded.config.training["steps_done"] == 3
