@@ -71,6 +71,22 @@ def randomize_adapter(model, std: float = 0.5, seed: int = 0):
     return model
 
 
+def small_trainable_codec(seed: int = 0):
+    """A random hyperprior (N=32, M=48) whose latents survive rounding, tables computed.
+
+    Random weights give latents of ~0.03, which all round to 0 and make stage 2
+    degenerate; the last analysis layer is scaled up so that they matter.
+    """
+    from psic_adapter.codecs import build_codec, prepare_for_coding
+
+    torch.manual_seed(seed)
+    codec = build_codec("bmshj2018-hyperprior", N=32, M=48)
+    with torch.no_grad():
+        codec.g_a[-1].weight.mul_(50.0)
+        codec.g_a[-1].bias.mul_(50.0)
+    return prepare_for_coding(codec)
+
+
 # ~400 K parameters, almost all in the token embedding the bundled BPE needs
 TINY_CLIP = dict(
     embed_dim=16,

@@ -34,7 +34,7 @@ from psic_adapter.data import SamplePhotos, collate
 from psic_adapter.errors import ConfigError, FingerprintMismatchError, OverwriteError
 from psic_adapter.images import pad_to_multiple
 
-from .conftest import tiny_clip
+from .conftest import small_trainable_codec, tiny_clip
 
 CROP = 64
 BATCH = 4
@@ -48,20 +48,9 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _codec(seed: int = 0):
-    from psic_adapter.codecs import build_codec, prepare_for_coding
-
-    torch.manual_seed(seed)
-    codec = build_codec("bmshj2018-hyperprior", N=32, M=48)
-    with torch.no_grad():  # random weights give latents of ~0.03, all rounded to 0: make them matter
-        codec.g_a[-1].weight.mul_(50.0)
-        codec.g_a[-1].bias.mul_(50.0)
-    return prepare_for_coding(codec)
-
-
 @pytest.fixture(scope="module")
 def base_codec():
-    return _codec()
+    return small_trainable_codec()
 
 
 @pytest.fixture(scope="module")
@@ -249,7 +238,7 @@ def test_training_writes_a_model_that_loads_back(trained, base_codec, target, ba
     assert loaded.compress(x)["strings"] != base_codec.compress(x)["strings"]
     assert torch.equal(loaded.base_codec().g_a[0].weight, base_codec.g_a[0].weight)
     with pytest.raises(FingerprintMismatchError):
-        BAvAFT.from_pretrained(_codec(seed=1), out / "bavaft")
+        BAvAFT.from_pretrained(small_trainable_codec(seed=1), out / "bavaft")
     with pytest.raises(OverwriteError):
         BAvAFTTrainer(BAvAFT(base_codec), target, [], _cfg(), out, device="cpu").prepare_out_dir()
 

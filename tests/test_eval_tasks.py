@@ -21,6 +21,7 @@ from PIL import Image
 from psic_adapter import PSICConfig, wrap_model
 from psic_adapter.errors import ConfigError, DataError
 from psic_adapter.eval import tasks as T
+from psic_adapter.eval.runner import classification_summary
 
 from .conftest import randomize_adapter, tiny_clip
 
@@ -184,18 +185,18 @@ def test_classification_entry_on_hand_made_predictions():
     labels = torch.tensor([0, 1, 2, 3])
     preds = {"original": labels.clone(), "base": torch.tensor([0, 1, 2, 0]), "full": torch.tensor([0, 1, 2, 0]),
              "encrypted": torch.tensor([0, 2, 0, 3])}
-    c = T._classification(preds, labels, ["base", "full", "encrypted"], "hand")
+    c = classification_summary(preds, labels, ["base", "full", "encrypted"], "hand")
     assert c["accuracy"] == {"original": 1.0, "base": 0.75, "full": 0.75, "encrypted": 0.5}
     assert c["n_base_right"] == 3
     assert c["asr"] == pytest.approx(2 / 3)  # base right on 0,1,2; encrypted wrong on 1,2 (3 was never counted)
     assert c["full_asr"] == 0.0 and c["full_agreement_with_base"] == 1.0
     # encrypted == base: nothing flipped
     same = dict(preds, encrypted=preds["base"].clone())
-    assert T._classification(same, labels, ["base", "full", "encrypted"], "hand")["asr"] == 0.0
+    assert classification_summary(same, labels, ["base", "full", "encrypted"], "hand")["asr"] == 0.0
     # [N, A] attribute matrices: every (image, attribute) pair is a sample
     y = torch.tensor([[1, -1], [1, 1]])
     attr = {"original": y, "base": y.clone(), "encrypted": torch.tensor([[-1, -1], [1, -1]])}
-    c = T._classification(attr, y, ["base", "encrypted"], "pairs")
+    c = classification_summary(attr, y, ["base", "encrypted"], "pairs")
     assert c["n_base_right"] == 4 and c["asr"] == 0.5 and c["accuracy"]["encrypted"] == 0.5
 
 

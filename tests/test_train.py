@@ -23,7 +23,7 @@ from psic_adapter.data import SamplePhotos, collate
 from psic_adapter.errors import ConfigError, FingerprintMismatchError, PSICError
 from psic_adapter.train import CHECKPOINT_NAME, Trainer, TrainConfig
 
-from .conftest import SHARED_CODEC, tiny_clip
+from .conftest import SHARED_CODEC, small_trainable_codec, tiny_clip
 
 KEY = b"the owner's training key, 32 bytes!"
 CROP = 64
@@ -43,15 +43,8 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def base_codec():
-    """A random hyperprior (N=32, M=48), entropy tables computed; deep-copy it before use."""
-    from psic_adapter.codecs import build_codec, prepare_for_coding
-
-    torch.manual_seed(0)
-    codec = build_codec("bmshj2018-hyperprior", N=32, M=48)
-    with torch.no_grad():  # random weights give latents of ~0.03, all rounded to 0: make them matter
-        codec.g_a[-1].weight.mul_(50.0)
-        codec.g_a[-1].bias.mul_(50.0)
-    return prepare_for_coding(codec)
+    """Deep-copy it before use."""
+    return small_trainable_codec()
 
 
 @pytest.fixture(scope="module")

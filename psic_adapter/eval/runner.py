@@ -130,6 +130,26 @@ class _NoParameterGrads:
         return False
 
 
+def classification_summary(preds: Dict[str, Tensor], labels: Tensor, versions: Sequence[str],
+                           label_source: str) -> Dict[str, Any]:
+    """Accuracy per version, the ASR, the base's right count and the agreements with the base.
+
+    ``preds`` maps ``"original"`` and each version to predictions ``[N]`` (or
+    attribute decisions ``[N, A]``); ``labels`` is what "right" means.
+    """
+    out = {
+        "label_source": label_source,
+        "accuracy": {v: M.accuracy(preds[v], labels) for v in ["original", *versions]},
+        "asr": M.classification_asr(preds["base"], preds["encrypted"], labels),
+        "n_base_right": int((preds["base"] == labels).sum()),
+        "encrypted_agreement_with_base": M.agreement(preds["encrypted"], preds["base"]),
+    }
+    if "full" in preds:
+        out["full_agreement_with_base"] = M.agreement(preds["full"], preds["base"])
+        out["full_asr"] = M.classification_asr(preds["base"], preds["full"], labels)
+    return out
+
+
 class Evaluator:
     """Measures one adapter on a list of :class:`Sample` (see the module docstring)."""
 
@@ -208,16 +228,7 @@ class Evaluator:
         # dataset labels index ImageNet-1k: usable when the target decides among those 1000 classes
         labels = given if (given >= 0).all() and len(self.class_names) == 1000 else preds["original"]
         label_source = "dataset labels" if labels is given else "the target's prediction on the original image"
-        cls = {
-            "label_source": label_source,
-            "accuracy": {v: M.accuracy(preds[v], labels) for v in ["original", *versions]},
-            "asr": M.classification_asr(preds["base"], preds["encrypted"], labels),
-            "n_base_right": int((preds["base"] == labels).sum()),
-            "encrypted_agreement_with_base": M.agreement(preds["encrypted"], preds["base"]),
-        }
-        if "full" in preds:
-            cls["full_agreement_with_base"] = M.agreement(preds["full"], preds["base"])
-            cls["full_asr"] = M.classification_asr(preds["base"], preds["full"], labels)
+        cls = classification_summary(preds, labels, versions, label_source)
         for row, i in zip(per_image, range(len(samples))):
             for v in ["original", *versions]:
                 row[f"top1_{v}"] = self.label_name(int(preds[v][i]))

@@ -58,7 +58,7 @@ from torch import Tensor
 
 from ..errors import ConfigError, DataError
 from . import metrics as M
-from .runner import EvalConfig, Evaluator, Sample
+from .runner import EvalConfig, Evaluator, Sample, classification_summary
 
 PathLike = Union[str, os.PathLike]
 
@@ -167,21 +167,6 @@ class _Decodes:
         }
 
 
-def _classification(preds: Mapping[str, Tensor], labels: Tensor, versions: Sequence[str], label_source: str) -> Dict[str, Any]:
-    """Accuracy, ASR and agreements (the ``classification`` entry of a run), ``[N]`` or ``[N, A]``."""
-    out = {
-        "label_source": label_source,
-        "accuracy": {v: M.accuracy(preds[v], labels) for v in ["original", *versions]},
-        "asr": M.classification_asr(preds["base"], preds["encrypted"], labels),
-        "n_base_right": int((preds["base"] == labels).sum()),
-        "encrypted_agreement_with_base": M.agreement(preds["encrypted"], preds["base"]),
-    }
-    if "full" in preds:
-        out["full_agreement_with_base"] = M.agreement(preds["full"], preds["base"])
-        out["full_asr"] = M.classification_asr(preds["base"], preds["full"], labels)
-    return out
-
-
 # --------------------------------------------------------------------------- ImageNet
 
 
@@ -279,7 +264,7 @@ def imagenet_zero_shot(
 
     p = {v: torch.tensor(vals, dtype=torch.long) for v, vals in preds.items()}
     y = torch.tensor(labels, dtype=torch.long)
-    cls = _classification(p, y, versions, label_source)
+    cls = classification_summary(p, y, versions, label_source)
     folders = torch.tensor(folder_of, dtype=torch.long)
     per_class = {}
     for c, folder_name in enumerate(ds.folders):
@@ -602,7 +587,7 @@ def celeba_attributes(
 
     p = {v: torch.stack(vals) for v, vals in preds.items()}
     y = torch.stack(labels)
-    cls = _classification(p, y, versions, "CelebA attribute labels; each (image, attribute) pair is a sample")
+    cls = classification_summary(p, y, versions, "CelebA attribute labels; each (image, attribute) pair is a sample")
     per_attr = {}
     for a, name in enumerate(names):
         entry: Dict[str, Any] = {
