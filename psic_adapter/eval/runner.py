@@ -73,8 +73,10 @@ class Sample:
 def load_samples(spec: str, crop: Optional[int] = None, count: Optional[int] = None, seed: int = 0) -> List[Sample]:
     """Evaluation images from a dataset spec (``"samples"`` = the bundled test photos).
 
-    Without ``crop``: whole images at native resolution. With ``crop``: ``count``
-    seeded random crops of that size (more samples from few photos).
+    Without ``crop``: whole images at native resolution, with their labels. With
+    ``crop``: ``count`` seeded random crops of that size (more samples from few
+    photos), unlabeled: a crop may not show the photo's object, so "right" is
+    the target's prediction on the original crop.
     """
     from ..data import SamplePhotos, build_dataset
 
@@ -89,9 +91,11 @@ def load_samples(spec: str, crop: Optional[int] = None, count: Optional[int] = N
     for i in range(n):
         item = ds[i]
         name = Path(str(item["path"])).stem if not str(item["path"]).startswith("sample:") else str(item["path"])[7:]
+        label = int(item.get("label", -1))
         if crop is not None:
             name = f"{name}#{i}"
-        out.append(Sample(name, item["image"][None], str(item.get("text", "")), int(item.get("label", -1))))
+            label = -1  # a random crop may not show the photo's object: "right" is the target's view of the crop
+        out.append(Sample(name, item["image"][None], str(item.get("text", "")), label))
     if not out:
         raise ConfigError(f"no evaluation images in {spec}")
     return out
