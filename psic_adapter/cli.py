@@ -176,6 +176,7 @@ def cmd_train(args) -> int:
         lr=args.lr, adapter_lr=args.adapter_lr, lmbda=args.lmbda, objective=args.objective,
         encryption_weight=args.encryption_weight, encrypted_distortion=args.encrypted_distortion,
         guard_weight=args.guard_weight, schedule=args.schedule, compile=args.compile,
+        budget_db=args.budget_db, eot=args.eot, margin=args.margin,
         num_workers=args.workers, seed=args.seed, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
     )
     recipe = {"codec": args.codec, "quality": args.quality, "target": args.target, "data": str(args.data),
@@ -331,6 +332,11 @@ def _train_parser(sub) -> None:
     p.add_argument("--encrypted-distortion", type=float, help="encrypted distortion weight (default 1 stage 1, 0.3 stage 2)")
     p.add_argument("--guard-weight", type=float,
                    help="semantic guard on the full version (0: the paper; default 1, or 0 with --adapter-only)")
+    p.add_argument("--budget-db", type=float,
+                   help="stage 2: a per-image PSNR budget of the encrypted version under the base decode (a hard hinge)")
+    p.add_argument("--eot", action="store_true",
+                   help="show the target the encrypted decode through random resizes, blurs and noise (robustness)")
+    p.add_argument("--margin", type=float, default=5.0, help="margin of the margin objective, in logits")
     p.add_argument("--schedule", default="alternate", choices=["alternate", "joint"])
     p.add_argument("--compile", action="store_true", help="torch.compile the decoder and the target")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")

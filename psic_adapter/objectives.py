@@ -41,14 +41,22 @@ class EncryptionObjective:
         s: UAEO scale factor.
         margin: margin of the ``"margin"`` objective, in logits.
         amp: run the target under bf16 autocast (on ``device_type``).
+        eot: expectation over transformation: :meth:`encryption_loss` shows the
+            target each encrypted decode through a random differentiable
+            transformation (:func:`random_transform`), so that the attack learns
+            to survive resizing, blurring and noise.
+        generator: the random source of ``eot``.
     """
 
     def __init__(self, target, objective: str = "uaeo", s: float = 0.1, margin: float = 5.0,
-                 amp: bool = False, device_type: str = "cpu"):
+                 amp: bool = False, device_type: str = "cpu", eot: bool = False,
+                 generator: Optional[torch.Generator] = None):
         if objective not in OBJECTIVES:
             raise ConfigError(f"objective must be one of {OBJECTIVES}, not {objective!r}")
         self.target, self.objective, self.s, self.margin = target, objective, s, margin
         self.amp, self.device_type = amp, device_type
+        self.eot = eot
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
 
     def autocast(self):
         if self.amp:
@@ -106,6 +114,8 @@ class EncryptionObjective:
         """The objective on decodes ``x_enc`` (a whole multiple of the viewed batch)."""
         total = x_enc.new_zeros(())
         n = x_enc.shape[0]
+        if self.eot:
+            x_enc = random_transform(x_enc, self.generator)
         for v in views:
             reps = n // v["n"]
             texts = v["text_feats"]
@@ -141,3 +151,37 @@ class EncryptionObjective:
                 out = v["target"].logits(x_full, v["texts"]).float()
             total = total + v["weight"] * losses.semantic_guard_loss(out, ref, kind="kl")
         return total
+
+
+def random_transform(x: Tensor, generator: torch.Generator) -> Tensor:
+    """One random, differentiable stand-in for what a served image goes through.
+
+    With equal odds: nothing; a downscale by 0.4-0.9 (bicubic, antialiased; the
+    target resizes again itself); a Gaussian blur with sigma 0.5-1.5; additive
+    Gaussian noise of 1-4 / 255 (the rounding and blocking of a re-encode).
+    One draw for the whole batch.
+    """
+    import torch.nn.functional as F
+
+    u = torch.rand(2, generator=generator).tolist()
+    kind = int(u[0] * 4)
+    if kind == 1:
+        scale = 0.4 + 0.5 * u[1]
+        h, w = x.shape[-2:]
+        size = (max(8, round(h * scale)), max(8, round(w * scale)))
+        return F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
+    if kind == 2:
+        sigma = 0.5 + u[1]
+        radius = max(1, int(3 * sigma + 0.5))
+        t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+        k = torch.exp(-(t**2) / (2 * sigma**2))
+        k = k / k.sum()
+        c = x.shape[1]
+        x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
+        x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1).contiguous(), groups=c)
+        return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1).contiguous(), groups=c)
+    if kind == 3:
+        sigma = (1.0 + 3.0 * u[1]) / 255.0
+        noise = torch.randn(x.shape, generator=generator).to(device=x.device, dtype=x.dtype)
+        return x + sigma * noise
+    return x

@@ -84,6 +84,14 @@ class TrainConfig:
             Its reference is the base codec's decode (a frozen copy of the decoder
             when the decoder trains); in stage 1, the original image.
         margin: margin of the "margin" objective, in logits.
+        budget_db: stage 2: a per-image PSNR budget of the encrypted version under the
+            base decode. Beyond it a hinge ``budget_weight * relu(MSE_enc / MSE_base -
+            10**(budget_db / 10))`` pushes back hard; within it the encryption objective
+            has the room to itself (``encrypted_distortion`` still prefers less).
+        budget_weight: weight of that hinge.
+        eot: expectation over transformation: the target sees the encrypted decode
+            through a random differentiable resize, blur or noise each step, so that
+            the attack survives what a platform does to a served image.
         wrong_key_fraction: share of each encrypted batch decoded with random wrong-key conditions.
         schedule: "alternate" (paper: full and encrypted steps alternate) or
             "joint" (both in every step, from one encode).
@@ -111,6 +119,9 @@ class TrainConfig:
     encrypted_distortion: Optional[float] = None
     guard_weight: Optional[float] = None
     margin: float = 5.0
+    budget_db: Optional[float] = None
+    budget_weight: float = 100.0
+    eot: bool = False
     wrong_key_fraction: float = 0.5
     schedule: str = "alternate"
     clip_max_norm: float = 1.0
@@ -137,6 +148,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "crop"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be at least 1")
+        if self.budget_db is not None and (self.stage != 2 or self.budget_db <= 0):
+            raise ConfigError("budget_db is a positive number of dB, for stage 2 (its reference is the base decode)")
         if not 0.0 <= self.wrong_key_fraction <= 1.0:
             raise ConfigError("wrong_key_fraction must be in [0, 1]")
         if self.batch_size < 2 and self.objective in ("uaeo", "authors"):
@@ -458,8 +471,11 @@ class Trainer(TrainingLoop):
         cuda = self.device.type == "cuda"
         self.amp = (cuda and config.amp == "auto") or config.amp == "bf16"
         self.channels_last = (cuda and config.channels_last == "auto") or config.channels_last == "on"
+        # wrong keys and EOT draws: a generator of its own, saved in checkpoints
+        self.generator = torch.Generator().manual_seed(config.seed * 7919 + self.rank)
         self.objective = EncryptionObjective(target, config.objective, s=config.s, margin=config.margin,
-                                             amp=self.amp, device_type=self.device.type)
+                                             amp=self.amp, device_type=self.device.type, eot=config.eot,
+                                             generator=self.generator)
 
         self.full_cond = model.full_condition().to(self.device)  # raises without the key
         if self.world > 1:
@@ -502,7 +518,6 @@ class Trainer(TrainingLoop):
         self.aux_optimizer = torch.optim.Adam(self.groups["aux"], lr=config.aux_lr) if self.groups["aux"] else None
         milestones = sorted({max(1, int(f * config.steps)) for f in config.lr_milestones})
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=milestones, gamma=0.1)
-        self.generator = torch.Generator().manual_seed(config.seed * 7919 + self.rank)
 
     @property
     def bar_desc(self) -> str:
@@ -573,7 +588,9 @@ class Trainer(TrainingLoop):
         if cfg.stage == 2:
             with torch.no_grad():
                 y_hat = self.model.analyze(x_in)["y_hat"]  # frozen encoder: rounding, no graph
-            ref_logits = obj.reference_logits(crop_to(self._reference_decode(y_hat), size), views) if guard else None
+            need_ref = guard or (encrypted and cfg.budget_db is not None)
+            x_ref = crop_to(self._reference_decode(y_hat), size) if need_ref else None
+            ref_logits = obj.reference_logits(x_ref, views) if guard else None
             with obj.autocast():
                 x_hat, likelihoods = self.step_module(y_hat, torch.cat(conds), 2, repeats=len(versions))
         else:
@@ -602,6 +619,10 @@ class Trainer(TrainingLoop):
             enc = obj.encryption_loss(parts["encrypted"], views)
             terms["encryption"] = enc
             loss = loss + self.enc_dist_w * scale * mse + cfg.encryption_weight * enc
+            if cfg.budget_db is not None:
+                over = _budget_excess(parts["encrypted"], x_ref, x, cfg.budget_db)
+                terms["budget_excess"] = over
+                loss = loss + cfg.budget_weight * over
         terms["loss"] = loss
 
         self.optimizer.zero_grad(set_to_none=True)
@@ -715,6 +736,18 @@ def checkpoint_adapter_config(out_dir: PathLike):
         return None
     state = torch.load(path, map_location="cpu", weights_only=False)
     return PSICConfig.from_dict(state["adapter_config"])
+
+
+def _budget_excess(x_enc: Tensor, x_ref: Tensor, x: Tensor, budget_db: float) -> Tensor:
+    """Mean over images of ``relu(MSE(x_enc, x) / MSE(x_ref, x) - 10**(budget_db / 10))``.
+
+    Zero while each encrypted decode is within ``budget_db`` of PSNR under the
+    reference (base) decode of the same image.
+    """
+    dims = tuple(range(1, x.dim()))
+    mse_enc = (x_enc - x).pow(2).mean(dims)
+    mse_ref = (x_ref.detach() - x).pow(2).mean(dims).clamp_min(1e-8)
+    return F.relu(mse_enc / mse_ref - 10.0 ** (budget_db / 10.0)).mean()
 
 
 def _frozen_copy(module: nn.Module) -> nn.Module:

@@ -577,3 +577,41 @@ def test_psic_train_on_the_shared_codec(tmp_path, capsys):
         printed = capsys.readouterr()
         assert rc == 0, printed.err
         assert f"{version} version" in printed.out
+
+
+def test_budget_hinge_is_zero_within_budget_and_grows_beyond():
+    from psic_adapter.train import _budget_excess
+
+    x = torch.zeros(2, 3, 8, 8)
+    ref = torch.full_like(x, 0.1)  # MSE 0.01 per image
+    within = torch.full_like(x, 0.1 * 10 ** (0.5 / 20))  # 0.5 dB worse than the reference
+    assert float(_budget_excess(within, ref, x, budget_db=1.0)) == 0.0
+    beyond = torch.full_like(x, 0.1 * 10 ** (2.0 / 20))  # 2 dB worse
+    expected = 10 ** 0.2 - 10 ** 0.1
+    assert float(_budget_excess(beyond, ref, x, budget_db=1.0)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_budget_and_eot_steps(base_codec, target, batch, tmp_path):
+    model = new_model(base_codec)
+    tr = Trainer(model, target, [batch], TrainConfig(stage=2, adapter_only=True, schedule="joint", steps=1,
+                                                     batch_size=BATCH, crop=CROP, objective="margin",
+                                                     budget_db=0.5, eot=True),
+                 tmp_path, device="cpu", progress=False)
+    out = tr.step(batch)
+    assert_finite(out, "loss", "encryption", "budget_excess")
+    with pytest.raises(ConfigError, match="budget_db"):
+        TrainConfig(stage=1, budget_db=1.0)
+
+
+def test_random_transform_is_differentiable_and_keeps_the_batch():
+    from psic_adapter.objectives import random_transform
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    kinds = set()
+    for _ in range(24):
+        y = random_transform(x, g)
+        assert y.shape[:2] == (2, 3)
+        y.sum().backward()
+        kinds.add((tuple(y.shape[-2:]) != (32, 32), bool(torch.equal(y, x))))
+    assert x.grad is not None and len(kinds) >= 2
