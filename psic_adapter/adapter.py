@@ -53,12 +53,12 @@ from .surgery import attach_hooks, probe_channels, resolve_injection_points
 PathLike = Union[str, os.PathLike]
 
 MODES_DOC = {
-    "encrypted": "default: no key, or any key but the owner's (condition = zeros)",
+    "encrypted": "default: no key, or any key but the owner's (condition = a fixed public +-1 vector)",
     "full": "the owner's key (condition = KDF(key, salt) as +-1 bits)",
 }
 PUBLIC_MODES_DOC = {
-    "encrypted": "default, mode='encrypted' (condition = zeros)",
-    "full": "mode='full' (condition = ones); NOT access-controlled: anyone can ask for it",
+    "encrypted": "default, mode='encrypted' (condition = a fixed public +-1 vector)",
+    "full": "mode='full' (condition = its negation); NOT access-controlled: anyone can ask for it",
 }
 
 
