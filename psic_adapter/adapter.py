@@ -312,18 +312,22 @@ class PSICModel(nn.Module):
         act = self._active
         if act is None or act.adapter != name or self._disabled:
             return None
+        module = self.psic_adapters[name]
         if act.biases is None:
-            act.biases = self.psic_adapters[name](act.condition)
-        bias = act.biases[index].to(out.dtype)
-        # Without autograd, add in place: `out + bias` allocates a new full-size feature map per
+            act.biases = module(act.condition)
+        t = act.biases[index].to(out.dtype)
+        gain, bias = t.chunk(2, dim=1) if module.film else (None, t)
+        # Without autograd, work in place: `out + bias` allocates a new full-size feature map per
         # block, which costs a few percent of a CPU decode. Not when the output is the block's
         # input (Identity, in-place activations) or a batch of conditions would broadcast it.
-        if owned and not torch.is_grad_enabled() and bias.shape[0] in (1, out.shape[0]):
+        if owned and not torch.is_grad_enabled() and t.shape[0] in (1, out.shape[0]):
             try:
+                if gain is not None:
+                    out.mul_(gain + 1)
                 return out.add_(bias)
             except RuntimeError:  # e.g. an expanded (self-overlapping) output
                 pass
-        return out + bias
+        return (out * (gain + 1) if gain is not None else out) + bias
 
     # ---------------------------------------------------------- codec methods
     @contextlib.contextmanager

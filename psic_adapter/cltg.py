@@ -3,8 +3,10 @@
 A CLTG adapter turns a batch of condition vectors ``[B, cond_dim]`` into one
 channel bias ``[B, C_k, 1, 1]`` per injection point ``k``; the surgery adds
 bias ``k`` to the output of decoder block ``k`` (``f_CLTG = f_beta W_d + f_dec``,
-eq. 4). Both presets zero-initialise the last factor, so that a fresh adapter
-adds exactly zero: the wrapped codec decodes exactly as the base codec.
+eq. 4). With ``film=True`` (``PSICConfig(modulation="film")``) each point gets
+``[B, 2 C_k, 1, 1]``: a gain and a bias, applied as ``f_dec * (1 + gain) + bias``.
+Both presets zero-initialise the last factor, so that a fresh adapter adds
+exactly zero: the wrapped codec decodes exactly as the base codec.
 
 * :class:`PaperCLTG` ("paper"): independent CLTGs, one per decoder block, each
   a 2-layer MLP ``cond -> hidden -> C`` giving ``f_beta``, times an
@@ -29,10 +31,12 @@ from .config import PSICConfig
 class CLTGAdapter(nn.Module):
     """Base class: ``forward(condition [B, D]) -> list of [B, C_k, 1, 1] biases``."""
 
-    def __init__(self, cond_dim: int, channels: Sequence[int]):
+    def __init__(self, cond_dim: int, channels: Sequence[int], film: bool = False):
         super().__init__()
         self.cond_dim = int(cond_dim)
         self.channels = [int(c) for c in channels]
+        self.film = bool(film)
+        self._factor = 2 if self.film else 1  # outputs per channel: (gain, bias) or bias
 
     def _check(self, condition: Tensor) -> Tensor:
         if condition.dim() == 1:
@@ -60,9 +64,9 @@ class _BlockCLTG(nn.Module):
 class PaperCLTG(CLTGAdapter):
     """One independent CLTG per decoder block (paper fig. 2b, eq. 4)."""
 
-    def __init__(self, cond_dim: int, channels: Sequence[int], hidden: int = 64):
-        super().__init__(cond_dim, channels)
-        self.blocks = nn.ModuleList(_BlockCLTG(cond_dim, hidden, c) for c in self.channels)
+    def __init__(self, cond_dim: int, channels: Sequence[int], hidden: int = 64, film: bool = False):
+        super().__init__(cond_dim, channels, film)
+        self.blocks = nn.ModuleList(_BlockCLTG(cond_dim, hidden, c * self._factor) for c in self.channels)
 
     def forward(self, condition: Tensor) -> List[Tensor]:
         condition = self._check(condition)
@@ -81,14 +85,15 @@ def fourier_embed(condition: Tensor, num_freqs: int) -> Tensor:
 class OfficialCLTG(CLTGAdapter):
     """The authors' variant: one shared Fourier-feature MLP, a bias-free projection per point."""
 
-    def __init__(self, cond_dim: int, channels: Sequence[int], hidden: int = 512, fourier_freqs: int = 10):
-        super().__init__(cond_dim, channels)
+    def __init__(self, cond_dim: int, channels: Sequence[int], hidden: int = 512, fourier_freqs: int = 10,
+                 film: bool = False):
+        super().__init__(cond_dim, channels, film)
         self.fourier_freqs = int(fourier_freqs)
         in_dim = cond_dim * (2 * self.fourier_freqs + 1)
         self.mlp = nn.Sequential(
             nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, hidden), nn.ReLU(inplace=True)
         )
-        self.proj = nn.ModuleList(nn.Linear(hidden, c, bias=False) for c in self.channels)
+        self.proj = nn.ModuleList(nn.Linear(hidden, c * self._factor, bias=False) for c in self.channels)
         for p in self.proj:
             nn.init.zeros_(p.weight)
 
@@ -100,8 +105,10 @@ class OfficialCLTG(CLTGAdapter):
 
 def build_cltg(config: PSICConfig, channels: Sequence[int]) -> CLTGAdapter:
     """The one factory: a CLTG adapter for ``config`` with these per-point channel counts."""
+    film = config.modulation == "film"
     if config.preset == "paper":
-        return PaperCLTG(config.cond_dim, channels, hidden=config.resolved_hidden_dim)
+        return PaperCLTG(config.cond_dim, channels, hidden=config.resolved_hidden_dim, film=film)
     if config.preset == "official":
-        return OfficialCLTG(config.cond_dim, channels, hidden=config.resolved_hidden_dim, fourier_freqs=config.fourier_freqs)
+        return OfficialCLTG(config.cond_dim, channels, hidden=config.resolved_hidden_dim,
+                            fourier_freqs=config.fourier_freqs, film=film)
     raise ValueError(f"unknown preset {config.preset!r}")  # PSICConfig.validate rules this out

@@ -25,6 +25,7 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT_VERSION = 1
 
 PRESETS = ("paper", "official")
+MODULATIONS = ("bias", "film")
 CONDITION_MODES = ("key", "public")
 
 # The preset's default MLP width when hidden_dim is left as None.
@@ -48,6 +49,9 @@ class PSICConfig:
         cond_dim: length of the condition vector (bits derived from the key).
         hidden_dim: MLP width (``None``: 64 for "paper", 512 for "official").
         fourier_freqs: Fourier frequencies per condition entry ("official").
+        modulation: ``"bias"`` (paper eq. 4: ``f_dec + f_beta W_d``) or ``"film"``
+            (an extension: ``f_dec * (1 + g_beta) + f_beta``, a condition-dependent
+            per-channel gain as well, which acts on the content of each image).
         condition: ``"key"`` (the full version needs the owner's key) or
             ``"public"`` (the paper's public mode bit; not access-controlled).
         kdf: key-derivation function and its parameters.
@@ -59,6 +63,7 @@ class PSICConfig:
     cond_dim: int = 64
     hidden_dim: Optional[int] = None
     fourier_freqs: int = 10
+    modulation: str = "bias"
     condition: str = "key"
     kdf: Dict[str, Any] = field(default_factory=default_kdf)
     description: str = ""
@@ -89,6 +94,8 @@ class PSICConfig:
     def validate(self) -> None:
         if self.preset not in PRESETS:
             raise ConfigError(f"preset must be one of {PRESETS}, not {self.preset!r}")
+        if self.modulation not in MODULATIONS:
+            raise ConfigError(f"modulation must be one of {MODULATIONS}, not {self.modulation!r}")
         if self.condition not in CONDITION_MODES:
             raise ConfigError(f"condition must be one of {CONDITION_MODES}, not {self.condition!r}")
         if not isinstance(self.cond_dim, int) or self.cond_dim < 1:

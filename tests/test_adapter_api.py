@@ -296,6 +296,25 @@ def test_official_preset(codec, bitstream):
     assert not torch.equal(full, bitstream["base"]) and not torch.equal(full, encrypted)
 
 
+@pytest.mark.parametrize("preset", ["paper", "official"])
+def test_film_modulation(codec, bitstream, preset):
+    """A gain and a bias per channel: a fresh adapter is still the base; trained, the
+    in-place (no-grad) decode equals the autograd synthesis."""
+    model = wrap_model(codec, PSICConfig(preset=preset, modulation="film"), key=KEY)
+    plain = wrap_model(_clean_copy(codec), PSICConfig(preset=preset), key=KEY)
+    assert model.num_adapter_parameters() > plain.num_adapter_parameters()
+    assert torch.equal(dec(model, bitstream), bitstream["base"])
+    randomize_adapter(model, std=0.05)
+    encrypted = dec(model, bitstream)
+    assert not torch.equal(encrypted, bitstream["base"])
+    y_hat = model.decode_latent(bitstream["strings"], bitstream["shape"])
+    with torch.enable_grad():
+        synth = model.synthesize(y_hat, model.encrypted_condition()).clamp(0, 1)
+    assert torch.allclose(synth, encrypted, atol=1e-6)
+    with pytest.raises(ConfigError, match="modulation"):
+        PSICConfig(modulation="gain")
+
+
 def test_config_json_round_trip(codec, tmp_path):
     model = wrap_model(codec, PSICConfig(preset="official", cond_dim=32, hidden_dim=16, description="d"), key=KEY)
     cfg = model.config
