@@ -164,7 +164,8 @@ def cmd_train(args) -> int:
 
         model = PSICModel(codec).add_adapter("default", resume_config, key=key)
     else:
-        config = PSICConfig(preset=args.preset, condition="public" if args.public else "key")
+        config = PSICConfig(preset=args.preset, modulation=args.modulation,
+                            condition="public" if args.public else "key")
         model = wrap_model(codec, config, key=key, quality=args.quality)
     target = build_target(args.target, weights=args.target_weights, device=device)
     repeats = 1
@@ -314,6 +315,8 @@ def _train_parser(sub) -> None:
     p.add_argument("--from-scratch", action="store_true", help="random codec weights (stage 1 from scratch)")
     p.add_argument("--adapter", metavar="DIR", help="continue training this adapter (needs its key)")
     p.add_argument("--preset", default="paper", choices=["paper", "official"], help="CLTG preset of a new adapter")
+    p.add_argument("--modulation", default="bias", choices=["bias", "film"],
+                   help="CLTG fusion of a new adapter: the paper's bias, or a bias and a gain (FiLM)")
     p.add_argument("--public", action="store_true", help="the paper's public mode bit instead of a key (not access-controlled)")
     p.add_argument("--target", required=True,
                    help="efficientnet-lite0 | clip:MODEL | timm:MODEL | A+B (ensemble)")

@@ -541,7 +541,7 @@ def test_psic_train_on_the_shared_codec(tmp_path, capsys):
     out = tmp_path / "run"
     train = ["train", "--codec", "bmshj2018-hyperprior", "--quality", "3", "--checkpoint", ckpt,
              "--target", "efficientnet-lite0", "--data", "samples", "--stage", "2", "--adapter-only",
-             "--batch", "4", "--crop", "96", "--key-file", str(key_file), "--out", str(out),
+             "--modulation", "film", "--batch", "4", "--crop", "96", "--key-file", str(key_file), "--out", str(out),
              "--device", "cpu", "--log-every", "2"]
     rc = main(train + ["--steps", "4"])
     printed = capsys.readouterr()
@@ -556,6 +556,7 @@ def test_psic_train_on_the_shared_codec(tmp_path, capsys):
     key = read_key_file(key_file)
     model = load_adapter(load_codec("bmshj2018-hyperprior", quality=3, checkpoint=ckpt), out / "adapter", key=key)
     assert model.config.training["steps_done"] == 4
+    assert model.config.modulation == "film"
     salt = model.config.salt
 
     # --resume continues the same adapter (its salt) from OUT/checkpoint.pt
