@@ -102,6 +102,7 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", nargs="+", help="codec weights (default: the shared q3 hyperprior when it fits)")
     p.add_argument("--random-weights", action="store_true", help="ignore the shared checkpoint")
     p.add_argument("--preset", default="paper", choices=["paper", "official"])
+    p.add_argument("--modulation", default="bias", choices=["bias", "film"])
     p.add_argument("--repeats", type=int, default=15, help="timed runs per variant")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
@@ -123,7 +124,7 @@ def main(argv=None) -> int:
     base, source = load_base(args.codec, args.quality, checkpoint)
 
     # the wrapped model gets its own copy: the base codec runs with no hook at all
-    model = wrap_model(copy.deepcopy(base), PSICConfig(preset=args.preset), key=KEY, quality=args.quality)
+    model = wrap_model(copy.deepcopy(base), PSICConfig(preset=args.preset, modulation=args.modulation), key=KEY, quality=args.quality)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():  # stand-in for a trained adapter: small non-zero weights everywhere
         for prm in model.psic_adapters.parameters():
@@ -173,6 +174,7 @@ def main(argv=None) -> int:
         "quality": args.quality,
         "weights": source,
         "preset": args.preset,
+        "modulation": args.modulation,
         "image": "skimage astronaut, resized to 768x768, cropped to 768x512",
         "bitstream_bytes": nbytes,
         "bpp": 8 * nbytes / (x.shape[-1] * x.shape[-2]),
@@ -191,7 +193,7 @@ def main(argv=None) -> int:
         "injection_points": [pt["module"] for pt in model.config.injection_points],
     }
 
-    print(f"{result['codec']} q{args.quality} ({source}), preset {args.preset}, 768x512 photo: "
+    print(f"{result['codec']} q{args.quality} ({source}), preset {args.preset} ({args.modulation}), 768x512 photo: "
           f"{result['bpp']:.4f} bpp, {result['psnr_db']:.2f} dB; {result['threads']} threads, {args.clock} clock, "
           f"{args.repeats} interleaved runs after {args.warmup} warm-up")
     print(f"{'what':<12} {'variant':<22} {'median ms':>10} {'IQR ms':>8} {'min ms':>8} {'overhead':>9} {'paired':>8}")
