@@ -183,3 +183,11 @@ def test_psic_demo_quick(shared_codec_path, tmp_path, capsys):
     assert header.adapter_fingerprint is not None
     # a second run into the same folder is refused
     assert cli.main(["demo", "--quick", "--out", str(out), "--checkpoint", str(shared_codec_path)]) == 1
+
+
+def test_demo_prints_an_undefined_asr_as_na():
+    from psic_adapter.demo import _percent
+
+    assert _percent(float("nan")) == "n/a"
+    assert _percent(0.5) == "50.0 %"
+    assert _percent(0.0) == "0.0 %"
