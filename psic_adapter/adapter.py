@@ -245,14 +245,15 @@ class PSICModel(nn.Module):
 
     def encrypted_condition(self, adapter_name: Optional[str] = None) -> Tensor:
         name = self._require_adapter(adapter_name)
-        return encrypted_condition(self.psic_configs[name].cond_dim)[None].to(self._device(name))
+        cfg = self.psic_configs[name]
+        return encrypted_condition(cfg.cond_dim, cfg.format_version)[None].to(self._device(name))
 
     def full_condition(self, adapter_name: Optional[str] = None) -> Tensor:
         """The full version's condition ``[1, D]`` (training needs it; it is as secret as the key)."""
         name = self._require_adapter(adapter_name)
         cfg = self.psic_configs[name]
         if cfg.condition == "public":
-            return public_full_condition(cfg.cond_dim)[None].to(self._device(name))
+            return public_full_condition(cfg.cond_dim, cfg.format_version)[None].to(self._device(name))
         if name not in self._owner_conditions:
             raise ConfigError(f"adapter {name!r} was loaded without its key: load_adapter(..., key=...) to use the full condition")
         return self._owner_conditions[name][None].to(self._device(name))

@@ -105,14 +105,17 @@ def _label_bits(label: bytes, dim: int) -> torch.Tensor:
     return bits * 2 - 1
 
 
-def encrypted_condition(dim: int) -> torch.Tensor:
-    """The default condition, public and fixed: what a decode with no (or a wrong) key uses."""
-    return _label_bits(_ENCRYPTED_LABEL, dim)
+def encrypted_condition(dim: int, format_version: int = 2) -> torch.Tensor:
+    """The default condition, public and fixed: what a decode with no (or a wrong) key uses.
+
+    Adapters of format 1 were trained with the zero vector and keep it."""
+    return torch.zeros(dim) if format_version < 2 else _label_bits(_ENCRYPTED_LABEL, dim)
 
 
-def public_full_condition(dim: int) -> torch.Tensor:
-    """The paper's public 'full' indicator (condition mode "public"): the encrypted one negated."""
-    return -encrypted_condition(dim)
+def public_full_condition(dim: int, format_version: int = 2) -> torch.Tensor:
+    """The paper's public 'full' indicator (condition mode "public"): the encrypted one negated
+    (all ones for adapters of format 1)."""
+    return torch.ones(dim) if format_version < 2 else -encrypted_condition(dim)
 
 
 def random_conditions(n: int, dim: int, generator: Optional[torch.Generator] = None, device=None) -> torch.Tensor:

@@ -22,7 +22,9 @@ from .errors import ConfigError
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
-FORMAT_VERSION = 1
+# 2: the encrypted condition is a fixed public +-1 vector; format-1 adapters used zeros
+# (and ones for the public full mode), and keep decoding with them.
+FORMAT_VERSION = 2
 
 PRESETS = ("paper", "official")
 MODULATIONS = ("bias", "film")

@@ -30,7 +30,7 @@ class DemoConfig:
     codec: str = "bmshj2018-hyperprior"
     quality: int = 3
     checkpoint: Optional[Sequence[PathLike]] = None
-    # sized so that the from-scratch path fits ~15 minutes on 2 CPU cores (measured: docs/results.md)
+    # sized so that the from-scratch path fits ~15 minutes on 2 CPU cores (measured: docs/benchmarks.md)
     scratch_steps: int = 250  # stage 1 from scratch, when no codec can be had
     adapter_steps: int = 350  # stage 2, adapter only
     batch: int = 8

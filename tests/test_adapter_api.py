@@ -328,6 +328,21 @@ def test_config_json_round_trip(codec, tmp_path):
     assert again.base_model["architecture"] == "bmshj2018-hyperprior"
 
 
+def test_format_1_adapters_keep_their_conditions(codec, tmp_path):
+    """Format-1 adapters were trained with zeros as the encrypted condition (ones for the public
+    full mode); loading one must decode as it was trained, and saving it must keep format 1."""
+    model = wrap_model(codec, PSICConfig(condition="public", format_version=1))
+    assert torch.equal(model.encrypted_condition(), torch.zeros(1, model.config.cond_dim))
+    assert torch.equal(model.full_condition(), torch.ones(1, model.config.cond_dim))
+    model.save_pretrained(tmp_path / "v1")
+    again = load_adapter(_clean_copy(codec), tmp_path / "v1")
+    assert again.config.format_version == 1
+    assert torch.equal(again.encrypted_condition(), torch.zeros(1, model.config.cond_dim))
+    current = wrap_model(_clean_copy(codec), PSICConfig(condition="public"))
+    assert current.config.format_version == FORMAT_VERSION >= 2
+    assert not torch.equal(current.encrypted_condition(), model.encrypted_condition())
+
+
 def test_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="unknown adapter config field.*: colour"):
         PSICConfig.from_dict({**PSICConfig().to_dict(), "colour": "blue"})
