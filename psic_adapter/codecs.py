@@ -129,13 +129,20 @@ def read_state_dict(checkpoint: Union[PathLike, Sequence[PathLike]]) -> Dict[str
 
                 part = load_file(str(p))
             else:
+                with open(p, "rb") as fh:
+                    magic = fh.read(4)
+                if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):
+                    raise PSICError(f"{p}: not a checkpoint (expected safetensors shards or a PyTorch .pth/.pt file)")
+                # weights_only: tensors and plain containers only, never arbitrary objects
                 part = torch.load(str(p), map_location="cpu", weights_only=True)
                 for key in ("state_dict", "model", "network"):
                     if isinstance(part, dict) and key in part and isinstance(part[key], dict):
                         part = part[key]
                         break
+        except PSICError:
+            raise
         except Exception as exc:
-            raise PSICError(f"{p}: cannot read checkpoint ({exc.__class__.__name__}: {exc})") from None
+            raise PSICError(f"{p}: cannot read checkpoint ({exc.__class__.__name__}: {str(exc)[:200]})") from None
         if not isinstance(part, dict) or not all(torch.is_tensor(v) for v in part.values()):
             raise PSICError(f"{p}: not a state_dict of tensors")
         state.update(part)
@@ -144,7 +151,10 @@ def read_state_dict(checkpoint: Union[PathLike, Sequence[PathLike]]) -> Dict[str
         state = {k[len(prefix):]: v for k, v in state.items()}
     from compressai.zoo.pretrained import load_pretrained
 
-    return load_pretrained(state)
+    try:
+        return load_pretrained(state)
+    except Exception as exc:  # CompressAI renames old keys; odd ones fail in many ways
+        raise PSICError(f"cannot read the checkpoint's tensors ({exc.__class__.__name__}: {str(exc)[:200]})") from None
 
 
 def tables_ready(codec: nn.Module) -> bool:
@@ -249,12 +259,39 @@ def entropy_tables_hash(codec: nn.Module) -> str:
     return d.hexdigest()
 
 
-def save_codec(codec: nn.Module, path: PathLike) -> Path:
-    """Write a codec's full state_dict (CDF tables included) as one safetensors file."""
-    from safetensors.torch import save_file
+def save_codec(codec: nn.Module, path: PathLike, force: bool = True) -> Path:
+    """Write a codec's full state_dict (CDF tables included) as one safetensors file, atomically."""
+    from safetensors.torch import save
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in codec.state_dict().items()}
-    save_file(state, str(path), metadata={"architecture": architecture_name(codec)})
-    return path
+    from .fileio import atomic_write
+
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in codec.state_dict().items()}
+    return atomic_write(path, save(state, metadata={"architecture": architecture_name(codec)}), force=force)
+
+
+class _StopDecoding(Exception):
+    """Raised inside ``g_s``'s pre-hook to stop a decode once ``y_hat`` is known."""
+
+
+def decode_latent(codec: nn.Module, strings, shape, **kwargs) -> torch.Tensor:
+    """Entropy-decode a bitstream to ``y_hat`` (the input of ``g_s``) without running ``g_s``.
+
+    ``codec.g_s(y_hat).clamp(0, 1)`` then equals ``codec.decompress(...)["x_hat"]``:
+    a bitstream is decoded once and synthesised as often as needed.
+    """
+    captured: Dict[str, torch.Tensor] = {}
+
+    def grab(_module, args):
+        captured["y_hat"] = args[0]
+        raise _StopDecoding
+
+    handle = codec.g_s.register_forward_pre_hook(grab)
+    try:
+        codec.decompress(strings, shape, **kwargs)
+    except _StopDecoding:
+        pass
+    finally:
+        handle.remove()
+    if "y_hat" not in captured:
+        raise PSICError(f"{type(codec).__name__}.decompress did not call g_s")
+    return captured["y_hat"]

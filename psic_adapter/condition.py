@@ -13,6 +13,11 @@ full version's condition is derived from a secret key:
   the zero vector: an MLP reads a zero input through its biases alone, and a
   first real run decoded a far weaker attack from zeros (27 % ASR) than from
   random wrong-key conditions (53 %) at a similar PSNR.
+* One rule reads a key, wherever it comes from (:func:`normalize_key`: the
+  API, ``--key-file``, ``--key-env``): a ``str`` is UTF-8 encoded, and
+  surrounding whitespace (spaces, tabs, CR, LF) is removed, so that
+  ``key=open("owner.key").read()`` and ``--key-file owner.key`` are one key.
+  A key of nothing but whitespace is an error.
 * A short check value ``HMAC(material, ...)`` is stored so that a decoder can
   tell a wrong key from the right one and fall back to the encrypted condition
   exactly (wrong key == no key). Training also feeds random wrong-key
@@ -50,6 +55,50 @@ _COND_LABEL = b"psic-adapter condition v1"
 _ENCRYPTED_LABEL = b"psic-adapter encrypted condition v1"
 
 
+#: the least KDF cost a config may ask for (a loaded config cannot make a key cheaper to guess)
+MIN_SCRYPT_N = 2**14
+MAX_SCRYPT_N = 2**20
+MIN_PBKDF2_ITERATIONS = 600_000
+MAX_PBKDF2_ITERATIONS = 10_000_000
+
+
+def _kdf_int(name: str, v, lo: int, hi: int) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise ConfigError(f"{name} must be an integer in [{lo}, {hi}], not {v!r}"[:200])
+    return v
+
+
+def check_kdf(kdf) -> Dict[str, object]:
+    """A KDF setting that is known, complete and at least as costly as the minimum."""
+    if not isinstance(kdf, dict) or "name" not in kdf:
+        raise ConfigError("kdf must be a JSON object with a 'name'")
+    name = kdf["name"]
+    if name == "scrypt":
+        known = {"name", "n", "r", "p", "dklen"}
+        for k in ("n", "r", "p", "dklen"):
+            if k not in kdf:
+                raise ConfigError(f"kdf scrypt is missing {k!r}")
+        n = _kdf_int("kdf n", kdf["n"], MIN_SCRYPT_N, MAX_SCRYPT_N)
+        if n & (n - 1):
+            raise ConfigError(f"kdf n must be a power of two, not {n}")
+        _kdf_int("kdf r", kdf["r"], 8, 32)
+        _kdf_int("kdf p", kdf["p"], 1, 16)
+    elif name == "pbkdf2_sha256":
+        known = {"name", "iterations", "dklen"}
+        for k in ("iterations", "dklen"):
+            if k not in kdf:
+                raise ConfigError(f"kdf pbkdf2_sha256 is missing {k!r}")
+        _kdf_int("kdf iterations", kdf["iterations"], MIN_PBKDF2_ITERATIONS, MAX_PBKDF2_ITERATIONS)
+    else:
+        raise ConfigError(f"unknown KDF {name!r} (known: scrypt, pbkdf2_sha256)")
+    _kdf_int("kdf dklen", kdf["dklen"], 16, 64)
+    extra = sorted(set(kdf) - known)
+    if extra:
+        raise ConfigError(f"unknown kdf field(s): {', '.join(map(str, extra))}")
+    return kdf
+
+
+
 def default_kdf() -> Dict[str, object]:
     """scrypt where this Python's hashlib has it, PBKDF2-HMAC-SHA256 otherwise."""
     return dict(DEFAULT_KDF) if hasattr(hashlib, "scrypt") else dict(PBKDF2_KDF)
@@ -60,14 +109,32 @@ def new_salt() -> str:
     return secrets.token_hex(16)
 
 
-def _key_bytes(key: KeyLike) -> bytes:
+#: the longest key accepted (a key file is untrusted input)
+MAX_KEY_BYTES = 4096
+#: keys shorter than this get a warning when an adapter is made with them
+MIN_KEY_BYTES = 16
+_WHITESPACE = b" \t\r\n\v\f"
+
+
+class WeakKeyWarning(UserWarning):
+    """An adapter is being made with a short key (use ``psic keygen``)."""
+
+
+def normalize_key(key: KeyLike) -> bytes:
+    """The one rule for keys: UTF-8 for ``str``, surrounding whitespace removed, not empty."""
     if isinstance(key, str):
         key = key.encode("utf-8")
     if not isinstance(key, (bytes, bytearray)):
         raise ConfigError(f"a key must be str or bytes, not {type(key).__name__}")
+    key = bytes(key).strip(_WHITESPACE)
     if len(key) == 0:
         raise ConfigError("the key is empty")
-    return bytes(key)
+    if len(key) > MAX_KEY_BYTES:
+        raise ConfigError(f"the key is longer than {MAX_KEY_BYTES} bytes")
+    return key
+
+
+_key_bytes = normalize_key
 
 
 def derive_material(key: KeyLike, salt: str, kdf: Dict[str, object]) -> bytes:
@@ -77,6 +144,7 @@ def derive_material(key: KeyLike, salt: str, kdf: Dict[str, object]) -> bytes:
         salt_b = bytes.fromhex(salt)
     except (TypeError, ValueError):
         raise ConfigError(f"adapter salt {salt!r} is not hex") from None
+    check_kdf(kdf)  # known, complete, and at least the minimum cost
     name = kdf.get("name")
     dklen = int(kdf.get("dklen", 32))
     if name == "scrypt":
@@ -148,21 +216,45 @@ def generate_key() -> str:
     return secrets.token_hex(32)
 
 
+def write_key_file(path: Union[str, os.PathLike], key: Optional[str] = None, force: bool = False) -> Path:
+    """Write ``key`` (default: a fresh :func:`generate_key`) to a new file readable by its owner only.
+
+    The file is created with mode 600 from the start (never written, then
+    restricted), atomically, and an existing file needs ``force``.
+    """
+    from .fileio import atomic_write
+
+    key = generate_key() if key is None else key
+    normalize_key(key)
+    return atomic_write(path, (key.strip() + "\n").encode("utf-8"), force=force, mode=0o600)
+
+
+def warn_if_weak(key: KeyLike) -> None:
+    """Warn when a new adapter's key is short enough to guess."""
+    if len(normalize_key(key)) < MIN_KEY_BYTES:
+        import warnings
+
+        warnings.warn(f"the key has fewer than {MIN_KEY_BYTES} bytes: anyone who guesses it decodes the full "
+                      "version; make one with `psic keygen KEYFILE`", WeakKeyWarning, stacklevel=4)
+
+
 def read_key_file(path: Union[str, os.PathLike]) -> bytes:
-    """A key file's bytes, surrounding whitespace (a trailing newline) removed."""
-    p = Path(path)
-    if not p.is_file():
-        raise PSICError(f"{p}: no such key file")
-    data = p.read_bytes().strip()
-    if not data:
-        raise PSICError(f"{p}: the key file is empty")
-    return data
+    """A key file's key, by :func:`normalize_key`'s rule (a regular file or a pipe)."""
+    from .fileio import read_limited
+
+    data = read_limited(path, MAX_KEY_BYTES + 64, what="key file")
+    try:
+        return normalize_key(data)
+    except ConfigError as exc:
+        raise PSICError(f"{path}: {exc}") from None
 
 
 def read_key_env(var: str) -> bytes:
+    """The key in environment variable ``var``, by :func:`normalize_key`'s rule."""
     value = os.environ.get(var)
     if value is None:
         raise PSICError(f"environment variable {var} is not set")
-    if not value.strip():
-        raise PSICError(f"environment variable {var} is empty")
-    return value.strip().encode("utf-8")
+    try:
+        return normalize_key(value)
+    except ConfigError as exc:
+        raise PSICError(f"environment variable {var}: {exc}") from None

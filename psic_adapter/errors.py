@@ -22,6 +22,10 @@ class ContainerError(PSICError):
     """A ``.psic`` file is truncated, corrupted or of an unknown format."""
 
 
+class KeyMismatchError(PSICError):
+    """A key was given explicitly and it is not the adapter's owner key."""
+
+
 class ImageError(PSICError):
     """An image could not be read or written."""
 

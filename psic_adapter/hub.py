@@ -443,9 +443,9 @@ def write_model_card(directory: PathLike, config=None, metrics: Optional[Union[P
         config = PSICConfig.load(directory)
     text = render_model_card(config, metrics, repo_id=repo_id, license=license,
                              weights_facts=_weights_facts(directory))
-    path = directory / CARD_NAME
-    path.write_text(text, encoding="utf-8")
-    return path
+    from .fileio import atomic_write_text
+
+    return atomic_write_text(directory / CARD_NAME, text, force=True)
 
 
 # --------------------------------------------------------------------- pushing

@@ -23,6 +23,43 @@ from .errors import ImageError, OverwriteError
 
 PathLike = Union[str, os.PathLike]
 
+#: the default pixel limit (width x height) of an image read or decoded: about 40 megapixels,
+#: which a CompressAI codec already needs several GB of memory to code on a CPU
+DEFAULT_MAX_PIXELS = 40_000_000
+_max_pixels: Optional[int] = None
+
+
+def max_pixels() -> int:
+    """The pixel limit: :func:`set_max_pixels`, else the ``PSIC_MAX_PIXELS`` environment variable,
+    else :data:`DEFAULT_MAX_PIXELS`."""
+    if _max_pixels is not None:
+        return _max_pixels
+    env = os.environ.get("PSIC_MAX_PIXELS", "").strip()
+    if env:
+        try:
+            value = int(env)
+        except ValueError:
+            raise ImageError(f"PSIC_MAX_PIXELS must be a number of pixels, not {env!r}") from None
+        if value < 1:
+            raise ImageError(f"PSIC_MAX_PIXELS must be positive, not {value}")
+        return value
+    return DEFAULT_MAX_PIXELS
+
+
+def set_max_pixels(value: Optional[int]) -> None:
+    """Set the pixel limit for this process (``None``: back to the environment / the default)."""
+    global _max_pixels
+    if value is not None and (not isinstance(value, int) or value < 1):
+        raise ImageError(f"the pixel limit must be a positive integer, not {value!r}")
+    _max_pixels = value
+
+
+def check_pixels(width: int, height: int, what: str = "image") -> None:
+    """A clear error for images over the pixel limit, before any pixel is decoded."""
+    if width * height > max_pixels():
+        raise ImageError(f"{what} is {width}x{height} = {width * height:,} pixels, more than the limit of "
+                         f"{max_pixels():,} (set PSIC_MAX_PIXELS or psic_adapter.images.set_max_pixels to allow more)")
+
 
 @dataclass
 class ImageInfo:
@@ -42,12 +79,18 @@ class ImageInfo:
 
     @staticmethod
     def alpha_from_bytes(data: bytes, height: int, width: int, bit_depth: int) -> Optional[np.ndarray]:
+        """The alpha plane back from :meth:`alpha_bytes`; never inflates past the plane's size."""
         if not data:
             return None
         dtype = np.uint16 if bit_depth == 16 else np.uint8
-        raw = zlib.decompress(data)
-        if len(raw) != height * width * np.dtype(dtype).itemsize:
-            raise ImageError("alpha plane has the wrong size")
+        size = height * width * np.dtype(dtype).itemsize
+        try:
+            d = zlib.decompressobj()
+            raw = d.decompress(data, size + 1)
+        except zlib.error:
+            raise ImageError("the alpha plane is corrupted (not zlib data)") from None
+        if len(raw) != size or d.unconsumed_tail or not d.eof:
+            raise ImageError("the alpha plane has the wrong size")
         return np.frombuffer(raw, dtype=dtype).reshape(height, width)
 
 
@@ -62,6 +105,7 @@ def _read_png16(path: Path) -> Optional[np.ndarray]:
     width, height, rows, meta = reader.asDirect()
     if meta["bitdepth"] != 16:
         return None
+    check_pixels(width, height, str(path))
     planes = meta["planes"]
     arr = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows]).reshape(height, width, planes)
     return arr
@@ -75,10 +119,12 @@ def read_array(path: PathLike) -> np.ndarray:
     try:
         arr = _read_png16(path)
         if arr is None:
-            from PIL import Image
+            from PIL import Image, ImageOps
 
-            with Image.open(path) as im:
-                im.load()
+            with Image.open(path) as raw:
+                check_pixels(raw.width, raw.height, str(path))
+                raw.load()
+                im = ImageOps.exif_transpose(raw)  # a camera's orientation tag: the photo as it is seen
                 if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                     arr = np.asarray(im).astype(np.uint16)
                 elif im.mode in ("L", "RGB", "RGBA"):
@@ -94,6 +140,8 @@ def read_array(path: PathLike) -> np.ndarray:
             arr = np.stack([g, g, g, a], axis=-1)
     except ImageError:
         raise
+    except MemoryError:
+        raise ImageError(f"{path}: not enough memory to read this image") from None
     except Exception as exc:  # PIL raises many kinds of errors for bad files
         raise ImageError(f"{path}: cannot read image ({exc.__class__.__name__}: {exc})") from None
     if arr.ndim == 3 and arr.shape[2] == 1:
@@ -153,54 +201,52 @@ def tensor_to_array(x: torch.Tensor, info: Optional[ImageInfo] = None) -> np.nda
     raise ImageError(f"unknown image mode {info.mode!r}")
 
 
-def check_writable(path: PathLike, force: bool = False) -> Path:
-    """Refuse to overwrite an existing file unless ``force``; make the parent folder."""
-    path = Path(path)
-    if path.exists() and not force:
-        raise OverwriteError(f"{path} exists (use --force to overwrite)")
-    if path.exists() and path.is_dir():
-        raise OverwriteError(f"{path} is a directory")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
+def check_writable(path: PathLike, force: bool = False, inputs=()) -> Path:
+    """Refuse an existing file unless ``force``, a folder, and an input of the command."""
+    from .fileio import check_output
+
+    return check_output(path, force=force, inputs=inputs)
 
 
-def save_array(arr: np.ndarray, path: PathLike, force: bool = False) -> Path:
-    """Write an array as PNG (16-bit when it is uint16) or, by extension, JPEG."""
-    path = check_writable(path, force)
+_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF",
+            ".webp": "WEBP"}
+
+
+def save_array(arr: np.ndarray, path: PathLike, force: bool = False, inputs=()) -> Path:
+    """Write an array as PNG (16-bit when it is uint16) or, by extension, JPEG; atomically."""
+    from .fileio import atomic_write
+
+    path = check_writable(path, force, inputs)
     suffix = path.suffix.lower()
-    tmp = path.with_name(path.name + ".part")
-    try:
-        if arr.dtype == np.uint16:
-            if suffix != ".png":
-                raise ImageError(f"{path}: 16-bit images can only be written as PNG")
-            import png
+    if arr.dtype == np.uint16:
+        if suffix != ".png":
+            raise ImageError(f"{path}: 16-bit images can only be written as PNG")
+        import png
 
-            planes = 1 if arr.ndim == 2 else arr.shape[2]
-            greyscale = planes in (1, 2)
-            alpha = planes in (2, 4)
-            writer = png.Writer(arr.shape[1], arr.shape[0], bitdepth=16, greyscale=greyscale, alpha=alpha)
-            with open(tmp, "wb") as fh:
-                writer.write(fh, arr.reshape(arr.shape[0], -1).tolist())
-        else:
-            from PIL import Image
+        planes = 1 if arr.ndim == 2 else arr.shape[2]
+        writer = png.Writer(arr.shape[1], arr.shape[0], bitdepth=16, greyscale=planes in (1, 2), alpha=planes in (2, 4))
 
-            im = Image.fromarray(arr)
-            fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP"}.get(suffix)
-            if fmt is None:
-                raise ImageError(f"{path}: unknown image extension {suffix!r} (use .png)")
-            if fmt == "JPEG" and im.mode == "RGBA":
-                raise ImageError(f"{path}: JPEG cannot hold an alpha channel (use .png)")
-            im.save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+        def write(fh):
+            writer.write(fh, arr.reshape(arr.shape[0], -1).tolist())
+    else:
+        from PIL import Image
+
+        fmt = _FORMATS.get(suffix)
+        if fmt is None:
+            raise ImageError(f"{path}: unknown image extension {suffix!r} (use .png)")
+        im = Image.fromarray(arr)
+        if fmt == "JPEG" and im.mode == "RGBA":
+            raise ImageError(f"{path}: JPEG cannot hold an alpha channel (use .png)")
+
+        def write(fh):
+            im.save(fh, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    return atomic_write(path, write, force=force, inputs=inputs)
 
 
-def save_image(x: torch.Tensor, path: PathLike, info: Optional[ImageInfo] = None, force: bool = False) -> Path:
+def save_image(x: torch.Tensor, path: PathLike, info: Optional[ImageInfo] = None, force: bool = False,
+               inputs=()) -> Path:
     """Write a decoded ``1x3xHxW`` tensor in the original's layout (see :class:`ImageInfo`)."""
-    return save_array(tensor_to_array(x, info), path, force=force)
+    return save_array(tensor_to_array(x, info), path, force=force, inputs=inputs)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int = 64) -> Tuple[torch.Tensor, Tuple[int, int]]:

@@ -111,7 +111,7 @@ PathLike = Union[str, os.PathLike]
 FORMAT = "psic-bavaft/1"
 CONFIG_NAME = "bavaft_config.json"
 WEIGHTS_NAME = "bavaft.safetensors"
-CHECKPOINT_NAME = "bavaft_checkpoint.pt"
+CHECKPOINT_NAME = "bavaft_checkpoint.safetensors"
 #: encoder-side modules of CompressAI codecs (the receiver never runs them)
 ENCODER_MODULES = ("g_a", "h_a")
 #: JPEG's full-range BT.601 RGB -> YCbCr matrix (offsets 0, 0.5, 0.5)
@@ -451,14 +451,16 @@ class BAvAFT(nn.Module):
     def save_pretrained(self, directory: PathLike, training: Optional[Dict[str, Any]] = None,
                         force: bool = True) -> Path:
         """Write ``bavaft.safetensors`` (trigger + fine-tuned encoder) and ``bavaft_config.json``."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
+
+        from ..fileio import atomic_write
 
         d = Path(directory)
         if (d / CONFIG_NAME).exists() and not force:
             raise OverwriteError(f"{d / CONFIG_NAME} exists (use force to overwrite)")
         d.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.bavaft_state_dict().items()}
-        save_file(state, str(d / WEIGHTS_NAME), metadata={"format": FORMAT})
+        state = {k: v.detach().cpu().contiguous().clone() for k, v in self.bavaft_state_dict().items()}
+        atomic_write(d / WEIGHTS_NAME, save(state, metadata={"format": FORMAT}), force=True)
         meta = {
             "format": FORMAT,
             "method": "BAvAFT (Yu et al., CVPR 2023), re-implemented in psic_adapter.baselines.bavaft",
@@ -468,7 +470,7 @@ class BAvAFT(nn.Module):
             "config": self.config.to_dict(),
             "training": training or {},
         }
-        (d / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+        atomic_write(d / CONFIG_NAME, (json.dumps(meta, indent=2) + "\n").encode(), force=True)
         return d
 
     @classmethod
@@ -653,7 +655,7 @@ class BAvAFTTrainer(TrainingLoop):
     MultiStepLR. Single process (no DDP).
 
     Writes ``out_dir/bavaft/`` (:meth:`BAvAFT.save_pretrained`), ``log.jsonl``
-    and ``bavaft_checkpoint.pt`` (resumable).
+    and ``bavaft_checkpoint.safetensors`` (resumable).
     """
 
     done_marker = ("bavaft", CONFIG_NAME)
