@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
@@ -33,7 +35,7 @@ from torch import Tensor, nn
 
 from . import __version__
 from .cltg import build_cltg
-from .codecs import architecture_name, codec_dims, fingerprint
+from .codecs import architecture_name, codec_dims, decode_latent, fingerprint
 from .condition import (
     KeyLike,
     DerivedKey,
@@ -43,14 +45,28 @@ from .condition import (
     key_check,
     material_to_condition,
     new_salt,
+    normalize_key,
     public_full_condition,
     random_conditions,
+    warn_if_weak,
 )
 from .config import CONFIG_NAME, WEIGHTS_NAME, PSICConfig
 from .errors import ConfigError, FingerprintMismatchError, OverwriteError, PSICError
+from .fileio import atomic_write
 from .surgery import attach_hooks, probe_channels, resolve_injection_points
 
 PathLike = Union[str, os.PathLike]
+
+#: adapter names: they become folder names in ``save_pretrained``
+ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def check_adapter_name(name) -> str:
+    """An adapter name that is safe as a folder name: letters, digits, ``_ . -``, at most 64."""
+    if not isinstance(name, str) or not ADAPTER_NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(f"adapter name {name!r} is not allowed: use letters, digits, '_', '.', '-' "
+                          "(at most 64, starting with a letter or digit)")
+    return name
 
 MODES_DOC = {
     "encrypted": "default: no key, or any key but the owner's (condition = a fixed public +-1 vector)",
@@ -60,10 +76,6 @@ PUBLIC_MODES_DOC = {
     "encrypted": "default, mode='encrypted' (condition = a fixed public +-1 vector)",
     "full": "mode='full' (condition = its negation); NOT access-controlled: anyone can ask for it",
 }
-
-
-class _StopDecoding(Exception):
-    """Raised inside ``g_s``'s pre-hook to stop a decode once ``y_hat`` is known."""
 
 
 class _Active:
@@ -128,8 +140,7 @@ class PSICModel(nn.Module):
     def add_adapter(self, adapter_name: str, config: Optional[PSICConfig] = None, key: Optional[KeyLike] = None) -> "PSICModel":
         """Add a named adapter. A new config is fitted to the codec (this needs the owner's
         ``key`` unless ``config.condition == "public"``); a loaded config is checked against it."""
-        if not adapter_name or not isinstance(adapter_name, str):
-            raise ConfigError("an adapter needs a non-empty name")
+        check_adapter_name(adapter_name)
         if adapter_name in self.psic_adapters:
             raise ConfigError(f"an adapter named {adapter_name!r} exists already (delete_adapter first)")
         config = PSICConfig.from_dict((config or PSICConfig()).to_dict())  # own copy
@@ -173,6 +184,7 @@ class PSICModel(nn.Module):
         config.injection_points = [{"module": n, "channels": c} for n, c in zip(names, channels)]
         config.salt = new_salt()
         if config.condition == "key":
+            warn_if_weak(key)
             config.key_check = key_check(derive_material(key, config.salt, config.kdf))
             config.modes = dict(MODES_DOC)
         else:
@@ -230,7 +242,7 @@ class PSICModel(nn.Module):
         return derive(key, config.salt, config.kdf, config.cond_dim, config.key_check)
 
     def _derive(self, name: str, key: KeyLike) -> DerivedKey:
-        kb = key.encode("utf-8") if isinstance(key, str) else bytes(key)
+        kb = normalize_key(key)
         cache_key = (name, hashlib.sha256(kb).digest())
         if cache_key not in self._key_cache:
             self._key_cache[cache_key] = self._derive_uncached(self.psic_configs[name], key)
@@ -263,12 +275,18 @@ class PSICModel(nn.Module):
         name = self._require_adapter(adapter_name)
         return random_conditions(n, self.psic_configs[name].cond_dim, generator, device=self._device(name))
 
-    def condition_for(self, key: Optional[KeyLike] = None, mode: Optional[str] = None, adapter_name: Optional[str] = None) -> Tensor:
-        """The ``[1, D]`` condition that a decode with this key / mode uses.
+    def bypasses_full(self, adapter_name: Optional[str] = None) -> bool:
+        """True when the full version is the base codec's decode (``full_version="base"``)."""
+        return self.psic_configs[self._require_adapter(adapter_name)].full_version == "base"
 
-        No key: encrypted. The owner's key: full. Any other key: encrypted (exactly
-        as no key; a warning says the key did not match). ``mode="full"`` works
-        only for a ``"public"``-condition adapter.
+    def condition_for(self, key: Optional[KeyLike] = None, mode: Optional[str] = None,
+                      adapter_name: Optional[str] = None) -> Optional[Tensor]:
+        """The ``[1, D]`` condition that a decode with this key / mode uses (``None``: the adapter is bypassed).
+
+        No key: encrypted. The owner's key: full, which for ``full_version="base"``
+        adapters is ``None``, the base codec's own decode. Any other key: encrypted
+        (exactly as no key; a warning says the key did not match). ``mode="full"``
+        works only for a ``"public"``-condition adapter.
         """
         name = self._require_adapter(adapter_name)
         cfg = self.psic_configs[name]
@@ -281,12 +299,12 @@ class PSICModel(nn.Module):
                 raise ConfigError("give a key or mode='encrypted', not both")
             derived = self._derive(name, key)
             if derived.matches:
-                return derived.condition[None].to(self._device(name))
+                return None if cfg.full_version == "base" else derived.condition[None].to(self._device(name))
             warnings.warn(f"the key does not match adapter {name!r}: decoding the encrypted version", stacklevel=3)
             return self.encrypted_condition(name)
         if mode == "full":
             if cfg.condition == "public":
-                return self.full_condition(name)
+                return None if cfg.full_version == "base" else self.full_condition(name)
             raise ConfigError(f"the full version of adapter {name!r} needs the owner's key")
         return self.encrypted_condition(name)
 
@@ -316,19 +334,8 @@ class PSICModel(nn.Module):
         module = self.psic_adapters[name]
         if act.biases is None:
             act.biases = module(act.condition)
-        t = act.biases[index].to(out.dtype)
-        gain, bias = t.chunk(2, dim=1) if module.film else (None, t)
-        # Without autograd, work in place: `out + bias` allocates a new full-size feature map per
-        # block, which costs a few percent of a CPU decode. Not when the output is the block's
-        # input (Identity, in-place activations) or a batch of conditions would broadcast it.
-        if owned and not torch.is_grad_enabled() and t.shape[0] in (1, out.shape[0]):
-            try:
-                if gain is not None:
-                    out.mul_(gain + 1)
-                return out.add_(bias)
-            except RuntimeError:  # e.g. an expanded (self-overlapping) output
-                pass
-        return (out * (gain + 1) if gain is not None else out) + bias
+        # Without autograd the block's own output may be changed in place (saves an allocation).
+        return module.apply(index, out, act.biases[index], in_place=owned and not torch.is_grad_enabled())
 
     # ---------------------------------------------------------- codec methods
     @contextlib.contextmanager
@@ -348,14 +355,14 @@ class PSICModel(nn.Module):
                    condition: Optional[Tensor] = None, **kwargs) -> Dict[str, Any]:
         """Decode a bitstream: encrypted by default, full with the owner's ``key``."""
         cond = self._resolve(key, mode, condition)
-        with self.conditioned(cond):
+        with (self._plain() if cond is None else self.conditioned(cond)):
             return self.base.decompress(strings, shape, **kwargs)
 
     def forward(self, x: Tensor, key: Optional[KeyLike] = None, mode: Optional[str] = None,
                 condition: Optional[Tensor] = None, **kwargs) -> Dict[str, Any]:
         """The base codec's training forward with a condition (encrypted by default)."""
         cond = self._resolve(key, mode, condition)
-        with self.conditioned(cond):
+        with (self._plain() if cond is None else self.conditioned(cond)):
             return self.base(x, **kwargs)
 
     def analyze(self, x: Tensor, **kwargs) -> Dict[str, Any]:
@@ -373,32 +380,20 @@ class PSICModel(nn.Module):
         return {"y_hat": out["x_hat"], "likelihoods": out["likelihoods"]}
 
     def decode_latent(self, strings, shape, **kwargs) -> Tensor:
-        """Entropy-decode a bitstream to ``y_hat`` without running ``g_s``.
+        """Entropy-decode a bitstream to ``y_hat`` without running ``g_s`` (:func:`psic_adapter.codecs.decode_latent`).
 
         ``synthesize(y_hat, c).clamp(0, 1)`` then equals ``decompress(..., condition=c)``
         exactly, so evaluation decodes a bitstream once and synthesises it under
         many conditions.
         """
-        captured: Dict[str, Tensor] = {}
+        with self._plain():
+            return decode_latent(self.base, strings, shape, **kwargs)
 
-        def grab(_module, args):
-            captured["y_hat"] = args[0]
-            raise _StopDecoding
-
-        handle = self.base.g_s.register_forward_pre_hook(grab)
-        try:
+    def synthesize(self, y_hat: Tensor, condition: Optional[Tensor]) -> Tensor:
+        """``g_s(y_hat)`` under ``condition`` (``None``: the base decoder alone; not clamped, as in ``forward``)."""
+        if condition is None:
             with self._plain():
-                self.base.decompress(strings, shape, **kwargs)
-        except _StopDecoding:
-            pass
-        finally:
-            handle.remove()
-        if "y_hat" not in captured:
-            raise PSICError(f"{type(self.base).__name__}.decompress did not call g_s")
-        return captured["y_hat"]
-
-    def synthesize(self, y_hat: Tensor, condition: Tensor) -> Tensor:
-        """``g_s(y_hat)`` under ``condition`` (not clamped, as in ``forward``)."""
+                return self.base.g_s(y_hat)
         with self.conditioned(condition.to(y_hat.device)):
             return self.base.g_s(y_hat)
 
@@ -416,11 +411,25 @@ class PSICModel(nn.Module):
         name = self._require_adapter(adapter_name)
         return {k: v.detach().cpu().contiguous() for k, v in self.psic_adapters[name].state_dict().items()}
 
-    def adapter_fingerprint(self, adapter_name: Optional[str] = None) -> str:
-        """SHA-256 (hex, 16 chars) of the adapter's salt and tensors: names one trained adapter."""
+    def adapter_fingerprint(self, adapter_name: Optional[str] = None, legacy: bool = False) -> str:
+        """SHA-256 (hex, 16 chars) of what decides the adapter's decodes: names one trained adapter.
+
+        It covers the salt, the tensors, and every config field that changes a
+        decode (format, preset, modulation, sizes, injection points, condition
+        mode, full version), so that an edited ``adapter_config.json`` no longer
+        matches the ``.psic`` files made for the adapter. ``legacy=True``: the
+        fingerprint of psic-adapter 0.1 (salt and tensors only), which
+        ``.psic`` files of container format 1 hold.
+        """
         name = self._require_adapter(adapter_name)
-        d = hashlib.sha256(b"psic adapter v1\0")
-        d.update((self.psic_configs[name].salt or "").encode())
+        cfg = self.psic_configs[name]
+        d = hashlib.sha256(b"psic adapter v1\0" if legacy else b"psic adapter v2\0")
+        d.update((cfg.salt or "").encode())
+        if not legacy:
+            fields = {k: getattr(cfg, k) for k in ("format_version", "preset", "modulation", "cond_dim", "hidden_dim",
+                                                 "fourier_freqs", "condition", "full_version", "injection_points",
+                                                 "key_check", "kdf")}
+            d.update(json.dumps(fields, sort_keys=True).encode())
         for k, v in sorted(self.adapter_state_dict(name).items()):
             d.update(k.encode())
             d.update(v.float().numpy().tobytes())
@@ -435,7 +444,7 @@ class PSICModel(nn.Module):
         others in ``save_directory/<name>/`` (PEFT's layout). Existing files are
         kept unless ``force``. The key is never written.
         """
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         root = Path(save_directory)
         names = list(adapter_names) if adapter_names is not None else self.adapter_names
@@ -458,12 +467,8 @@ class PSICModel(nn.Module):
                 "adapter_fingerprint": self.adapter_fingerprint(name),
                 "base_fingerprint": self.psic_configs[name].base_model.get("fingerprint", ""),
             }
-            tmp = sub / (WEIGHTS_NAME + ".part")
-            save_file(self.adapter_state_dict(name), str(tmp), metadata=meta)
-            os.replace(tmp, sub / WEIGHTS_NAME)
-            tmpc = sub / (CONFIG_NAME + ".part")
-            tmpc.write_text(self.psic_configs[name].to_json_string())
-            os.replace(tmpc, sub / CONFIG_NAME)
+            atomic_write(sub / WEIGHTS_NAME, save(self.adapter_state_dict(name), metadata=meta), force=True)
+            atomic_write(sub / CONFIG_NAME, self.psic_configs[name].to_json_string().encode(), force=True)
         return root
 
     def push_to_hub(self, repo_id: str, *, private: bool = False, token: Optional[str] = None,
@@ -560,19 +565,47 @@ def load_adapter(codec: nn.Module, path: PathLike, adapter_name: str = "default"
             f"({architecture_name(model.base)}, fingerprint {have[:12]}); "
             "load the same checkpoint, or pass ignore_fingerprint=True to load it anyway"
         )
+    expected = config.num_parameters() if config.injection_points else 0
+    if weights.stat().st_size > 8 * expected + (1 << 20):
+        raise ConfigError(f"{weights}: {weights.stat().st_size} bytes, far more than an adapter of "
+                          f"{expected:,} parameters needs")
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ConfigError(f"{weights}: cannot read adapter weights ({exc})") from None
     model.add_adapter(adapter_name, config, key=key)
     module = model.psic_adapters[adapter_name]
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
+    problem = _state_mismatch(module, state)
+    if problem:
         model.delete_adapter(adapter_name)
-        raise ConfigError(f"{weights}: tensors do not fit the adapter config ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(f"{weights}: tensors do not fit the adapter config: {problem}")
+    module.load_state_dict(state, strict=True)
     module.requires_grad_(is_trainable)
     return model
+
+
+def _state_mismatch(module: nn.Module, state: Dict[str, Tensor]) -> str:
+    """What keeps ``state`` from loading strictly into ``module`` ("" when it fits), naming the tensors."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k} {tuple(state[k].shape)} (needs {tuple(own[k].shape)})" for k in sorted(set(own) & set(state))
+              if tuple(state[k].shape) != tuple(own[k].shape)]
+    floats = [k for k in sorted(set(own) & set(state)) if not state[k].is_floating_point()]
+
+    def few(names):
+        return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+    parts = []
+    if missing:
+        parts.append(f"missing {few(missing)}")
+    if unexpected:
+        parts.append(f"unexpected {few(unexpected)}")
+    if shapes:
+        parts.append(f"wrong shape {few(shapes)}")
+    if floats:
+        parts.append(f"not floating point {few(floats)}")
+    return "; ".join(parts)
 
 
 def codec_for_adapter(path: PathLike, checkpoint=None, device="cpu"):

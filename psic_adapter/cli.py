@@ -76,24 +76,14 @@ def cmd_decompress(args) -> int:
     model = _with_adapter(codec, args.adapter)
     key = _read_key(args)
     res = decode_file(args.input, args.output, model, key=key, plain=args.plain, force=args.force)
-    if key is not None and res["key_matched"] is False:
-        print("psic: warning: the key does not match this adapter; wrote the encrypted version", file=sys.stderr)
     print(f"{res['path']}: {res['version']} version, {header.width}x{header.height}")
     return 0
 
 
 def cmd_keygen(args) -> int:
-    from .condition import generate_key
-    from .errors import OverwriteError
+    from .condition import write_key_file
 
-    path = Path(args.output)
-    if path.exists() and not args.force:
-        raise OverwriteError(f"{path} exists (use --force to overwrite)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(generate_key() + "\n")
-    os.chmod(path, 0o600)
+    path = write_key_file(args.output, force=args.force)
     print(f"{path}: a new 256-bit key (readable by you only). Keep it: without it the full version is lost.")
     return 0
 
@@ -102,12 +92,11 @@ def cmd_info(args) -> int:
     import json
 
     from . import container
+    from .coding import count_bytes
 
     enc, header, alpha = container.read(args.input)
-    from .eval.metrics import count_bytes
-
-    d = dict(header.__dict__)
-    d.pop("layout")
+    d = {k: v for k, v in header.__dict__.items() if k not in ("layout", "version")}
+    d["container_format"] = header.version
     d["bitstream_bytes"] = count_bytes(enc["strings"])
     d["bpp"] = round(8 * d["bitstream_bytes"] / (header.height * header.width), 5)
     print(json.dumps(d, indent=2))
@@ -171,13 +160,17 @@ def cmd_train(args) -> int:
     repeats = 1
     if str(args.data).strip().lower() == "samples":
         repeats = max(1, math.ceil(8 * args.batch / 6))
-    dataset = build_dataset(args.data, crop=args.crop, split="train", seed=args.seed, repeats=repeats)
+    if args.views == "scale":  # whole images, encoded once at each training size
+        dataset = build_dataset(args.data, crop=None, split="all", seed=args.seed)
+    else:
+        dataset = build_dataset(args.data, crop=args.crop, split="train", seed=args.seed, repeats=repeats)
     cfg = TrainConfig(
         stage=args.stage, adapter_only=args.adapter_only, steps=args.steps, batch_size=args.batch, crop=args.crop,
         lr=args.lr, adapter_lr=args.adapter_lr, lmbda=args.lmbda, objective=args.objective,
         encryption_weight=args.encryption_weight, encrypted_distortion=args.encrypted_distortion,
         guard_weight=args.guard_weight, schedule=args.schedule, compile=args.compile,
-        budget_db=args.budget_db, eot=args.eot, margin=args.margin,
+        budget_db=args.budget_db, eot=args.eot, margin=args.margin, views=args.views,
+        view_sizes=tuple(args.view_sizes), train_sizes=tuple(args.train_sizes),
         num_workers=args.workers, seed=args.seed, checkpoint_every=args.checkpoint_every, log_every=args.log_every,
     )
     recipe = {"codec": args.codec, "quality": args.quality, "target": args.target, "data": str(args.data),
@@ -194,7 +187,9 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from .adapter import codec_for_adapter, load_adapter
-    from .eval.runner import EvalConfig, Evaluator, headline, load_samples, write_eval_report
+    from .eval import table
+    from .eval.runner import DEFAULT_SCALES, EvalConfig, Evaluator, load_samples
+    from .eval.report import write_results
     from .targets import build_target
 
     if args.task != "classify":
@@ -204,21 +199,27 @@ def cmd_eval(args) -> int:
     device = _device(args.device)
     key = _read_key(args)
     target = build_target(args.target, weights=args.target_weights, device=device)
-    samples = load_samples(args.data, crop=args.crop, count=args.count, seed=args.seed)
-    cfg = EvalConfig(wrong_keys=args.wrong_keys, attack_steps=args.attack_steps, attack_images=args.attack_images,
-                     perturbations=() if args.no_robustness else EvalConfig.perturbations, seed=args.seed)
-    runs = {}
+    scales = args.scales or (["crops"] if args.crop else list(DEFAULT_SCALES))
+    samples = [s for spec in args.data for s in load_samples(spec, seed=args.seed)]
+    if args.count and not (args.crop and not args.scales):
+        samples = samples[: args.count]
+    cfg = EvalConfig(scales=scales, primary=args.primary, crop=args.crop or 224,
+                     crops=args.crops or (args.count if args.crop and args.count else 96),
+                     wrong_keys=args.wrong_keys, attack_steps=args.attack_steps, attack_images=args.attack_images,
+                     perturbations=() if args.no_robustness else EvalConfig.perturbations,
+                     robustness_scales=args.robustness_scales, seed=args.seed)
+    results = []
     for adapter in args.adapter:
         codec = codec_for_adapter(adapter, args.checkpoint)  # entropy coding on the CPU
         model = load_adapter(codec, adapter)
         name = Path(adapter).resolve().parent.name if Path(adapter).name == "adapter" else Path(adapter).name
-        runs[name] = Evaluator(model, target, key=key, config=cfg).run(samples)
-        h = headline(runs[name])
-        print(f"{name}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in h.items()))
-    meta = {"target": args.target, "data": str(args.data), "crop": args.crop, "count": args.count,
-            "adapters": list(args.adapter), "key_given": key is not None, "config": cfg.__dict__}
-    html = write_eval_report(args.out, runs, meta, force=args.force)
-    print(f"report: {html}")
+        meta = {"name": name, "adapter": str(adapter), "data": [str(d) for d in args.data], "key_given": key is not None,
+                "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()}}
+        result = Evaluator(model, target, key=key, config=cfg).run(samples, meta=meta)
+        results.append(result)
+        print(table.summary(result, name))
+    out = write_results(args.out, results, force=args.force)
+    print(f"metrics: {out}")
     return 0
 
 
@@ -231,6 +232,9 @@ def _eval_task(args) -> int:
     from .targets import build_target
 
     task = args.task
+    if len(args.data) != 1:
+        raise ConfigError(f"--task {task} takes one --data folder")
+    args.data = args.data[0]
     if str(args.data).strip().lower() == "samples":
         raise ConfigError(f"--task {task} needs --data DIR (" + {
             "imagenet": "an ImageFolder of ImageNet synset folders, or of any classes",
@@ -315,7 +319,7 @@ def _train_parser(sub) -> None:
     p.add_argument("--from-scratch", action="store_true", help="random codec weights (stage 1 from scratch)")
     p.add_argument("--adapter", metavar="DIR", help="continue training this adapter (needs its key)")
     p.add_argument("--preset", default="paper", choices=["paper", "official"], help="CLTG preset of a new adapter")
-    p.add_argument("--modulation", default="bias", choices=["bias", "film"],
+    p.add_argument("--modulation", default="bias", choices=["bias", "film", "spatial"],
                    help="CLTG fusion of a new adapter: the paper's bias, or a bias and a gain (FiLM)")
     p.add_argument("--public", action="store_true", help="the paper's public mode bit instead of a key (not access-controlled)")
     p.add_argument("--target", required=True,
@@ -337,8 +341,15 @@ def _train_parser(sub) -> None:
                    help="semantic guard on the full version (0: the paper; default 1, or 0 with --adapter-only)")
     p.add_argument("--budget-db", type=float,
                    help="stage 2: a per-image PSNR budget of the encrypted version under the base decode (a hard hinge)")
-    p.add_argument("--eot", action="store_true",
-                   help="show the target the encrypted decode through random resizes, blurs and noise (robustness)")
+    p.add_argument("--eot", nargs="?", const="basic", default="none", choices=["none", "basic", "real"],
+                   help="show the target the encrypted decode through random processing: basic (resizes, blurs, "
+                        "noise) or real (thumbnails, JPEG, blur, the base codec again)")
+    p.add_argument("--views", default="crops", choices=["crops", "scale"],
+                   help="crops: random --crop crops; scale (stage 2): images encoded once at --train-sizes, "
+                        "square windows of --view-sizes cut from the latents")
+    p.add_argument("--view-sizes", type=int, nargs=2, default=[224, 512], metavar=("MIN", "MAX"))
+    p.add_argument("--train-sizes", type=int, nargs="+", default=[384, 512, 768], metavar="PX",
+                   help="longer sides at which the training images are encoded (--views scale)")
     p.add_argument("--margin", type=float, default=5.0, help="margin of the margin objective, in logits")
     p.add_argument("--schedule", default="alternate", choices=["alternate", "joint"])
     p.add_argument("--compile", action="store_true", help="torch.compile the decoder and the target")
@@ -347,8 +358,8 @@ def _train_parser(sub) -> None:
     p.add_argument("--checkpoint-every", type=int, default=0, help="save a resumable checkpoint every N steps")
     p.add_argument("--log-every", type=int, default=10)
     _key_args(p)
-    p.add_argument("--out", required=True, help="output folder (adapter/, log.jsonl, checkpoint.pt)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--out", required=True, help="output folder (adapter/, log.jsonl, checkpoint.safetensors)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors (same settings)")
     p.add_argument("--force", action="store_true", help="overwrite an earlier run in OUT")
     p.set_defaults(func=cmd_train)
 
@@ -363,7 +374,9 @@ def _eval_parser(sub) -> None:
                         "synsets; celeba: 40 facial attributes; caption: BLEU/CIDEr of --captioner's captions")
     p.add_argument("--target", help="efficientnet-lite0 | clip:MODEL | timm:MODEL | A+B (required, except for --task caption)")
     p.add_argument("--target-weights", metavar="F")
-    p.add_argument("--data", default="samples", help="'samples' (the bundled test photos), a folder, or a CSV")
+    p.add_argument("--data", nargs="+", default=["samples"],
+                   help="'samples' (the bundled test photos), a folder of images, a caption folder, an ImageFolder "
+                        "tree or a CSV; several are evaluated together")
     p.add_argument("--captions", metavar="FILE", help="caption task: reference captions (Flickr8k.token.txt, a COCO or "
                    "Karpathy JSON, a CSV; default: a .txt caption beside each image)")
     p.add_argument("--captioner", metavar="NAME_OR_PATH", help="caption task: a Hugging Face image-to-text model, hub id "
@@ -371,8 +384,15 @@ def _eval_parser(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=30, help="caption task: caption length limit")
     p.add_argument("--split", help="celeba: train | val | test (default) | all; caption: a file of image names "
                    "(Flickr_8k.devImages.txt) or a Karpathy JSON split")
-    p.add_argument("--crop", type=int, help="evaluate COUNT random crops of this size instead of whole images")
-    p.add_argument("--count", type=int, help="number of images (or crops)")
+    p.add_argument("--scales", nargs="+", metavar="SCALE",
+                   help="native (whole images at their size), crops (random --crop crops), or a longer side in px "
+                        "(512, 1024: whole images resized first); default: crops native 512 1024")
+    p.add_argument("--robustness-scales", nargs="+", metavar="SCALE",
+                   help="scales that get the perturbations (default: every scale)")
+    p.add_argument("--primary", metavar="SCALE", help="scale of the headline, wrong keys and attack (default: the first)")
+    p.add_argument("--crop", type=int, help="crop size of the crops scale (default 224); alone, the crops scale only")
+    p.add_argument("--crops", type=int, help="number of crops of the crops scale (default 96)")
+    p.add_argument("--count", type=int, help="use the first COUNT images (with --crop alone: number of crops)")
     p.add_argument("--wrong-keys", type=int, default=100)
     p.add_argument("--attack-steps", type=int, default=50, help="white-box attacker's steps (0: skip)")
     p.add_argument("--attack-images", type=int, default=16)

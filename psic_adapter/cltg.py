@@ -3,10 +3,18 @@
 A CLTG adapter turns a batch of condition vectors ``[B, cond_dim]`` into one
 channel bias ``[B, C_k, 1, 1]`` per injection point ``k``; the surgery adds
 bias ``k`` to the output of decoder block ``k`` (``f_CLTG = f_beta W_d + f_dec``,
-eq. 4). With ``film=True`` (``PSICConfig(modulation="film")``) each point gets
-``[B, 2 C_k, 1, 1]``: a gain and a bias, applied as ``f_dec * (1 + gain) + bias``.
-Both presets zero-initialise the last factor, so that a fresh adapter adds
-exactly zero: the wrapped codec decodes exactly as the base codec.
+eq. 4). Other modulations (``PSICConfig(modulation=...)``):
+
+* ``"film"``: each point gets ``[B, 2 C_k, 1, 1]``, a gain and a bias, applied as
+  ``f_dec * (1 + gain) + bias``;
+* ``"spatial"``: FiLM plus a per-channel gate ``g`` on a small convolutional
+  branch of the block's own output, ``+ g * conv3x3(relu(conv1x1(f_dec)))``: a
+  change that varies across the image with its content, still switched by
+  the condition.
+
+Both presets zero-initialise the last factor (``W_d``), so that a fresh
+adapter adds exactly zero: the wrapped codec decodes exactly as the base codec.
+:meth:`CLTGAdapter.apply` is what the decoder hooks call.
 
 * :class:`PaperCLTG` ("paper"): independent CLTGs, one per decoder block, each
   a 2-layer MLP ``cond -> hidden -> C`` giving ``f_beta``, times an
@@ -25,18 +33,66 @@ from typing import List, Sequence
 import torch
 from torch import Tensor, nn
 
-from .config import PSICConfig
+from .config import SPATIAL_RANK, PSICConfig
+
+#: outputs per channel of each modulation: bias; gain and bias; gain, bias and gate
+FACTORS = {"bias": 1, "film": 2, "spatial": 3}
+
+
+class SpatialBranch(nn.Module):
+    """``conv3x3(relu(conv1x1(f)))``: the content-dependent part of the "spatial" modulation."""
+
+    def __init__(self, channels: int, rank: int = SPATIAL_RANK):
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, rank, 1)
+        self.expand = nn.Conv2d(rank, channels, 3, padding=1)
+
+    def forward(self, f: Tensor) -> Tensor:
+        return self.expand(torch.relu(self.reduce(f)))
 
 
 class CLTGAdapter(nn.Module):
-    """Base class: ``forward(condition [B, D]) -> list of [B, C_k, 1, 1] biases``."""
+    """Base class: ``forward(condition [B, D]) -> list of [B, factor * C_k, 1, 1]`` per point,
+    and :meth:`apply` to put one point's output onto a decoder block's feature map."""
 
-    def __init__(self, cond_dim: int, channels: Sequence[int], film: bool = False):
+    def __init__(self, cond_dim: int, channels: Sequence[int], modulation: str = "bias"):
         super().__init__()
+        if modulation not in FACTORS:
+            raise ValueError(f"unknown modulation {modulation!r}")
         self.cond_dim = int(cond_dim)
         self.channels = [int(c) for c in channels]
-        self.film = bool(film)
-        self._factor = 2 if self.film else 1  # outputs per channel: (gain, bias) or bias
+        self.modulation = modulation
+        self._factor = FACTORS[modulation]
+        self.branches = nn.ModuleList(SpatialBranch(c) for c in self.channels) if modulation == "spatial" else None
+
+    @property
+    def film(self) -> bool:
+        return self.modulation != "bias"
+
+    def apply(self, index: int, out: Tensor, t: Tensor, in_place: bool = False) -> Tensor:
+        """Block ``index``'s output ``out`` modulated by ``t`` (that point's part of :meth:`forward`).
+
+        ``in_place``: the caller owns ``out`` and no autograd graph is recorded, so
+        it may be changed in place (saves one feature-map allocation per block).
+        """
+        t = t.to(out.dtype)
+        if self.modulation == "bias":
+            gain, bias, gate = None, t, None
+        elif self.modulation == "film":
+            (gain, bias), gate = t.chunk(2, dim=1), None
+        else:
+            gain, bias, gate = t.chunk(3, dim=1)
+        extra = gate * self.branches[index](out) if gate is not None else None
+        if in_place and t.shape[0] in (1, out.shape[0]):
+            try:
+                if gain is not None:
+                    out.mul_(gain + 1)
+                out.add_(bias)
+                return out.add_(extra) if extra is not None else out
+            except RuntimeError:  # e.g. an expanded (self-overlapping) output
+                pass
+        y = (out * (gain + 1) if gain is not None else out) + bias
+        return y + extra if extra is not None else y
 
     def _check(self, condition: Tensor) -> Tensor:
         if condition.dim() == 1:
@@ -64,8 +120,8 @@ class _BlockCLTG(nn.Module):
 class PaperCLTG(CLTGAdapter):
     """One independent CLTG per decoder block (paper fig. 2b, eq. 4)."""
 
-    def __init__(self, cond_dim: int, channels: Sequence[int], hidden: int = 64, film: bool = False):
-        super().__init__(cond_dim, channels, film)
+    def __init__(self, cond_dim: int, channels: Sequence[int], hidden: int = 64, modulation: str = "bias"):
+        super().__init__(cond_dim, channels, modulation)
         self.blocks = nn.ModuleList(_BlockCLTG(cond_dim, hidden, c * self._factor) for c in self.channels)
 
     def forward(self, condition: Tensor) -> List[Tensor]:
@@ -86,8 +142,8 @@ class OfficialCLTG(CLTGAdapter):
     """The authors' variant: one shared Fourier-feature MLP, a bias-free projection per point."""
 
     def __init__(self, cond_dim: int, channels: Sequence[int], hidden: int = 512, fourier_freqs: int = 10,
-                 film: bool = False):
-        super().__init__(cond_dim, channels, film)
+                 modulation: str = "bias"):
+        super().__init__(cond_dim, channels, modulation)
         self.fourier_freqs = int(fourier_freqs)
         in_dim = cond_dim * (2 * self.fourier_freqs + 1)
         self.mlp = nn.Sequential(
@@ -105,10 +161,9 @@ class OfficialCLTG(CLTGAdapter):
 
 def build_cltg(config: PSICConfig, channels: Sequence[int]) -> CLTGAdapter:
     """The one factory: a CLTG adapter for ``config`` with these per-point channel counts."""
-    film = config.modulation == "film"
     if config.preset == "paper":
-        return PaperCLTG(config.cond_dim, channels, hidden=config.resolved_hidden_dim, film=film)
+        return PaperCLTG(config.cond_dim, channels, hidden=config.resolved_hidden_dim, modulation=config.modulation)
     if config.preset == "official":
         return OfficialCLTG(config.cond_dim, channels, hidden=config.resolved_hidden_dim,
-                            fourier_freqs=config.fourier_freqs, film=film)
+                            fourier_freqs=config.fourier_freqs, modulation=config.modulation)
     raise ValueError(f"unknown preset {config.preset!r}")  # PSICConfig.validate rules this out

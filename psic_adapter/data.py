@@ -61,6 +61,7 @@ __all__ = [
     "CaptionFolder",
     "CaptionCSV",
     "ImageFolderPrompts",
+    "PlainImages",
     "SamplePhoto",
     "SAMPLE_PHOTOS",
     "TRAIN_PHOTOS",
@@ -478,14 +479,41 @@ def imagenet_class_name(folder: str, names: str = "timm") -> str:
     return folder.replace("_", " ").strip()
 
 
+@functools.lru_cache(maxsize=None)
+def _imagenet_name_index() -> Dict[str, int]:
+    """Lower-case ImageNet-1k class names (every WordNet lemma and open_clip's curated name) -> index;
+    names that two classes share (ImageNet has two "crane"s) are left out."""
+    synsets, lemmas = _imagenet_tables()
+    clip = _clip_imagenet_names()
+    index: Dict[str, int] = {}
+    shared = set()
+
+    def add(name: str, i: int) -> None:
+        key = name.strip().lower().replace("_", " ")
+        if not key:
+            return
+        if index.get(key, i) != i:
+            shared.add(key)
+        index[key] = i
+
+    for i, syn in enumerate(synsets):
+        for lemma in lemmas.get(syn, "").split(","):
+            add(lemma, i)
+        if len(clip) == len(synsets):
+            add(clip[i], i)
+    return {k: v for k, v in index.items() if k not in shared}
+
+
 def _imagenet_index(folder: str) -> int:
-    if not _SYNSET.match(folder):
-        return -1
-    synsets, _ = _imagenet_tables()
-    try:
-        return synsets.index(folder)
-    except ValueError:
-        return -1
+    """The ImageNet-1k class index of a folder named by its synset (``n02123045``) or by a
+    class name (``tabby cat``, ``golden_retriever``); -1 when it names no single class."""
+    if _SYNSET.match(folder):
+        synsets, _ = _imagenet_tables()
+        try:
+            return synsets.index(folder)
+        except ValueError:
+            return -1
+    return _imagenet_name_index().get(folder.strip().lower().replace("_", " "), -1)
 
 
 def _format_prompt(prompt: str, name: str) -> str:
@@ -554,6 +582,35 @@ class ImageFolderPrompts(_ItemDataset):
 
     def __repr__(self) -> str:
         return f"ImageFolderPrompts({str(self.root)!r}, {len(self)} images, {len(self.classes)} classes)"
+
+    @property
+    def unmapped(self) -> List[str]:
+        """Class folders that name no ImageNet-1k class (neither a synset nor a class name)."""
+        return [f for f, i in zip(self.folders, self.imagenet_index) if i < 0]
+
+
+# --------------------------------------------------------------------------- PlainImages
+
+
+class PlainImages(_ItemDataset):
+    """Any folder of images, flat or nested, without captions or labels.
+
+    Items have an empty ``text`` and ``label`` -1: for a classifier target "right"
+    is then the target's answer on the original image (the evaluation protocol),
+    and training attacks the target's own answers. Hidden files and folders are
+    skipped; files that are not images by their extension are ignored.
+    """
+
+    def __init__(self, root: PathLike, transform: Optional[Callable] = None):
+        self.root = _check_folder(root, "a folder of images")
+        self.transform = transform
+        files = [f for f in _walk_files(self.root) if _is_image_file(f.name)]
+        if not files:
+            raise DataError(f"{self.root}: no images found (extensions {', '.join(IMAGE_EXTENSIONS)})")
+        self.items = [(str(f), "", -1) for f in files]
+
+    def __repr__(self) -> str:
+        return f"PlainImages({str(self.root)!r}, {len(self)} images)"
 
 
 # --------------------------------------------------------------------------- sample photos
@@ -891,23 +948,38 @@ def eval_transform(crop: Optional[Size] = None) -> Compose:
 
 
 def _folder_kind(root: Path) -> str:
-    """'caption' or 'imagefolder' for a folder, or a DataError saying what is wrong."""
+    """'caption', 'imagefolder' or 'plain' for a folder (a DataError when it holds no image).
+
+    A folder with ``.txt`` captions beside its images is a caption folder. Sub-folders
+    named by ImageNet classes (synsets such as ``n02123045``, or class names such as
+    ``tabby_cat``) make an ImageFolder tree whose labels are those classes; sub-folders
+    named otherwise are just folders of images (plain). Some named by classes and some
+    not is ambiguous, and refused.
+    """
     files = _walk_files(root)
     images = [f for f in files if _is_image_file(f.name)]
     if not images:
         raise DataError(
-            f"{root}: no images found (expected a caption folder of a.jpg + a.txt pairs "
+            f"{root}: no images found (expected a folder of images, a caption folder of a.jpg + a.txt pairs, "
             f"or an ImageFolder tree {root}/<class>/<image>)"
         )
     present = set(files)
     if any(f.with_suffix(".txt") in present for f in images):
         return "caption"
-    if any(f.parent != root for f in images):
-        return "imagefolder"
-    raise DataError(
-        f"{root}: {len(images)} images but no captions and no class sub-folders (expected a.jpg + a.txt "
-        f"caption pairs, or an ImageFolder tree {root}/<class>/<image>)"
-    )
+    folders = sorted({f.relative_to(root).parts[0] for f in images if f.parent != root})
+    if not folders:
+        return "plain"
+    mapped = [f for f in folders if _imagenet_index(f) >= 0]
+    if not mapped:
+        return "plain"
+    if len(mapped) < len(folders):
+        unmapped = [f for f in folders if _imagenet_index(f) < 0]
+        raise DataError(
+            f"{root}: {len(mapped)} sub-folders name ImageNet classes but {len(unmapped)} do not "
+            f"(e.g. {unmapped[0]!r}): name every class folder by its synset (n02123045) or ImageNet "
+            "class name, or use a folder whose sub-folders are not classes"
+        )
+    return "imagefolder"
 
 
 def build_dataset(
@@ -923,8 +995,9 @@ def build_dataset(
     ``spec`` is ``"samples"`` (:class:`SamplePhotos` of ``split``; write
     ``./samples`` for a folder of that name), a ``.csv``/``.tsv`` file
     (:class:`CaptionCSV`), or a folder: a :class:`CaptionFolder` when its images
-    have ``.txt`` captions beside them, else an :class:`ImageFolderPrompts` when
-    its images sit in class sub-folders.
+    have ``.txt`` captions beside them, an :class:`ImageFolderPrompts` when its
+    images sit in sub-folders named by ImageNet classes, else a
+    :class:`PlainImages` (any folder of images, flat or nested).
 
     ``split="train"`` uses :func:`train_transform` (random ``crop`` + flip);
     ``"test"``/``"val"``/``"all"`` use :func:`eval_transform` (centre ``crop``).
@@ -952,8 +1025,11 @@ def build_dataset(
             return CaptionCSV(path, transform=transform)
         raise DataError(f"{path}: not a .csv/.tsv file (expected 'samples', a folder, or a CSV of image,caption)")
     if path.is_dir():
-        if _folder_kind(path) == "caption":
+        kind = _folder_kind(path)
+        if kind == "caption":
             return CaptionFolder(path, transform=transform)
+        if kind == "plain":
+            return PlainImages(path, transform=transform)
         return ImageFolderPrompts(path, prompt=prompt, transform=transform)
     raise DataError(f"{spec}: no such file or folder (expected 'samples', a folder of images, or a .csv file)")
 

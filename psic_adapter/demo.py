@@ -73,7 +73,7 @@ def run_demo(out_dir: PathLike = "psic-demo", config: Optional[DemoConfig] = Non
     from .adapter import load_adapter, wrap_model
     from .codecs import build_codec, prepare_for_coding
     from .coding import decode_file, encode_file
-    from .condition import generate_key
+    from .condition import generate_key, write_key_file
     from .config import PSICConfig
     from .data import SamplePhotos, sample_photo
     from .eval.runner import EvalConfig, Evaluator, headline, load_samples, write_eval_report
@@ -90,10 +90,7 @@ def run_demo(out_dir: PathLike = "psic-demo", config: Optional[DemoConfig] = Non
     torch.manual_seed(cfg.seed)
 
     key = generate_key()
-    key_path = out / "owner.key"
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key + "\n")
+    key_path = write_key_file(out / "owner.key", key, force=True)
     _say(f"owner key: {key_path} (keep it: it is what decodes the full version)")
 
     target = build_target(cfg.target)

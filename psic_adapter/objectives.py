@@ -28,6 +28,9 @@ from . import losses
 from .errors import ConfigError
 
 OBJECTIVES = ("uaeo", "naive", "authors", "margin")
+#: expectation over transformation: none; "basic" (differentiable resize / blur / noise);
+#: "real" (what a platform does: thumbnails, JPEG, blur, the base codec again, their mixes)
+EOT_MODES = ("none", "basic", "real")
 
 View = Dict[str, Any]
 
@@ -41,21 +44,25 @@ class EncryptionObjective:
         s: UAEO scale factor.
         margin: margin of the ``"margin"`` objective, in logits.
         amp: run the target under bf16 autocast (on ``device_type``).
-        eot: expectation over transformation: :meth:`encryption_loss` shows the
-            target each encrypted decode through a random differentiable
-            transformation (:func:`random_transform`), so that the attack learns
-            to survive resizing, blurring and noise.
+        eot: expectation over transformation, one of :data:`EOT_MODES` (``True``
+            means ``"basic"``): :meth:`encryption_loss` shows the target each
+            encrypted decode through a random transformation, so that the attack
+            learns to survive it: ``"basic"`` (:func:`random_transform`: resize,
+            blur, noise) or ``"real"`` (:func:`served_transform`: thumbnails of
+            1-3x, real JPEG, blur, a second pass through the base codec).
         generator: the random source of ``eot``.
+        codec: the base codec, for ``eot="real"``'s re-coding (``None``: skipped).
     """
 
     def __init__(self, target, objective: str = "uaeo", s: float = 0.1, margin: float = 5.0,
-                 amp: bool = False, device_type: str = "cpu", eot: bool = False,
-                 generator: Optional[torch.Generator] = None):
+                 amp: bool = False, device_type: str = "cpu", eot=False,
+                 generator: Optional[torch.Generator] = None, codec=None):
         if objective not in OBJECTIVES:
             raise ConfigError(f"objective must be one of {OBJECTIVES}, not {objective!r}")
         self.target, self.objective, self.s, self.margin = target, objective, s, margin
         self.amp, self.device_type = amp, device_type
-        self.eot = eot
+        self.eot = eot_mode(eot)
+        self.codec = codec
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
 
     def autocast(self):
@@ -114,8 +121,11 @@ class EncryptionObjective:
         """The objective on decodes ``x_enc`` (a whole multiple of the viewed batch)."""
         total = x_enc.new_zeros(())
         n = x_enc.shape[0]
-        if self.eot:
+        if self.eot == "basic":
             x_enc = random_transform(x_enc, self.generator)
+        elif self.eot == "real":
+            with self.autocast():
+                x_enc = served_transform(x_enc, self.generator, codec=self.codec).float()
         for v in views:
             reps = n // v["n"]
             texts = v["text_feats"]
@@ -171,17 +181,93 @@ def random_transform(x: Tensor, generator: torch.Generator) -> Tensor:
         size = (max(8, round(h * scale)), max(8, round(w * scale)))
         return F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
     if kind == 2:
-        sigma = 0.5 + u[1]
-        radius = max(1, int(3 * sigma + 0.5))
-        t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-        k = torch.exp(-(t**2) / (2 * sigma**2))
-        k = k / k.sum()
-        c = x.shape[1]
-        x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
-        x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1).contiguous(), groups=c)
-        return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1).contiguous(), groups=c)
+        return random_transform_blur(x, 0.5 + u[1])
     if kind == 3:
         sigma = (1.0 + 3.0 * u[1]) / 255.0
         noise = torch.randn(x.shape, generator=generator).to(device=x.device, dtype=x.dtype)
         return x + sigma * noise
     return x
+
+
+def eot_mode(eot) -> str:
+    """``True``/``False`` (older configs) or one of :data:`EOT_MODES`."""
+    if eot is True:
+        return "basic"
+    if eot is False or eot is None:
+        return "none"
+    if eot not in EOT_MODES:
+        raise ConfigError(f"eot must be one of {EOT_MODES}, not {eot!r}")
+    return eot
+
+
+def straight_through(x: Tensor, y: Tensor) -> Tensor:
+    """``y`` in the forward pass, the identity's gradient in the backward pass (BPDA)."""
+    return x + (y.to(x.dtype) - x).detach()
+
+
+def served_transform(x: Tensor, generator: torch.Generator, codec=None) -> Tensor:
+    """One random draw of what happens to a served image before a model sees it.
+
+    With equal odds: nothing; a thumbnail (an antialiased downscale by 1-3x, the
+    target then resizes it itself); real JPEG at quality 60-90; a Gaussian blur
+    with sigma 0.5-1.5; a second pass through the base ``codec`` (real entropy
+    coding's equal: the codec's forward in eval mode, which rounds the latents;
+    skipped without a codec); a thumbnail saved as JPEG. Real encoders are not
+    differentiable: their gradient is the identity's (straight-through, as in
+    BPDA), which is what makes an attack learn to survive them. One draw for
+    the whole batch.
+    """
+    from .eval.robustness import jpeg
+
+    kinds = 6 if codec is not None else 5
+    u = torch.rand(3, generator=generator).tolist()
+    kind = min(int(u[0] * kinds), kinds - 1)
+    import torch.nn.functional as F
+
+    def thumbnail(t: Tensor) -> Tensor:
+        factor = 3.0 ** u[1]
+        h, w = t.shape[-2:]
+        size = (max(16, round(h / factor)), max(16, round(w / factor)))
+        return F.interpolate(t, size=size, mode="bicubic", align_corners=False, antialias=True)
+
+    quality = int(60 + 30 * u[2])
+    if kind == 1:
+        return thumbnail(x)
+    if kind == 2:
+        return straight_through(x, jpeg(x.detach().float().clamp(0, 1), quality=quality))
+    if kind == 3:
+        return random_transform_blur(x, 0.5 + u[1])
+    if kind == 4:
+        t = thumbnail(x)
+        return straight_through(t, jpeg(t.detach().float().clamp(0, 1), quality=quality))
+    if kind == 5:
+        return straight_through(x, codec_forward(codec, x.detach().clamp(0, 1)))
+    return x
+
+
+@torch.no_grad()
+def codec_forward(codec, x: Tensor, multiple: int = 64) -> Tensor:
+    """The codec's eval-mode forward (rounded latents: what compress + decompress decode), padded and cropped."""
+    from .images import crop_to, pad_to_multiple
+
+    was_training = codec.training
+    codec.eval()
+    try:
+        xp, size = pad_to_multiple(x, multiple)
+        return crop_to(codec(xp)["x_hat"], size).clamp(0, 1)
+    finally:
+        codec.train(was_training)
+
+
+def random_transform_blur(x: Tensor, sigma: float) -> Tensor:
+    """A differentiable separable Gaussian blur (reflected borders)."""
+    import torch.nn.functional as F
+
+    radius = max(1, int(3 * sigma + 0.5))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-(t**2) / (2 * sigma**2))
+    k = k / k.sum()
+    c = x.shape[1]
+    x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
+    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1).contiguous(), groups=c)
+    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1).contiguous(), groups=c)

@@ -45,14 +45,16 @@ from . import losses
 from .coding import PAD_MULTIPLE
 from .errors import ConfigError, OverwriteError, PSICError
 from .images import crop_to, pad_to_multiple
-from .objectives import OBJECTIVES, EncryptionObjective
+from .objectives import OBJECTIVES, EncryptionObjective, eot_mode
 from .schedule import Phase, configure_trainable, phase_at
 
 PathLike = Union[str, os.PathLike]
 
 #: CompressAI's MSE lambdas by zoo quality (paper: "lambda ... to obtain models at different levels")
 COMPRESSAI_LAMBDAS = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483, 7: 0.0932, 8: 0.1800}
-CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_NAME = "checkpoint.safetensors"
+#: TrainConfig fields that a resumed run may change (the rest is the recipe, fixed for a run)
+RESUMABLE_CHANGES = ("steps", "checkpoint_every", "log_every", "num_workers", "compile")
 
 
 @dataclass
@@ -90,14 +92,23 @@ class TrainConfig:
             has the room to itself (``encrypted_distortion`` still prefers less).
         budget_weight: weight of that hinge.
         eot: expectation over transformation: the target sees the encrypted decode
-            through a random differentiable resize, blur or noise each step, so that
-            the attack survives what a platform does to a served image.
+            through a random transformation each step, so that the attack survives
+            what a platform does to a served image: ``"basic"`` (or ``True``:
+            differentiable resize, blur, noise), ``"real"`` (thumbnails, real JPEG,
+            blur, the base codec again; straight-through gradients), ``"none"``.
+        views: ``"crops"``: random ``crop`` x ``crop`` crops of the images, encoded at
+            every step; ``"scale"`` (stage 2): the images encoded once at each of
+            ``train_sizes`` (longer side, px) and square windows of ``view_sizes``
+            (min, max px) cut from the latents (:class:`~psic_adapter.views.LatentViews`):
+            every scale from a native crop to a whole photo as the target sees it.
         wrong_key_fraction: share of each encrypted batch decoded with random wrong-key conditions.
         schedule: "alternate" (paper: full and encrypted steps alternate) or
             "joint" (both in every step, from one encode).
         clip_max_norm: gradient clipping (paper: 1.0).
         lr_milestones: fractions of ``steps`` at which the learning rates drop 10x.
-        amp: "auto" (bf16 on CUDA), "bf16" or "off". channels_last: "auto" (CUDA), "on", "off".
+        amp: "auto" (bf16 autocast on CUDA and on CPUs with bf16 matrix units, AMX:
+            about 4x faster there), "bf16" or "off". channels_last: "auto" (where amp
+            is), "on", "off".
         compile: ``torch.compile`` the synthesis transform and the target.
         num_workers: DataLoader workers (pinned memory on CUDA).
         checkpoint_every: save a resumable checkpoint every N steps (0: at the end only).
@@ -121,7 +132,10 @@ class TrainConfig:
     margin: float = 5.0
     budget_db: Optional[float] = None
     budget_weight: float = 100.0
-    eot: bool = False
+    eot: Union[bool, str] = False
+    views: str = "crops"
+    view_sizes: Sequence[int] = (224, 512)
+    train_sizes: Sequence[int] = (384, 512, 768)
     wrong_key_fraction: float = 0.5
     schedule: str = "alternate"
     clip_max_norm: float = 1.0
@@ -152,6 +166,15 @@ class TrainConfig:
             raise ConfigError("budget_db is a positive number of dB, for stage 2 (its reference is the base decode)")
         if not 0.0 <= self.wrong_key_fraction <= 1.0:
             raise ConfigError("wrong_key_fraction must be in [0, 1]")
+        self.eot = eot_mode(self.eot)
+        if self.views not in ("crops", "scale"):
+            raise ConfigError(f"views must be 'crops' or 'scale', not {self.views!r}")
+        if self.views == "scale" and self.stage != 2:
+            raise ConfigError("views='scale' encodes the images once: it needs stage 2 (a frozen encoder)")
+        if len(self.view_sizes) != 2 or not 16 <= int(self.view_sizes[0]) <= int(self.view_sizes[1]):
+            raise ConfigError(f"view_sizes must be (min, max) pixels, not {self.view_sizes!r}")
+        if not self.train_sizes or min(int(v) for v in self.train_sizes) < int(self.view_sizes[0]):
+            raise ConfigError("train_sizes must be at least the smallest view size")
         if self.batch_size < 2 and self.objective in ("uaeo", "authors"):
             raise ConfigError("the UAEO objective compares captions within a batch: use batch_size >= 2")
 
@@ -181,7 +204,8 @@ class TrainConfig:
 
     def to_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["lr_milestones"] = list(self.lr_milestones)
+        for k in ("lr_milestones", "view_sizes", "train_sizes"):
+            d[k] = [v for v in getattr(self, k)]
         return d
 
 
@@ -231,6 +255,14 @@ def init_distributed_from_env(device: str) -> bool:
     return True
 
 
+def cpu_has_bf16_units() -> bool:
+    """True on CPUs with bf16 matrix units (Intel AMX), where bf16 autocast pays off."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _psnr(mse: Tensor) -> float:
     m = float(mse)
     return 100.0 if m <= 1e-10 else 10.0 * math.log10(1.0 / m)
@@ -273,6 +305,13 @@ def _set_rng_state(rng: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(rng["cuda"])
     np.random.set_state(rng["numpy"])
     random.setstate(rng["python"])
+
+
+def _plain(v):
+    """Lists and tuples compare equal (a recipe read back from JSON has lists)."""
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
 
 
 class TrainingLoop:
@@ -328,6 +367,8 @@ class TrainingLoop:
 
     # ---- checkpoints
     def save_checkpoint(self, path: Optional[PathLike] = None) -> Path:
+        from .checkpoints import save_state
+
         path = Path(path or self.out_dir / self.checkpoint_name)
         state = {
             "step": self.step_count,
@@ -337,21 +378,57 @@ class TrainingLoop:
             "rng": _rng_state(),
             **self.checkpoint_state(),
         }
-        tmp = path.with_name(path.name + ".part")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-        return path
+        return save_state(path, state)
 
     def load_checkpoint(self, path: Optional[PathLike] = None) -> None:
+        from .checkpoints import load_state
+
         path = Path(path or self.out_dir / self.checkpoint_name)
         if not path.is_file():
             raise PSICError(f"{path}: no checkpoint to resume from")
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        self.load_checkpoint_state(state, path)
-        _set_rng_state(state["rng"])
-        self.step_count = state["step"]
-        self.epoch = state["epoch"]
-        self.batch_in_epoch = state["batch_in_epoch"]
+        state = load_state(path)
+        try:
+            self._check_same_recipe(state.get("train_config"), path)
+            self.load_checkpoint_state(state, path)
+            _set_rng_state(state["rng"])
+            self.step_count = int(state["step"])
+            self.epoch = int(state["epoch"])
+            self.batch_in_epoch = int(state["batch_in_epoch"])
+        except PSICError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+            raise PSICError(f"{path}: this checkpoint does not fit the run ({exc.__class__.__name__}: "
+                            f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+        self._trim_log(self.step_count)
+
+    def _check_same_recipe(self, saved, path: Path) -> None:
+        """A resumed run keeps its recipe: only :data:`RESUMABLE_CHANGES` may differ."""
+        if not isinstance(saved, dict):
+            raise PSICError(f"{path}: the checkpoint does not say how its run was trained")
+        now = self.cfg.to_dict()
+        changed = sorted(k for k in set(now) | set(saved)
+                         if k not in RESUMABLE_CHANGES and _plain(saved.get(k)) != _plain(now.get(k)))
+        if changed:
+            diffs = ", ".join(f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:6])
+            raise PSICError(f"--resume with another recipe than the checkpoint's ({diffs}): resume with the same "
+                            "settings, or start a new run in another --out")
+
+    def _trim_log(self, step: int) -> None:
+        """Drop log records past the checkpoint's step (they are about to be redone), so that none repeats."""
+        log = self.out_dir / "log.jsonl"
+        if not self.is_main or not log.is_file():
+            return
+        kept = []
+        for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line cut by the interruption
+            if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
+                kept.append(line)
+        from .fileio import atomic_write_text
+
+        atomic_write_text(log, "".join(k + "\n" for k in kept), force=True)
 
     # ---- data and log
     def _batches(self) -> Iterator[Dict[str, Any]]:
@@ -450,7 +527,7 @@ class Trainer(TrainingLoop):
         dataset: items ``{"image", "text"}`` of equal size (give a crop).
         config: :class:`TrainConfig`.
         out_dir: where ``adapter/``, ``codec.safetensors`` (when the codec trains),
-            ``log.jsonl`` and ``checkpoint.pt`` go.
+            ``log.jsonl`` and ``checkpoint.safetensors`` go.
         quality: the base codec's quality level (picks the default lambda).
         device: "cpu", "cuda", ... (default: CUDA when available).
     """
@@ -469,13 +546,21 @@ class Trainer(TrainingLoop):
         self.model, self.target = model, target
         self.quality = quality if quality is not None else model.config.base_model.get("quality")
         cuda = self.device.type == "cuda"
-        self.amp = (cuda and config.amp == "auto") or config.amp == "bf16"
-        self.channels_last = (cuda and config.channels_last == "auto") or config.channels_last == "on"
+        fast = cuda or (self.device.type == "cpu" and cpu_has_bf16_units())
+        self.amp = (fast and config.amp == "auto") or config.amp == "bf16"
+        self.channels_last = (fast and config.channels_last == "auto") or config.channels_last == "on"
         # wrong keys and EOT draws: a generator of its own, saved in checkpoints
         self.generator = torch.Generator().manual_seed(config.seed * 7919 + self.rank)
         self.objective = EncryptionObjective(target, config.objective, s=config.s, margin=config.margin,
                                              amp=self.amp, device_type=self.device.type, eot=config.eot,
-                                             generator=self.generator)
+                                             generator=self.generator, codec=model.base)
+        # Where the decoder trains, the full version is a trained condition with its guard; an
+        # adapter fitted to a frozen codec decodes the full version as the base codec itself.
+        trains_decoder = config.stage == 1 or not config.adapter_only
+        if trains_decoder and model.config.full_version == "base":
+            model.config.full_version = "condition"
+        self.full_bypass = model.config.full_version == "base"
+        self.views = None
 
         self.full_cond = model.full_condition().to(self.device)  # raises without the key
         if self.world > 1:
@@ -522,6 +607,19 @@ class Trainer(TrainingLoop):
     @property
     def bar_desc(self) -> str:
         return f"stage {self.cfg.stage}{' adapter-only' if self.cfg.adapter_only else ''}"
+
+    def _batches(self) -> Iterator[Dict[str, Any]]:
+        if self.cfg.views != "scale":
+            yield from super()._batches()
+            return
+        from .views import LatentViews
+
+        if self.views is None:
+            lo, hi = (int(v) for v in self.cfg.view_sizes)
+            self.views = LatentViews(self.model, self.dataset, sizes=self.cfg.train_sizes, min_view=lo, max_view=hi,
+                                     seed=self.cfg.seed, progress=self.progress and self.is_main)
+        while True:
+            yield self.views.batch(self.step_count, self.cfg.batch_size, rank=self.rank)
 
     def _sync_adapter_identity(self, full_cond: Tensor) -> Tensor:
         """Make every rank train rank 0's adapter: its config (salt, key check) and full condition.
@@ -575,6 +673,8 @@ class Trainer(TrainingLoop):
             phase: Phase = phase_at(cfg.stage, self.step_count)
             versions = [phase.version]
             name = phase.name
+        if self.full_bypass:  # the full version is the base decode: nothing of it to train
+            versions, name = ["encrypted"], f"S{cfg.stage}-2"
         conds = [self.full_cond.expand(n, -1) if v == "full" else self._encrypted_conditions(n) for v in versions]
         guard = self.guard_weight > 0 and "full" in versions
         encrypted = "encrypted" in versions
@@ -584,10 +684,18 @@ class Trainer(TrainingLoop):
                                    logits=(encrypted and obj.uses_logits) or (guard and cfg.stage == 1))
 
         # crops of any size: pad to the codec's multiple of 64, crop the decodes back
-        x_in, size = pad_to_multiple(x, PAD_MULTIPLE)
+        x_ref = None
+        if "y_hat" in batch:  # a latent window (views="scale"): the decode is exactly the window
+            x_in, size = x, tuple(x.shape[-2:])
+            y_hat = batch["y_hat"].to(self.device, non_blocking=True)
+            if self.channels_last:
+                y_hat = y_hat.contiguous(memory_format=torch.channels_last)
+        else:
+            x_in, size = pad_to_multiple(x, PAD_MULTIPLE)
         if cfg.stage == 2:
-            with torch.no_grad():
-                y_hat = self.model.analyze(x_in)["y_hat"]  # frozen encoder: rounding, no graph
+            if "y_hat" not in batch:
+                with torch.no_grad():
+                    y_hat = self.model.analyze(x_in)["y_hat"]  # frozen encoder: rounding, no graph
             need_ref = guard or (encrypted and cfg.budget_db is not None)
             x_ref = crop_to(self._reference_decode(y_hat), size) if need_ref else None
             ref_logits = obj.reference_logits(x_ref, views) if guard else None
@@ -613,6 +721,8 @@ class Trainer(TrainingLoop):
                 g = obj.guard_loss(parts["full"], views, ref_logits)
                 terms["guard"] = g
                 loss = loss + self.guard_weight * g
+        if x_ref is not None:
+            terms["mse_base"] = F.mse_loss(x_ref, x).detach()
         if "encrypted" in parts:
             mse = F.mse_loss(parts["encrypted"], x)
             terms["mse_encrypted"] = mse
@@ -648,7 +758,7 @@ class Trainer(TrainingLoop):
         self.step_count += 1
         out = {k: float(v.detach()) for k, v in terms.items()}
         out["phase"] = name
-        for v in ("full", "encrypted"):
+        for v in ("full", "encrypted", "base"):
             if f"mse_{v}" in out:
                 out[f"psnr_{v}"] = _psnr(torch.tensor(out[f"mse_{v}"]))
         return out
@@ -731,11 +841,16 @@ def checkpoint_adapter_config(out_dir: PathLike):
     """
     from .config import PSICConfig
 
+    from .checkpoints import load_state
+
     path = Path(out_dir) / CHECKPOINT_NAME
     if not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    return PSICConfig.from_dict(state["adapter_config"])
+    state = load_state(path)
+    try:
+        return PSICConfig.from_dict(state["adapter_config"])
+    except (KeyError, TypeError) as exc:
+        raise PSICError(f"{path}: not a PSIC training checkpoint ({exc.__class__.__name__})") from None
 
 
 def _budget_excess(x_enc: Tensor, x_ref: Tensor, x: Tensor, budget_db: float) -> Tensor:

@@ -11,6 +11,12 @@ from psic_adapter import FingerprintMismatchError, PSICConfig, load_adapter, wra
 
 from .conftest import ARCHITECTURES, make_codec, randomize_adapter
 
+def Conditioned(**kwargs) -> PSICConfig:
+    """A config whose full version goes through the adapter (the behaviour these tests pin down;
+    the default bypass is tested in test_full_version.py)."""
+    return PSICConfig(**{"full_version": "condition", **kwargs})
+
+
 KEY = "owner secret"
 
 
@@ -42,7 +48,7 @@ def test_fresh_adapter_is_the_base_codec(codec, x):
     # (snapshot after a first run: CompressAI's checkerboard conv masks its weight in place on first use)
     base_state = {k: v.clone() for k, v in codec.state_dict().items()}
 
-    model = wrap_model(codec, PSICConfig(), key=KEY)
+    model = wrap_model(codec, Conditioned(), key=KEY)
     assert len(model.config.injection_points) >= 3
     enc = model.compress(x)
     assert _strings_equal(enc["strings"], enc0["strings"])
@@ -62,7 +68,7 @@ def test_fresh_adapter_is_the_base_codec(codec, x):
 
 @torch.no_grad()
 def test_trained_adapter_two_decodings_one_bitstream(codec, x, tmp_path):
-    model = randomize_adapter(wrap_model(codec, PSICConfig(), key=KEY))
+    model = randomize_adapter(wrap_model(codec, Conditioned(), key=KEY))
     try:
         enc0 = codec.compress(x)  # plain codec outside a wrapper call: unconditioned
         dec0 = codec.decompress(enc0["strings"], enc0["shape"])["x_hat"]
@@ -95,7 +101,7 @@ def test_trained_adapter_two_decodings_one_bitstream(codec, x, tmp_path):
 
 
 def test_fingerprint_mismatch_is_an_error(arch, codec, tmp_path):
-    model = wrap_model(codec, PSICConfig(), key=KEY)
+    model = wrap_model(codec, Conditioned(), key=KEY)
     model.save_pretrained(tmp_path / "a")
     model.unwrap()
     other = make_codec(arch, seed=1)  # same architecture, other weights
@@ -107,7 +113,7 @@ def test_fingerprint_mismatch_is_an_error(arch, codec, tmp_path):
 
 
 def test_training_forward_reaches_the_adapter(codec, x):
-    model = randomize_adapter(wrap_model(codec, PSICConfig(), key=KEY), std=0.1)
+    model = randomize_adapter(wrap_model(codec, Conditioned(), key=KEY), std=0.1)
     try:
         model.train()
         out = model(x, key=KEY)

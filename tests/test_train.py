@@ -63,8 +63,10 @@ def batch(photos):
     return collate([photos[i] for i in range(BATCH)])
 
 
-def new_model(base_codec):
-    return wrap_model(copy.deepcopy(base_codec), key=KEY)
+def new_model(base_codec, full_version=None):
+    from psic_adapter.config import PSICConfig
+
+    return wrap_model(copy.deepcopy(base_codec), PSICConfig(full_version=full_version), key=KEY)
 
 
 def new_trainer(model, target, data, out_dir, **overrides):
@@ -200,26 +202,34 @@ def check_encrypted(cond, n, fraction, full):
     return wrong
 
 
-@pytest.mark.parametrize("stage", [1, 2])
-def test_full_and_encrypted_steps_decode_with_the_right_conditions(stage, base_codec, target, batch, tmp_path,
-                                                                   monkeypatch):
-    model = new_model(base_codec)
+@pytest.mark.parametrize("stage, full_version", [(1, "base"), (2, "condition"), (2, "base")])
+def test_full_and_encrypted_steps_decode_with_the_right_conditions(stage, full_version, base_codec, target, batch,
+                                                                   tmp_path, monkeypatch):
+    """Full and encrypted steps alternate, except for an adapter fitted to a frozen codec whose full
+    version is the base decode (``full_version="base"``): nothing of it trains, every step is encrypted."""
+    from psic_adapter.config import PSICConfig
+
+    model = wrap_model(copy.deepcopy(base_codec), PSICConfig(full_version=full_version), key=KEY)
     tr = Trainer(model, target, [batch], TrainConfig(stage=stage, adapter_only=stage == 2, steps=4,
                                                      batch_size=BATCH, crop=CROP, wrong_key_fraction=0.5),
                  tmp_path, device="cpu", progress=False)
+    bypass = stage == 2 and full_version == "base"
+    assert model.config.full_version == ("base" if bypass else "condition")  # stage 1 trains the full condition
     full = model.full_condition()
     assert full.abs().eq(1).all()
     seen = capture_conditions(monkeypatch, model)
     wrongs = []
     for step in range(4):
         seen.clear()
-        tr.step(batch)
+        out = tr.step(batch)
         assert len(seen) == 1, f"step {step}: {len(seen)} conditioned decodes"
         cond = seen[0]
-        if step % 2 == 0:  # full
+        if step % 2 == 0 and not bypass:  # full
             assert torch.equal(cond, full.expand(BATCH, -1))
+            assert "mse_full" in out
         else:
             wrongs.append(check_encrypted(cond, BATCH, 0.5, full[0]))
+            assert "mse_full" not in out
     assert not torch.equal(wrongs[0], wrongs[1])  # fresh wrong keys every step
 
 
@@ -340,7 +350,7 @@ def test_resume_refuses_another_adapter(base_codec, target, photos, tmp_path):
 # ------------------------------------------------------------------ objectives
 @pytest.mark.parametrize("objective", ["uaeo", "naive", "authors", "margin"])
 def test_every_objective_gives_a_finite_loss(objective, base_codec, target, batch, tmp_path):
-    model = new_model(base_codec)
+    model = new_model(base_codec, full_version="condition")  # full steps too: the guard's loss
     tr = Trainer(model, target, [batch], TrainConfig(stage=2, adapter_only=True, schedule="joint", steps=1,
                                                      batch_size=BATCH, crop=CROP, objective=objective, guard_weight=1.0),
                  tmp_path, device="cpu", progress=False)
@@ -376,12 +386,12 @@ def test_finish_writes_a_loadable_adapter_and_the_log(base_codec, target, photos
     records = [json.loads(line) for line in lines]
     assert [r["step"] for r in records] == [1, 2, 3]
     for r in records:
-        assert_finite(r, "loss", "lr", "img_per_s")
-    assert {"mse_full"} <= records[0].keys() and {"mse_encrypted", "encryption"} <= records[1].keys()
-    assert "guard" not in records[0]  # adapter-only: no guard by default
+        assert_finite(r, "loss", "lr", "img_per_s", "mse_encrypted", "encryption")
+        assert "mse_full" not in r and "guard" not in r  # the full version is the base decode: nothing to train
 
     loaded = load_adapter(copy.deepcopy(base_codec), tmp_path / "adapter", key=KEY)
     assert loaded.config.training["steps_done"] == 3
+    assert loaded.config.full_version == "base"
     model.eval()
     with torch.no_grad():
         enc = model.compress(image64)
@@ -390,8 +400,9 @@ def test_finish_writes_a_loadable_adapter_and_the_log(base_codec, target, photos
             b = loaded.decompress(enc["strings"], enc["shape"], **kw)["x_hat"]
             assert torch.equal(a, b)
         full = model.decompress(enc["strings"], enc["shape"], key=KEY)["x_hat"]
-        plain = model.decompress(enc["strings"], enc["shape"])["x_hat"]
-        assert not torch.equal(full, plain)  # the trained adapter acts
+        encrypted = model.decompress(enc["strings"], enc["shape"])["x_hat"]
+        assert torch.equal(full, base_codec.decompress(enc["strings"], enc["shape"])["x_hat"])  # bit for bit
+        assert not torch.equal(full, encrypted)  # the trained adapter acts on the encrypted version
 
 
 def test_finish_saves_the_trained_codec_that_the_adapter_fits(base_codec, target, photos, tmp_path, image64):

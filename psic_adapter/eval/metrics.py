@@ -38,6 +38,8 @@ from typing import Dict, Iterable, List, Mapping, Sequence, Union
 import torch
 import torch.nn.functional as F
 
+from ..coding import count_bytes
+
 __all__ = [
     "PSNR_CAP_DB",
     "MS_SSIM_WEIGHTS",
@@ -173,24 +175,6 @@ def ms_ssim(a: torch.Tensor, b: torch.Tensor, win_size: int = 11) -> torch.Tenso
 
 
 # --------------------------------------------------------------------------- bit rate
-
-
-def count_bytes(strings) -> int:
-    """Total bytes in a (possibly nested) list/tuple of ``bytes``.
-
-    Accepts the ``strings`` of a CompressAI ``compress()`` output (a list per
-    latent of a list per batch item of ``bytes``, nested deeper for some models)
-    or the whole output dict (its ``"strings"`` entry is used).
-    """
-    if isinstance(strings, Mapping):
-        if "strings" not in strings:
-            raise TypeError("a dict passed as strings needs a 'strings' entry (a CompressAI compress() output)")
-        strings = strings["strings"]
-    if isinstance(strings, (bytes, bytearray, memoryview)):
-        return len(strings) if not isinstance(strings, memoryview) else strings.nbytes
-    if isinstance(strings, (list, tuple)):
-        return sum(count_bytes(s) for s in strings)
-    raise TypeError(f"expected bytes or a nested list of bytes, got {type(strings).__name__}")
 
 
 def _check_pixels(num_pixels: int) -> int:

@@ -463,3 +463,15 @@ def write_report(
             if tmp.exists():
                 tmp.unlink()
     return html_path
+
+
+def write_results(out_dir: PathLike, results, force: bool = False) -> Path:
+    """``out_dir/metrics.json``: ``{"schema", "runs": [EvalResult.to_dict(), ...]}``."""
+    from .record import METRICS_NAME, SCHEMA_VERSION
+
+    from ..fileio import atomic_write_text
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = {"schema": SCHEMA_VERSION, "runs": [r.to_dict() for r in results]}
+    return atomic_write_text(out_dir / METRICS_NAME, json.dumps(data, indent=2, allow_nan=False) + "\n", force=force)

@@ -145,9 +145,10 @@ class TimmClassifierTarget(Target):
         class_names: one name per class; default: ImageNet class names for
             ImageNet-1k/12k/21k-sized models, else ``None``.
         crop_pct: the short side is resized to ``image_size / crop_pct``
-            before the centre crop. ``1.0`` (default) keeps the whole short
-            side, the same view CLIP gets; timm's own evaluation uses the
-            model's ``crop_pct`` (often 0.875).
+            before the centre crop. ``None`` (default): the model's own
+            ``pretrained_cfg`` value, i.e. timm's eval transform (0.875 for
+            EfficientNet-Lite0: shorter side to 256, centre crop 224), which is
+            what the model sees where it is used. ``1.0`` keeps the whole short side.
         **model_kwargs: passed to ``timm.create_model`` (e.g. ``num_classes``).
 
     Features: :meth:`image_features` are the pre-logits features
@@ -167,7 +168,7 @@ class TimmClassifierTarget(Target):
         pretrained: bool = False,
         device: Union[str, torch.device] = "cpu",
         class_names: Optional[Sequence[str]] = None,
-        crop_pct: float = 1.0,
+        crop_pct: Optional[float] = None,
         **model_kwargs,
     ) -> None:
         super().__init__()
@@ -213,7 +214,7 @@ class TimmClassifierTarget(Target):
             dtype=param.dtype,
             device=param.device,
             interpolation=cfg.get("interpolation", "bicubic"),
-            crop_pct=crop_pct,
+            crop_pct=float(cfg.get("crop_pct") or 1.0) if crop_pct is None else crop_pct,
         )
         self.feature_dim = int(getattr(model, "head_hidden_size", None) or model.num_features)
         self._freeze()
@@ -340,7 +341,7 @@ class EfficientNetLite0Target(TimmClassifierTarget):
         device: Union[str, torch.device] = "cpu",
         weights: Optional[Union[str, os.PathLike]] = None,
         class_names: Optional[Sequence[str]] = None,
-        crop_pct: float = 1.0,
+        crop_pct: Optional[float] = None,
     ) -> None:
         if weights is None:
             weights = efficientnet_lite0_weights_path()

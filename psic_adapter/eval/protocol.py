@@ -1,0 +1,139 @@
+"""The versions of one image: what an evaluation asks of a method.
+
+An evaluation does not care how a method makes its decodes; it asks a
+:class:`VersionDecoder` for the versions of one original image and measures
+them all alike:
+
+* ``"base"``: the unmodified base codec's decode (the reference);
+* ``"encrypted"``: what a viewer without the key gets (should mislead the target);
+* ``"full"``: what the owner gets (should not).
+
+:class:`PSICDecoder` makes them from ONE base-codec bitstream (real entropy
+coding), decoded once to its latent and synthesised per version.
+``psic_adapter.baselines.bavaft.BAvAFTDecoder`` makes them from two encodings
+(clean and poisoned). Methods with a key condition (PSIC) also expose
+:meth:`VersionDecoder.decode_condition`, which the wrong-key and white-box
+checks use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from ..errors import ConfigError, ContainerError
+
+VERSION_NAMES = ("base", "full", "encrypted")
+
+
+@dataclass
+class Decoded:
+    """The versions of one image, each ``[1, 3, H, W]`` in [0, 1] at the original's size."""
+
+    images: Dict[str, Tensor]
+    bpp: Dict[str, float]  # bits per pixel of each version's real bitstream
+    size: Tuple[int, int]
+    latent: Optional[Tensor] = None  # y_hat of the bitstream (methods with conditions)
+    extra: Dict[str, float] = field(default_factory=dict)
+
+
+def _finite(x: Tensor) -> Tensor:
+    if not torch.isfinite(x).all():
+        raise ContainerError("a decode is not finite: encoder and decoder disagree (entropy coding must run on "
+                             "the CPU, with the tables the encoder used)")
+    return x
+
+
+class VersionDecoder:
+    """Base class: ``decode(x) -> Decoded`` with the versions in :attr:`versions`."""
+
+    method: str = "?"
+    versions: Tuple[str, ...] = ("base", "encrypted")
+    descriptions: Dict[str, str] = {}
+    #: the white-box and wrong-key checks apply (there is a condition to attack)
+    has_conditions: bool = False
+
+    def decode(self, x: Tensor) -> Decoded:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def base_codec(self):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def decode_condition(self, decoded: Decoded, condition: Tensor) -> Tensor:
+        raise ConfigError(f"{self.method} has no condition to decode with")
+
+    def wrong_key_conditions(self, n: int, generator: torch.Generator) -> Tensor:
+        raise ConfigError(f"{self.method} has no keys")
+
+    def encrypted_condition(self) -> Tensor:
+        raise ConfigError(f"{self.method} has no condition")
+
+    def condition_parameters(self):
+        """Modules whose parameters must not collect gradients while a condition is attacked."""
+        return []
+
+
+class PSICDecoder(VersionDecoder):
+    """The versions of a :class:`~psic_adapter.PSICModel`'s one bitstream.
+
+    ``key``: the owner's key (checked; a wrong one is an error here, since the
+    "full" version would silently be the encrypted one). Without it there is
+    no "full" version.
+    """
+
+    method = "PSIC"
+    has_conditions = True
+
+    def __init__(self, model, key=None):
+        self.model = model
+        self.key = key
+        if key is not None and not model.key_matches(key):
+            raise ConfigError("the key given does not match this adapter (the full version would be the encrypted one)")
+        self.versions = ("base", "full", "encrypted") if key is not None else ("base", "encrypted")
+        full = ("the base codec's decode (the adapter bypassed)" if model.bypasses_full()
+                else "decoded with the owner's condition")
+        self.descriptions = {"base": "the base codec alone", "encrypted": "no key (or a wrong one)",
+                             "full": f"the owner's key: {full}"}
+        model.eval()
+
+    @property
+    def base_codec(self):
+        return self.model.base
+
+    @torch.no_grad()
+    def decode(self, x: Tensor) -> Decoded:
+        from ..coding import encode
+        from . import metrics as M
+
+        enc = encode(self.model, x)  # the base codec's bitstream, byte for byte (CPU)
+        h, w = enc["size"]
+        y_hat = self.model.decode_latent(enc["strings"], enc["shape"])
+        bpp = M.bpp_from_strings(enc["strings"], h * w)
+        base = _finite(self.model.synthesize(y_hat, None)).clamp(0, 1)[..., :h, :w]
+        images = {"base": base}
+        images["encrypted"] = _finite(self.model.synthesize(y_hat, self.model.encrypted_condition())).clamp(0, 1)[..., :h, :w]
+        if self.key is not None:
+            cond = self.model.condition_for(key=self.key)
+            images["full"] = base if cond is None else _finite(self.model.synthesize(y_hat, cond)).clamp(0, 1)[..., :h, :w]
+        return Decoded(images=images, bpp={v: bpp for v in images}, size=(h, w), latent=y_hat)
+
+    def decode_condition(self, decoded: Decoded, condition: Tensor) -> Tensor:
+        h, w = decoded.size
+        return self.model.synthesize(decoded.latent, condition).clamp(0, 1)[..., :h, :w]
+
+    def wrong_key_conditions(self, n: int, generator: torch.Generator) -> Tensor:
+        return self.model.wrong_key_conditions(n, generator=generator)
+
+    def encrypted_condition(self) -> Tensor:
+        return self.model.encrypted_condition()
+
+    def condition_parameters(self):
+        return [self.model]
+
+
+def versions_of(decoder: VersionDecoder, wanted: Sequence[str]) -> Tuple[str, ...]:
+    return tuple(v for v in wanted if v in decoder.versions)
