@@ -57,7 +57,7 @@ def photo_768x512() -> torch.Tensor:
 
 
 def load_base(name: str, quality: int, checkpoint) -> tuple:
-    from psic_adapter.codecs import build_codec, load_codec, prepare_for_coding
+    from psic_adapter.codec import build_codec, load_codec, prepare_for_coding
 
     if checkpoint:
         return load_codec(name, quality=quality, checkpoint=checkpoint), f"checkpoint {checkpoint}"
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from psic_adapter import PSICConfig, wrap_model
-    from psic_adapter.codecs import normalize_name
+    from psic_adapter.codec import normalize_name
 
     checkpoint = args.checkpoint
     if (checkpoint is None and not args.random_weights and normalize_name(args.codec) == "bmshj2018-hyperprior"

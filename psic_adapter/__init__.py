@@ -21,11 +21,14 @@ from .errors import (  # noqa: E402
 
 _LAZY = {
     # core (imports torch + compressai, so loaded on first use)
-    "PSICConfig": ".config",
+    "PSICConfig": ".adapter",
     "wrap_model": ".adapter",
     "load_adapter": ".adapter",
     "PSICModel": ".adapter",
-    "load_codec": ".codecs",
+    "load_codec": ".codec",
+    "TrainConfig": ".training",
+    "Trainer": ".training",
+    "Evaluator": ".eval",
 }
 
 __all__ = [

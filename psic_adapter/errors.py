@@ -6,6 +6,15 @@ library callers can catch the base class or the specific one.
 """
 
 
+def show(value, limit: int = 80) -> str:
+    """A short repr of an untrusted value for an error message (huge integers cannot even be printed in full)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        text = f"<{type(value).__name__} too large to print>"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 class PSICError(Exception):
     """Base class of the errors that a user's input can cause."""
 

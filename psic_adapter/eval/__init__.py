@@ -1,61 +1,24 @@
-"""Evaluation: metrics (quality, real bit rate, attack success rate), the
-perturbations a served image meets, and self-contained HTML reports.
+"""Evaluation: what a method's decodes do to machine vision, from real bitstreams, at the scale of use.
 
-matplotlib, Pillow and torchvision are imported only when a function needs them.
+* :mod:`.protocol` -- the versions of one image (PSIC's one bitstream; BAvAFT implements it too);
+* :mod:`.runner` -- :class:`Evaluator`: scales, the control, classification, retrieval, robustness;
+* :mod:`.attacks` -- wrong keys and a white-box attacker on the condition;
+* :mod:`.metrics` -- PSNR, MS-SSIM, real-byte bpp, accuracy, ASR, retrieval;
+* :mod:`.record` -- the typed result (``metrics.json``) every reader reads;
+* :mod:`.tasks` -- the paper's other tasks (ImageNet, CelebA, captioning);
+* :mod:`.report` -- the HTML report; :mod:`.table` -- the terminal tables.
+
+The perturbations a served image meets live in :mod:`psic_adapter.perturbations`.
 """
 
-from . import metrics, report, robustness
-from .metrics import (
-    MS_SSIM_WEIGHTS,
-    PSNR_CAP_DB,
-    accuracy,
-    agreement,
-    attack_success_rate,
-    bpp_from_file,
-    bpp_from_strings,
-    classification_asr,
-    count_bytes,
-    ms_ssim,
-    psnr,
-    recall_at_k,
-    retrieval_asr,
-    retrieval_hits,
-    summarize,
-)
-from .report import format_value, image_grid_png, plot_rate_curves, to_jsonable, write_report
-from .robustness import PERTURBATIONS, codec_roundtrip, gaussian_blur, get_perturbations, jpeg, resize
+import lazy_loader
 
-__all__ = [
-    "metrics",
-    "report",
-    "robustness",
-    # metrics
-    "PSNR_CAP_DB",
-    "MS_SSIM_WEIGHTS",
-    "psnr",
-    "ms_ssim",
-    "bpp_from_strings",
-    "bpp_from_file",
-    "count_bytes",
-    "accuracy",
-    "agreement",
-    "attack_success_rate",
-    "classification_asr",
-    "retrieval_hits",
-    "recall_at_k",
-    "retrieval_asr",
-    "summarize",
-    # robustness
-    "jpeg",
-    "resize",
-    "gaussian_blur",
-    "codec_roundtrip",
-    "PERTURBATIONS",
-    "get_perturbations",
-    # report
-    "image_grid_png",
-    "plot_rate_curves",
-    "write_report",
-    "to_jsonable",
-    "format_value",
-]
+# submodules load on first use: importing one part never drags in the others (and no import cycle)
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        'protocol': ['Decoded', 'PSICDecoder', 'VersionDecoder'],
+        'record': ['EvalResult', 'Headline', 'ScaleResult', 'load_results'],
+        'runner': ['DEFAULT_SCALES', 'EvalConfig', 'Evaluator', 'Sample', 'load_samples'],
+    },
+)

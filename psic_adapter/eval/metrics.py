@@ -33,12 +33,12 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Dict, Iterable, List, Mapping, Sequence, Union
+from typing import Dict, Iterable, List, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 
-from ..coding import count_bytes
+from ..bitstream.coding import count_bytes
 
 __all__ = [
     "PSNR_CAP_DB",

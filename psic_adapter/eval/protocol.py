@@ -106,7 +106,7 @@ class PSICDecoder(VersionDecoder):
 
     @torch.no_grad()
     def decode(self, x: Tensor) -> Decoded:
-        from ..coding import encode
+        from ..bitstream.coding import encode
         from . import metrics as M
 
         enc = encode(self.model, x)  # the base codec's bitstream, byte for byte (CPU)

@@ -34,10 +34,9 @@ next is decoded, so a 1024 px evaluation needs little memory.
 
 from __future__ import annotations
 
-import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -46,9 +45,10 @@ from torch import Tensor
 
 from ..errors import ConfigError, DataError
 from . import metrics as M
-from .protocol import Decoded, PSICDecoder, VersionDecoder
-from .record import Classification, EvalResult, Robustness, ScaleResult, Stat, WhiteBox, WrongKeys
-from .robustness import get_perturbations
+from .attacks import whitebox, wrong_keys
+from .protocol import PSICDecoder, VersionDecoder
+from .record import Classification, EvalResult, Robustness, ScaleResult, Stat
+from ..perturbations import get_perturbations
 
 PathLike = Union[str, os.PathLike]
 
@@ -162,7 +162,7 @@ def crops_of(samples: Sequence[Sample], size: int, count: int, seed: int = 0) ->
 
 def at_scale(samples: Sequence[Sample], scale: str, config: EvalConfig) -> List[Sample]:
     """The samples of one evaluation scale (see :func:`parse_scale`)."""
-    from ..views import resize_longer_side
+    from ..bitstream.images import resize_longer_side
 
     kind, size = parse_scale(scale)
     if kind == "native":
@@ -198,27 +198,25 @@ def control_of(base: Tensor, encrypted: Tensor, generator: torch.Generator) -> T
     return (base.float() + sigma * noise).clamp(0, 1).to(base.dtype)
 
 
-def _centre(y: Tensor, size: int) -> Tensor:
-    """The centre ``size x size`` of a latent (the attacker optimises on 16x-larger patches)."""
-    h, w = y.shape[-2:]
-    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
-    return y[..., top: top + size, left: left + size]
+def classification_of(preds: Dict[str, Tensor], labels: Tensor, versions: Sequence[str],
+                      label_source: str) -> Classification:
+    """Accuracy per version, the ASR and its control, the base's right count, agreements with the base.
 
-
-class _NoParameterGrads:
-    """Inside: no parameter of the modules collects gradients (the attack optimises a condition)."""
-
-    def __init__(self, modules):
-        self.params = [p for m in modules for p in m.parameters() if p.requires_grad]
-
-    def __enter__(self):
-        for p in self.params:
-            p.requires_grad_(False)
-
-    def __exit__(self, *exc):
-        for p in self.params:
-            p.requires_grad_(True)
-        return False
+    ``preds`` maps ``"original"``, each version and ``"control"`` to predictions ``[N]``
+    (or attribute decisions ``[N, A]``: each pair is a sample); ``labels`` is what
+    "right" means.
+    """
+    seen = [v for v in ("original", *versions, "control") if v in preds]
+    return Classification(
+        label_source=label_source,
+        n_base_right=int((preds["base"] == labels).sum()),
+        asr=M.classification_asr(preds["base"], preds["encrypted"], labels),
+        control_asr=M.classification_asr(preds["base"], preds["control"], labels) if "control" in preds
+        else float("nan"),
+        full_asr=M.classification_asr(preds["base"], preds["full"], labels) if "full" in preds else float("nan"),
+        accuracy={v: M.accuracy(preds[v], labels) for v in seen},
+        agreement_with_base={v: M.agreement(preds[v], preds["base"]) for v in seen if v != "base"},
+    )
 
 
 class Evaluator:
@@ -246,7 +244,7 @@ class Evaluator:
         self.gallery: List[GalleryRow] = []
 
     # --------------------------------------------------------------- helpers
-    def _bar(self, it, desc, total=None):
+    def bar(self, it, desc, total=None):
         from tqdm.auto import tqdm
 
         return tqdm(it, desc=desc, disable=not self.progress, leave=False, total=total)
@@ -256,7 +254,7 @@ class Evaluator:
         """Top-1 class of each image in ``x`` (same size batch)."""
         return self.target.logits(x.to(self.target.device), self.prompts).argmax(-1).cpu()
 
-    def _predict_versions(self, images: Dict[str, Tensor]) -> Dict[str, int]:
+    def predict_versions(self, images: Dict[str, Tensor]) -> Dict[str, int]:
         """Top-1 of each version of one image, in one batch (a version that is another's tensor is not recomputed)."""
         unique: List[Tensor] = []
         where: Dict[str, int] = {}
@@ -309,9 +307,9 @@ class Evaluator:
             if kept:
                 originals, decoded, labels, base_pred = kept
                 if cfg.wrong_keys > 0:
-                    result.wrong_keys = self._wrong_keys(originals, decoded, labels, base_pred)
+                    result.wrong_keys = wrong_keys(self, originals, decoded, labels, base_pred)
                 if cfg.attack_steps > 0:
-                    result.whitebox = self._whitebox(originals, decoded, labels, base_pred)
+                    result.whitebox = whitebox(self, originals, decoded, labels, base_pred)
         return result
 
     def _run_scale(self, scale: str, samples: Sequence[Sample], perts, keep: bool, gallery: bool):
@@ -325,16 +323,16 @@ class Evaluator:
         quality = {v: {"psnr": [], "ms_ssim": []} for v in versions}
         quality["control"] = {"psnr": []}
         factors, rows = [], []
-        kept_orig, kept_dec, kept_base = [], [], []
+        kept_orig, kept_dec = [], []
         features: Dict[str, List[Tensor]] = {v: [] for v in versions}
         retrieval = self._wants_retrieval(samples)
-        for i, s in enumerate(self._bar(samples, f"eval {scale}")):
+        for i, s in enumerate(self.bar(samples, f"eval {scale}")):
             d = self.decoder.decode(s.image)
-            g = torch.Generator().manual_seed(_mix(cfg.seed, scale, i))
+            g = torch.Generator().manual_seed(mix_seed(cfg.seed, scale, i))
             images = dict(d.images)
             images["control"] = control_of(images["base"], images["encrypted"], g)
             answers = {}
-            for v, p in self._predict_versions({"original": s.image, **images}).items():
+            for v, p in self.predict_versions({"original": s.image, **images}).items():
                 preds[v].append(p)
                 answers[v] = self.label_name(p)
             row: Dict[str, Any] = {"scale": scale, "name": s.name, "size": list(d.size), "label": s.label,
@@ -379,15 +377,7 @@ class Evaluator:
                             else "dataset labels where given, else the target's answer on the original image")
         else:
             labels, label_source = t["original"], "the target's answer on the original image"
-        cls = Classification(
-            label_source=label_source,
-            n_base_right=int((t["base"] == labels).sum()),
-            asr=M.classification_asr(t["base"], t["encrypted"], labels),
-            control_asr=M.classification_asr(t["base"], t["control"], labels),
-            full_asr=M.classification_asr(t["base"], t["full"], labels) if "full" in t else float("nan"),
-            accuracy={v: M.accuracy(t[v], labels) for v in seen},
-            agreement_with_base={v: M.agreement(t[v], t["base"]) for v in seen if v != "base"},
-        )
+        cls = classification_of(t, labels, versions, label_source)
         for row, right in zip(rows, (t["base"] == labels).tolist()):
             row["base_right"] = bool(right)
         rob = {}
@@ -419,62 +409,9 @@ class Evaluator:
         out["asr"] = M.retrieval_asr(hits["base"], hits["encrypted"])
         return out
 
-    @torch.no_grad()
-    def _wrong_keys(self, originals, decoded: List[Decoded], labels, base_pred) -> WrongKeys:
-        g = torch.Generator().manual_seed(self.cfg.seed + 12345)
-        conds = self.decoder.wrong_key_conditions(self.cfg.wrong_keys, generator=g)
-        asrs, psnrs, diffs = [], [], []
-        for c in self._bar(conds, "wrong keys"):
-            preds = []
-            for x, d in zip(originals, decoded):
-                y = self.decoder.decode_condition(d, c[None])
-                psnrs.append(float(M.psnr(y, x)[0]))
-                diffs.append(float((y - d.images["encrypted"]).abs().max()))
-                preds.append(int(self.predict(y)[0]))
-            asrs.append(M.classification_asr(base_pred, torch.tensor(preds), labels))
-        return WrongKeys(n_keys=len(conds), asr=Stat.of(asrs), asr_min=min(asrs) if asrs else float("nan"),
-                         psnr=Stat.of(psnrs), max_abs_diff_to_encrypted=max(diffs) if diffs else float("nan"))
 
-    def _whitebox(self, originals, decoded: List[Decoded], labels, base_pred) -> WhiteBox:
-        """An attacker with the adapter but not the key: one condition optimised for all images.
-
-        Adam on the condition vector (from the encrypted one) minimises the target's
-        prediction entropy on the decodes of the first ``attack_images`` images
-        (their centre 256x256 patches, to bound the cost); then every image is
-        decoded with it.
-        """
-        cfg = self.cfg
-        n = min(cfg.attack_images, len(decoded))
-        cond = self.decoder.encrypted_condition().clone().requires_grad_(True)
-        opt = torch.optim.Adam([cond], lr=cfg.attack_lr)
-        confidences = []
-        with _NoParameterGrads(self.decoder.condition_parameters()):
-            for _ in self._bar(range(cfg.attack_steps), "white-box attack"):
-                opt.zero_grad(set_to_none=True)
-                confidence = 0.0
-                for d in decoded[:n]:
-                    small = Decoded(d.images, d.bpp, (256, 256), _centre(d.latent, 16))
-                    x = self.decoder.decode_condition(small, cond)
-                    p = self.target.logits(x.to(self.target.device), self.prompts).float().softmax(-1)
-                    entropy = -(p * p.clamp_min(1e-12).log()).sum(-1).mean()
-                    (entropy / n).backward()
-                    confidence += float(p.detach().max(-1).values.mean()) / n
-                opt.step()
-                confidences.append(confidence)
-        with torch.no_grad():
-            preds, psnrs = [], []
-            for x, d in zip(originals, decoded):
-                y = self.decoder.decode_condition(d, cond.detach())
-                preds.append(int(self.predict(y)[0]))
-                psnrs.append(float(M.psnr(y, x)[0]))
-        pred = torch.tensor(preds)
-        return WhiteBox(steps=cfg.attack_steps, images_optimised_on=n, asr=M.classification_asr(base_pred, pred, labels),
-                        agreement_with_base=M.agreement(pred, base_pred), psnr=Stat.of(psnrs),
-                        confidence_start=confidences[0] if confidences else float("nan"),
-                        confidence_end=confidences[-1] if confidences else float("nan"))
-
-
-def _mix(seed: int, scale: str, index: int) -> int:
+def mix_seed(seed: int, scale: str, index: int) -> int:
+    """A seed for draw ``index`` of ``scale``, the same on every platform."""
     import hashlib
 
     return int.from_bytes(hashlib.sha256(f"{seed}/{scale}/{index}".encode()).digest()[:8], "little") >> 1

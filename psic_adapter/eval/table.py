@@ -36,7 +36,7 @@ def scales_table(result: EvalResult) -> str:
     for key, s in result.scales.items():
         c = s.classification
         rows.append([
-            key, str(s.n_images), f"{s.downsampling.mean:.2f}x",
+            key, str(s.n_images), f"{s.downsampling.mean:.2f}x" if s.downsampling.n else "n/a",
             f"{s.bpp['encrypted'].mean:.4f}" if "encrypted" in s.bpp else "n/a",
             db(s.psnr("base")), db(s.psnr("full")), db(s.psnr("encrypted")),
             percent(c.asr), percent(c.control_asr), str(c.n_base_right),
@@ -73,6 +73,13 @@ def summary(result: EvalResult, name: str = "") -> str:
         w = result.wrong_keys
         parts.append(f"wrong keys ({w.n_keys}, fed to the network directly): ASR {percent(w.asr.mean)} "
                      f"(min {percent(w.asr_min)}), PSNR {db(w.psnr.mean)} dB")
+    task = result.main.task
+    if result.task == "caption" and "scores" in task:
+        parts.append("captions: " + "; ".join(
+            f"{v} BLEU-4 {db(s.get('bleu4'))} CIDEr {db(s.get('cider'))}" for v, s in task["scores"].items()))
+        e = task.get("encrypted_vs_base", {})
+        parts.append(f"encrypted captions against the base captions: BLEU-4 {db(e.get('bleu4'))}, "
+                     f"identical {percent(e.get('identical', float('nan')))}")
     if result.whitebox is not None:
         b = result.whitebox
         parts.append(f"white-box attacker ({b.steps} steps on {b.images_optimised_on} images): "

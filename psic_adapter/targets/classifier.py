@@ -35,33 +35,10 @@ _AMBIGUOUS = -1
 
 
 def read_state_dict(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
-    """A state dict from a ``.safetensors`` or PyTorch checkpoint file.
+    """A state dict from a ``.safetensors`` or PyTorch checkpoint file (:mod:`psic_adapter.weights`'s rule)."""
+    from ..weights import read_state_dict as read
 
-    PyTorch files are read with ``weights_only=True``. Training checkpoints
-    are unwrapped (``state_dict_ema``, ``model_ema``, ``state_dict`` or
-    ``model`` key, in that order of preference) and a DataParallel
-    ``module.`` prefix is removed.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise TargetError(f"weights file not found: {path}")
-    try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            ckpt = load_file(path, device="cpu")
-        else:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - a bad file is the user's problem to fix
-        raise TargetError(f"could not read weights from {path}: {exc}") from exc
-    if isinstance(ckpt, Mapping):
-        for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
-            if isinstance(ckpt.get(key), Mapping):
-                ckpt = ckpt[key]
-                break
-    if not isinstance(ckpt, Mapping) or not all(torch.is_tensor(v) for v in ckpt.values()):
-        raise TargetError(f"{path} does not hold a state dict of tensors")
-    return {(k[7:] if k.startswith("module.") else k): v for k, v in ckpt.items()}
+    return read(path, TargetError)
 
 
 def _is_counter(key: str) -> bool:

@@ -1,0 +1,22 @@
+"""PSIC adapters: the CLTG modules, where they attach, the keys that switch them, the wrapped model.
+
+* :mod:`.config` -- :class:`PSICConfig` (``adapter_config.json``), bounded;
+* :mod:`.cltg` -- the CLTG modules (paper / official presets; bias, FiLM, spatial);
+* :mod:`.surgery` -- finding a codec's decoder blocks and hooking them;
+* :mod:`.keys` -- the key rule, the KDF, key -> condition;
+* :mod:`.keyring` -- a model's owner conditions and derived-key cache;
+* :mod:`.model` -- :class:`PSICModel`, :func:`wrap_model`, :func:`load_adapter`;
+* :mod:`.pretrained` -- adapters on disk and on a hub.
+"""
+
+import lazy_loader
+
+# submodules load on first use: importing one part never drags in the others (and no import cycle)
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        'config': ['PSICConfig'],
+        'model': ['PSICModel', 'load_adapter', 'wrap_model'],
+        'pretrained': ['codec_for_adapter', 'fingerprint_matches'],
+    },
+)

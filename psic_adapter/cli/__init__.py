@@ -1,0 +1,48 @@
+"""``psic``: the command line. Thin: parse, call the library, print. One module per command.
+
+User errors (bad files, wrong adapters, wrong keys, missing images) print one
+line, ``psic: error: ...``, and exit with status 1; usage errors exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+#: the commands, in the order ``psic --help`` lists them (module names under psic_adapter.cli)
+COMMANDS = ("compress", "decompress", "keygen", "info", "train", "eval", "demo", "push", "bavaft")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(prog="psic", description="Privacy-Shielded Image Compression adapters for "
+                                                              "CompressAI codecs.")
+    parser.add_argument("--version", action="version", version=f"psic-adapter {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMANDS:
+        importlib.import_module(f".{name}", __name__).add_parser(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from ..errors import PSICError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except PSICError as exc:
+        print(f"psic: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("psic: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

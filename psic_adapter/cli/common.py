@@ -1,0 +1,84 @@
+"""What several commands share: the base-codec and key arguments, and reading them."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Optional, Sequence
+
+
+def add_codec_args(p: argparse.ArgumentParser, required: bool = True, device: bool = False) -> None:
+    g = p.add_argument_group("base codec")
+    g.add_argument("--codec", required=False, help="CompressAI registry name, e.g. bmshj2018-hyperprior "
+                   "(optional with --checkpoint shipped)" if not required else
+                   "CompressAI registry name, e.g. bmshj2018-hyperprior (optional with --checkpoint shipped)")
+    g.add_argument("--quality", type=int, help="zoo quality level (sets N/M)")
+    g.add_argument("--checkpoint", nargs="+", metavar="FILE",
+                   help="codec weights: 'shipped' (the pretrained codec that comes with psic-adapter, offline), "
+                        "safetensors shard(s), a folder of shards, or a .pth; without it the CompressAI zoo's "
+                        "weights are downloaded")
+    if device:  # compress/decompress stay on the CPU: CompressAI's entropy coder is not reproducible on GPUs
+        g.add_argument("--device", default="auto", help="device for the networks: auto (CUDA when present), cpu, cuda")
+
+
+def add_key_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--key-file", metavar="F", help="file holding the owner's key (see `psic keygen`)")
+    g.add_argument("--key-env", metavar="VAR", help="environment variable holding the owner's key")
+
+
+def read_key(args) -> Optional[bytes]:
+    from ..adapter.keys import read_key_env, read_key_file
+
+    if getattr(args, "key_file", None):
+        return read_key_file(args.key_file)
+    if getattr(args, "key_env", None):
+        return read_key_env(args.key_env)
+    return None
+
+
+def wants_shipped(checkpoint: Optional[Sequence[str]]) -> bool:
+    from ..codec.shipped import is_shipped_checkpoint
+
+    return bool(checkpoint) and len(checkpoint) == 1 and is_shipped_checkpoint(checkpoint[0])
+
+
+def codec_name_and_quality(args):
+    """(name, quality) from the flags; the shipped codec's when ``--checkpoint shipped`` and no --codec."""
+    from ..codec import SHIPPED_CODEC
+    from ..errors import ConfigError
+
+    if getattr(args, "codec", None):
+        return args.codec, args.quality
+    if wants_shipped(getattr(args, "checkpoint", None)):
+        return SHIPPED_CODEC["name"], SHIPPED_CODEC["quality"]
+    raise ConfigError("give --codec NAME (and --quality), or --checkpoint shipped for the codec psic-adapter ships")
+
+
+def load_codec(name: str, quality, checkpoint, device: str = "cpu"):
+    """A codec from the flags: ``--checkpoint shipped``, checkpoint files, or the zoo (a download)."""
+    from ..codec import load_codec as load
+    from ..codec.shipped import SHIPPED_CODEC, load_shipped_codec
+    from ..errors import ConfigError
+
+    if wants_shipped(checkpoint):
+        if name and (name, quality) != (SHIPPED_CODEC["name"], SHIPPED_CODEC["quality"]):
+            raise ConfigError(f"the shipped codec is {SHIPPED_CODEC['name']} quality {SHIPPED_CODEC['quality']}, "
+                              f"not {name} quality {quality}")
+        return load_shipped_codec(device=device)
+    return load(name, quality=quality, checkpoint=checkpoint, pretrained=checkpoint is None, device=device)
+
+
+def with_adapter(codec, adapter: Optional[str], key=None, trainable: bool = False):
+    if not adapter:
+        return codec
+    from ..adapter import load_adapter
+
+    return load_adapter(codec, adapter, key=key, is_trainable=trainable)
+
+
+def device_of(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name

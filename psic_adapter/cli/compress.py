@@ -1,0 +1,27 @@
+"""``psic compress``: image -> .psic (the base codec's bitstream)."""
+
+from __future__ import annotations
+
+from .common import add_codec_args, codec_name_and_quality, load_codec, with_adapter
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("compress", help="image -> .psic (the base codec's bitstream)")
+    p.add_argument("input", help="PNG (8/16-bit, grey, RGB, RGBA) or JPEG")
+    p.add_argument("output", help=".psic file to write")
+    add_codec_args(p)
+    p.add_argument("--adapter", metavar="DIR", help="adapter the file is meant for (recorded; bitstream unchanged)")
+    p.add_argument("--force", action="store_true", help="overwrite OUTPUT (never the input)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..bitstream.coding import encode_file
+
+    name, quality = codec_name_and_quality(args)
+    codec = load_codec(name, quality, args.checkpoint)
+    model = with_adapter(codec, args.adapter)
+    res = encode_file(args.input, args.output, model, codec_name=name, quality=quality, force=args.force)
+    print(f"{res.path}: {res.width}x{res.height}, {res.file_bytes} bytes, {res.bpp:.4f} bpp (bitstream), "
+          f"{res.file_bpp:.4f} bpp (file)")
+    return 0

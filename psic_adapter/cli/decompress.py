@@ -1,0 +1,41 @@
+"""``psic decompress``: .psic -> image (encrypted by default, full with the owner's key)."""
+
+from __future__ import annotations
+
+from .common import add_key_args, read_key, with_adapter
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("decompress", help=".psic -> image (encrypted by default, full with the owner's key)")
+    p.add_argument("input")
+    p.add_argument("output", help="image file to write (.png keeps 16-bit and alpha)")
+    p.add_argument("--checkpoint", nargs="+", metavar="FILE",
+                   help="the base codec's weights (as for compress; the shipped codec is found by itself)")
+    p.add_argument("--adapter", metavar="DIR", help="adapter folder or hub id")
+    add_key_args(p)
+    p.add_argument("--plain", action="store_true", help="decode with the base codec alone, no adapter")
+    p.add_argument("--force", action="store_true", help="overwrite OUTPUT (never the input)")
+    p.set_defaults(func=run)
+
+
+def codec_for_file(header, checkpoint):
+    """The base codec a file was made with: its --checkpoint, the shipped codec when it is the one, else the zoo."""
+    from ..codec import SHIPPED_CODEC
+    from .common import load_codec
+
+    if not checkpoint and SHIPPED_CODEC["fingerprint"] and header.base_fingerprint == SHIPPED_CODEC["fingerprint"][:32]:
+        checkpoint = ["shipped"]
+    return load_codec(header.codec, header.quality, checkpoint)
+
+
+def run(args) -> int:
+    from ..bitstream import container
+    from ..bitstream.coding import decode_file
+
+    _, header, _ = container.read(args.input)
+    codec = codec_for_file(header, args.checkpoint)
+    model = with_adapter(codec, args.adapter)
+    key = read_key(args)
+    res = decode_file(args.input, args.output, model, key=key, plain=args.plain, force=args.force)
+    print(f"{res['path']}: {res['version']} version, {header.width}x{header.height}")
+    return 0

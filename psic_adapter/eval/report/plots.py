@@ -1,0 +1,186 @@
+"""The report's plots, drawn with matplotlib's Agg canvas (no display, no pyplot state).
+
+Every function returns a :class:`Plot`: the PNG bytes and the numbers it drew
+(``data``), so that the page can show them under the plot and tests can check
+that a plot shows what it claims.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from ..record import EvalResult
+
+#: one colour per version, the same on every plot
+COLORS = {"base": "#4C72B0", "full": "#55A868", "encrypted": "#C44E52", "control": "#8C8C8C"}
+
+
+@dataclass
+class Plot:
+    name: str
+    title: str
+    png: bytes
+    data: Dict[str, Any] = field(default_factory=dict)
+
+
+def _figure(w: float, h: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w, h))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig, dpi: int = 100) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _pct(v: float) -> float:
+    return float("nan") if v is None or (isinstance(v, float) and math.isnan(v)) else 100.0 * v
+
+
+def _bars(ax, labels: Sequence[str], series: Dict[str, List[float]], ylabel: str) -> None:
+    import numpy as np
+
+    x = np.arange(len(labels))
+    width = 0.8 / max(1, len(series))
+    for k, (name, values) in enumerate(series.items()):
+        vals = [0.0 if math.isnan(v) else v for v in values]
+        bars = ax.bar(x + (k - (len(series) - 1) / 2) * width, vals, width, label=name,
+                      color=COLORS.get(name.split()[0], None))
+        for b, v in zip(bars, values):
+            ax.text(b.get_x() + b.get_width() / 2, b.get_height() + 1, "n/a" if math.isnan(v) else f"{v:.0f}",
+                    ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=8, frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def asr_by_scale(result: EvalResult) -> Plot:
+    """ASR of the encrypted version and of the control at each evaluation scale."""
+    labels, enc, ctl = [], [], []
+    for key, s in result.scales.items():
+        labels.append(f"{key}\n({s.downsampling.mean:.1f}x)" if s.downsampling.n else key)
+        enc.append(_pct(s.classification.asr))
+        ctl.append(_pct(s.classification.control_asr))
+    fig = _figure(5.2, 3.0)
+    ax = fig.add_subplot(111)
+    _bars(ax, labels, {"encrypted": enc, "control (same-energy noise)": ctl}, "ASR (%)")
+    ax.set_title("ASR per scale (the target's downsampling below)", fontsize=9)
+    return Plot("asr_by_scale", "ASR per evaluation scale, with the control", _png(fig),
+                {"scales": list(result.scales), "asr": enc, "control": ctl})
+
+
+def asr_by_perturbation(result: EvalResult) -> Optional[Plot]:
+    """ASR and control after each perturbation, at the primary scale (clean first)."""
+    m = result.main
+    if not m.robustness:
+        return None
+    labels = ["clean"] + list(m.robustness)
+    enc = [_pct(m.classification.asr)] + [_pct(r.asr) for r in m.robustness.values()]
+    ctl = [_pct(m.classification.control_asr)] + [_pct(r.control_asr) for r in m.robustness.values()]
+    fig = _figure(5.2, 3.0)
+    ax = fig.add_subplot(111)
+    _bars(ax, labels, {"encrypted": enc, "control (same-energy noise)": ctl}, "ASR (%)")
+    ax.set_title(f"ASR after processing ({m.scale})", fontsize=9)
+    return Plot("asr_by_perturbation", f"ASR after processing of the served image, at {m.scale}", _png(fig),
+                {"scale": m.scale, "perturbations": labels, "asr": enc, "control": ctl})
+
+
+def psnr_per_image(result: EvalResult) -> Plot:
+    """PSNR of base / full / encrypted for each image of the primary scale."""
+    rows = [r for r in result.per_image if r.get("scale") == result.main.scale]
+    versions = [v for v in ("base", "full", "encrypted") if rows and f"psnr_{v}" in rows[0]]
+    data = {v: [float(r[f"psnr_{v}"]) for r in rows] for v in versions}
+    fig = _figure(5.2, 3.0)
+    ax = fig.add_subplot(111)
+    order = sorted(range(len(rows)), key=lambda i: data["base"][i]) if rows else []
+    for k, v in enumerate(versions):
+        ys = [data[v][i] for i in order]
+        ax.plot(range(len(ys)), ys, marker="os^"[k % 3], ms=3.5, lw=0.8, label=v, color=COLORS[v],
+                alpha=0.55 if v == "full" else 0.9)
+    ax.set_xlabel(f"image ({result.main.scale}), sorted by the base's PSNR")
+    ax.set_ylabel("PSNR (dB)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
+    ax.set_title("PSNR per image", fontsize=9)
+    return Plot("psnr_per_image", f"PSNR of each version per image, at {result.main.scale}", _png(fig),
+                {"names": [rows[i]["name"] for i in order], **{v: [data[v][i] for i in order] for v in versions}})
+
+
+def read_log(path) -> List[Dict[str, Any]]:
+    """The records of a run's ``log.jsonl`` (unreadable lines skipped)."""
+    out = []
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int):
+            out.append(rec)
+    return out
+
+
+def training_curves(records: Sequence[Dict[str, Any]]) -> Optional[Plot]:
+    """The encryption objective and the PSNRs over training steps, from ``log.jsonl``."""
+    if not records:
+        return None
+    series = {}
+    for key in ("encryption", "psnr_encrypted", "psnr_base", "psnr_full", "budget_excess"):
+        pts = [(r["step"], float(r[key])) for r in records if isinstance(r.get(key), (int, float))]
+        if pts:
+            series[key] = pts
+    if not series:
+        return None
+    fig = _figure(5.2, 3.0)
+    ax = fig.add_subplot(111)
+    ax2 = ax.twinx()
+    for key, pts in series.items():
+        xs, ys = zip(*pts)
+        target_ax = ax if key in ("encryption", "budget_excess") else ax2
+        color = {"encryption": "#C44E52", "budget_excess": "#DD8452", "psnr_encrypted": "#8172B3",
+                 "psnr_base": COLORS["base"], "psnr_full": COLORS["full"]}[key]
+        target_ax.plot(xs, ys, lw=1, label=key, color=color)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss terms")
+    ax2.set_ylabel("PSNR of the training views (dB)")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=7, frameon=False, loc="upper right")
+    ax.grid(alpha=0.3)
+    ax.set_title("training (log.jsonl)", fontsize=9)
+    return Plot("training_curves", "Training curves from the run's log.jsonl", _png(fig),
+                {k: [list(p) for p in v] for k, v in series.items()})
+
+
+def rate_distortion(points: Dict[str, List[Dict[str, float]]]) -> Optional[Plot]:
+    """PSNR and MS-SSIM against bpp per version, over several adapters (qualities).
+
+    ``points``: version -> ``[{"bpp", "psnr", "ms_ssim", "label"}]`` sorted by bpp.
+    """
+    if not points or max(len(p) for p in points.values()) < 2:
+        return None
+    fig = _figure(7.4, 3.0)
+    for k, metric in enumerate(("psnr", "ms_ssim")):
+        ax = fig.add_subplot(1, 2, k + 1)
+        for v, pts in points.items():
+            ax.plot([p["bpp"] for p in pts], [p[metric] for p in pts], marker="o", ms=3.5, lw=1, label=v,
+                    color=COLORS.get(v))
+        ax.set_xlabel("bpp (real bytes)")
+        ax.set_ylabel({"psnr": "PSNR (dB)", "ms_ssim": "MS-SSIM"}[metric])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, frameon=False)
+    fig.suptitle("rate-distortion", fontsize=9)
+    return Plot("rate_distortion", "Rate-distortion of each version over the adapters given", _png(fig),
+                {v: [dict(p) for p in pts] for v, pts in points.items()})

@@ -1,0 +1,430 @@
+"""Training: the UAEO objective on the two-stage schedule, fast, resumable, multi-GPU.
+
+:class:`Trainer` runs :mod:`~psic_adapter.schedule`'s phases on a
+:class:`~psic_adapter.PSICModel` against a frozen :class:`~psic_adapter.targets.Target`:
+
+* **full** steps decode with the owner's condition: distortion (+ rate in
+  stage 1) and a *semantic guard*, ``KL(target(base decode) || target(full
+  decode))``, that keeps the target's view of the full decode at the base
+  codec's (stage 1: at the original image's). ``guard_weight=0`` is the
+  paper's L2 alone, which lets the attack leak into the full version when the
+  decoder itself trains;
+* **encrypted** steps decode with the encrypted condition for part of the batch
+  and random wrong-key conditions for the rest (so that any wrong key decodes
+  to the encrypted version), with the encryption objective (UAEO by default)
+  and a weighted distortion.
+
+Speed: the text tower runs once per caption (cached by the target); frozen
+parts get no gradients (stage 2 encodes under ``no_grad``); on CUDA, bf16
+autocast and channels_last; optional ``torch.compile``; DataLoader workers
+with pinned memory; ``schedule="joint"`` decodes both versions from one
+encode in one batched synthesis.
+
+Multi-GPU: launch with ``torchrun --nproc_per_node=K -m psic_adapter.cli train ...``;
+the codec side is wrapped in ``DistributedDataParallel`` and the data sharded.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Dict, Iterator, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..bitstream.container import PAD_MULTIPLE
+from ..bitstream.images import crop_to, pad_to_multiple
+from ..errors import ConfigError, PSICError
+from . import losses
+from .config import TrainConfig
+from .loop import CHECKPOINT_NAME, TrainingLoop, cpu_has_bf16_units, dist_info, psnr_of_mse
+from .objectives import EncryptionObjective
+from .schedule import Phase, configure_trainable, phase_at
+
+PathLike = Union[str, os.PathLike]
+
+
+class _CodecStep(nn.Module):
+    """The trainable codec side of one step (what DDP wraps).
+
+    Stage 1: the whole codec forward on images ``x`` (rate and distortion).
+    Stage 2: the synthesis of latents ``y_hat`` (encoded once, without
+    gradients, by the caller) under the stacked conditions, in one batch.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inp: Tensor, condition: Tensor, stage: int, repeats: int = 1):
+        if repeats > 1:
+            inp = inp.repeat(repeats, 1, 1, 1)
+        if stage == 1:
+            out = self.model(inp, condition=condition)
+            return out["x_hat"], out["likelihoods"]
+        return self.model.synthesize(inp, condition), None
+
+
+class Trainer(TrainingLoop):
+    """Fit a PSIC adapter (and, by stage, the codec) against a target model.
+
+    Args:
+        model: a :class:`~psic_adapter.PSICModel` whose active adapter was made
+            with the owner's key (the full condition is needed).
+        target: a frozen target (:func:`psic_adapter.targets.build_target`).
+        dataset: items ``{"image", "text"}`` of equal size (give a crop).
+        config: :class:`TrainConfig`.
+        out_dir: where ``adapter/``, ``codec.safetensors`` (when the codec trains),
+            ``log.jsonl`` and ``checkpoint.safetensors`` go.
+        quality: the base codec's quality level (picks the default lambda).
+        device: "cpu", "cuda", ... (default: CUDA when available).
+    """
+
+    postfix_keys = ("loss", "psnr_full", "psnr_encrypted", "encryption")
+
+    def __init__(self, model, target, dataset, config: TrainConfig, out_dir: PathLike,
+                 quality: Optional[int] = None, device: Optional[str] = None, progress: bool = True,
+                 recipe: Optional[Dict[str, Any]] = None):
+        from ..adapter import PSICModel
+
+        if not isinstance(model, PSICModel):
+            raise ConfigError("Trainer takes a PSICModel (wrap_model(codec, key=...))")
+        rank, world = dist_info()
+        self._init_loop(dataset, config, out_dir, device, progress, recipe, rank, world)
+        self.model, self.target = model, target
+        self.quality = quality if quality is not None else model.config.base_model.get("quality")
+        cuda = self.device.type == "cuda"
+        fast = cuda or (self.device.type == "cpu" and cpu_has_bf16_units())
+        self.amp = (fast and config.amp == "auto") or config.amp == "bf16"
+        self.channels_last = (fast and config.channels_last == "auto") or config.channels_last == "on"
+        # wrong keys and EOT draws: a generator of its own, saved in checkpoints
+        self.generator = torch.Generator().manual_seed(config.seed * 7919 + self.rank)
+        self.objective = EncryptionObjective(target, config.objective, s=config.s, margin=config.margin,
+                                             amp=self.amp, device_type=self.device.type, eot=config.eot,
+                                             generator=self.generator, codec=model.base)
+        # Where the decoder trains, the full version is a trained condition with its guard; an
+        # adapter fitted to a frozen codec decodes the full version as the base codec itself.
+        trains_decoder = config.stage == 1 or not config.adapter_only
+        if trains_decoder and model.config.full_version == "base":
+            model.config.full_version = "condition"
+        self.full_bypass = model.config.full_version == "base"
+        self.views = None
+
+        self.full_cond = model.full_condition().to(self.device)  # raises without the key
+        if self.world > 1:
+            self.full_cond = self._sync_adapter_identity(self.full_cond)
+        self.lmbda = config.resolved_lmbda(self.quality)
+        self.enc_dist_w = config.resolved_encrypted_distortion()
+
+        model.to(self.device)
+        target.to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+            target.to(memory_format=torch.channels_last)
+        self.groups = configure_trainable(model, config.stage, config.adapter_only)
+        self.trains_codec = bool(self.groups["base"])
+        # The guard keeps the target's view of the full decode at the base decode's.
+        # Stage 2 with a training decoder needs the decoder as it was: a frozen copy.
+        self.reference_g_s = None
+        self.guard_weight = config.resolved_guard_weight()
+        if config.stage == 2 and self.trains_codec and self.guard_weight > 0:
+            self.reference_g_s = frozen_copy(model.base.g_s)
+        if config.compile:  # static shapes: views of another size recompile (or run eagerly past torch's cache)
+            model.base.g_s.compile(dynamic=False)
+            target.image_features = torch.compile(target.image_features, dynamic=False)
+
+        self.step_module: nn.Module = _CodecStep(model)
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.step_module = DDP(
+                self.step_module,
+                device_ids=[self.device.index] if cuda else None,
+                broadcast_buffers=False,
+                find_unused_parameters=config.stage == 1,  # the quantiles only see the aux loss
+            )
+        param_groups = []
+        if self.groups["base"]:
+            param_groups.append({"params": self.groups["base"], "lr": config.resolved_lr(), "name": "base"})
+        param_groups.append({"params": self.groups["adapter"], "lr": config.resolved_adapter_lr(), "name": "adapter"})
+        self.optimizer = torch.optim.Adam(param_groups)
+        self.aux_optimizer = torch.optim.Adam(self.groups["aux"], lr=config.aux_lr) if self.groups["aux"] else None
+        milestones = sorted({max(1, int(f * config.steps)) for f in config.lr_milestones})
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=milestones, gamma=0.1)
+
+    @property
+    def bar_desc(self) -> str:
+        return f"stage {self.cfg.stage}{' adapter-only' if self.cfg.adapter_only else ''}"
+
+    def _batches(self) -> Iterator[Dict[str, Any]]:
+        if self.cfg.views != "scale":
+            yield from super()._batches()
+            return
+        from .views import LatentViews
+
+        if self.views is None:
+            lo, hi = (int(v) for v in self.cfg.view_sizes)
+            self.views = LatentViews(self.model, self.dataset, sizes=self.cfg.train_sizes, min_view=lo, max_view=hi,
+                                     seed=self.cfg.seed, progress=self.progress and self.is_main)
+        while True:
+            yield self.views.batch(self.step_count, self.cfg.batch_size, rank=self.rank)
+
+    def _sync_adapter_identity(self, full_cond: Tensor) -> Tensor:
+        """Make every rank train rank 0's adapter: its config (salt, key check) and full condition.
+
+        Each process that wraps the codec itself draws its own salt, hence its own
+        owner's condition; DDP broadcasts parameters, not these. Without this,
+        ranks > 0 train the full version on another condition than the one saved.
+        """
+        import torch.distributed as dist
+
+        from ..adapter import PSICConfig
+
+        obj = [self.model.config.to_dict(), full_cond.detach().cpu()]
+        dist.broadcast_object_list(obj, src=0, device=self.device if self.device.type == "cuda" else None)
+        if self.rank != 0:
+            self.model.replace_adapter_identity(self.model.active_adapter, PSICConfig.from_dict(obj[0]), obj[1][0])
+        return obj[1].to(self.device)
+
+    @torch.no_grad()
+    def _reference_decode(self, y_hat: Tensor) -> Tensor:
+        """The base codec's decode of ``y_hat`` (the decoder as it was before training)."""
+        with self.objective.autocast():
+            if self.reference_g_s is not None:
+                return self.reference_g_s(y_hat).float()
+            with self.model.disable_adapter():
+                return self.model.base.g_s(y_hat).float()
+
+    def _encrypted_conditions(self, n: int) -> Tensor:
+        cond = self.model.encrypted_condition().to(self.device).expand(n, -1).clone()
+        k = int(round(self.cfg.wrong_key_fraction * n))
+        if k:
+            cond[n - k :] = self.model.wrong_key_conditions(k, generator=self.generator).to(self.device)
+        return cond
+
+    # --------------------------------------------------------------- one step
+    def step(self, batch: Dict[str, Any]) -> Dict[str, float]:
+        """One optimisation step on ``batch``; returns the loss terms as floats."""
+        cfg, obj = self.cfg, self.objective
+        x = batch["image"].to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        texts = batch.get("text") or [""] * x.shape[0]
+        n = x.shape[0]
+        if cfg.schedule == "joint":
+            versions = ["full", "encrypted"]
+            name = f"S{cfg.stage}-joint"
+        else:
+            phase: Phase = phase_at(cfg.stage, self.step_count)
+            versions = [phase.version]
+            name = phase.name
+        if self.full_bypass:  # the full version is the base decode: nothing of it to train
+            versions, name = ["encrypted"], f"S{cfg.stage}-2"
+        conds = [self.full_cond.expand(n, -1) if v == "full" else self._encrypted_conditions(n) for v in versions]
+        guard = self.guard_weight > 0 and "full" in versions
+        encrypted = "encrypted" in versions
+        views = None
+        if encrypted or guard:  # only the target passes this step needs (stage 2's guard needs none)
+            views = obj.clean_view(x, texts, feats=encrypted and not obj.uses_logits,
+                                   logits=(encrypted and obj.uses_logits) or (guard and cfg.stage == 1))
+
+        # crops of any size: pad to the codec's multiple of 64, crop the decodes back
+        x_ref = None
+        if "y_hat" in batch:  # a latent window (views="scale"): the decode is exactly the window
+            x_in, size = x, tuple(x.shape[-2:])
+            y_hat = batch["y_hat"].to(self.device, non_blocking=True)
+            if self.channels_last:
+                y_hat = y_hat.contiguous(memory_format=torch.channels_last)
+        else:
+            x_in, size = pad_to_multiple(x, PAD_MULTIPLE)
+        if cfg.stage == 2:
+            if "y_hat" not in batch:
+                with torch.no_grad():
+                    y_hat = self.model.analyze(x_in)["y_hat"]  # frozen encoder: rounding, no graph
+            need_ref = guard or (encrypted and cfg.budget_db is not None)
+            x_ref = crop_to(self._reference_decode(y_hat), size) if need_ref else None
+            ref_logits = obj.reference_logits(x_ref, views) if guard else None
+            with obj.autocast():
+                x_hat, likelihoods = self.step_module(y_hat, torch.cat(conds), 2, repeats=len(versions))
+        else:
+            ref_logits = obj.reference_logits(None, views) if guard else None
+            x_hat, likelihoods = self.step_module(x_in, torch.cat(conds), 1, repeats=len(versions))
+        x_hat = crop_to(x_hat.float(), size)
+        parts = dict(zip(versions, x_hat.split(n)))
+        scale = self.lmbda * 255.0**2
+        terms: Dict[str, Tensor] = {}
+        loss = x_hat.new_zeros(())
+        if likelihoods is not None:
+            bpp = losses.rate_loss(likelihoods, n * x_in.shape[-2] * x_in.shape[-1] * len(versions)) * len(versions)
+            terms["bpp"] = bpp / len(versions)
+            loss = loss + bpp
+        if "full" in parts:
+            mse = F.mse_loss(parts["full"], x)
+            terms["mse_full"] = mse
+            loss = loss + scale * mse
+            if guard:
+                g = obj.guard_loss(parts["full"], views, ref_logits)
+                terms["guard"] = g
+                loss = loss + self.guard_weight * g
+        if x_ref is not None:
+            terms["mse_base"] = F.mse_loss(x_ref, x).detach()
+        if "encrypted" in parts:
+            mse = F.mse_loss(parts["encrypted"], x)
+            terms["mse_encrypted"] = mse
+            enc = obj.encryption_loss(parts["encrypted"], views)
+            terms["encryption"] = enc
+            loss = loss + self.enc_dist_w * scale * mse + cfg.encryption_weight * enc
+            if cfg.budget_db is not None:
+                over = budget_excess(parts["encrypted"], x_ref, x, cfg.budget_db)
+                terms["budget_excess"] = over
+                loss = loss + cfg.budget_weight * over
+        terms["loss"] = loss
+
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        if cfg.clip_max_norm:
+            terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, cfg.clip_max_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.aux_optimizer is not None:
+            self.aux_optimizer.zero_grad(set_to_none=True)
+            aux = self.model.base.aux_loss()
+            aux.backward()
+            if self.world > 1:
+                import torch.distributed as dist
+
+                for p in self.groups["aux"]:
+                    if p.grad is not None:
+                        dist.all_reduce(p.grad)
+                        p.grad /= self.world
+            self.aux_optimizer.step()
+            terms["aux"] = aux.detach()
+        self.step_count += 1
+        out = {k: float(v.detach()) for k, v in terms.items()}
+        out["phase"] = name
+        for v in ("full", "encrypted", "base"):
+            if f"mse_{v}" in out:
+                out[f"psnr_{v}"] = psnr_of_mse(torch.tensor(out[f"mse_{v}"]))
+        return out
+
+    def log_fields(self) -> Dict[str, Any]:
+        return {"lr": self.optimizer.param_groups[-1]["lr"]}
+
+    # ------------------------------------------------------------ checkpoints
+    def checkpoint_state(self) -> Dict[str, Any]:
+        base_state = {}
+        if self.trains_codec:
+            base_state = {k: v.detach().cpu() for k, v in self.model.base.state_dict().items()}
+        return {
+            "format": 1,
+            "adapter_config": self.model.config.to_dict(),
+            "adapter_state": self.model.adapter_state_dict(),
+            "base_state": base_state,
+            "optimizer": self.optimizer.state_dict(),
+            "aux_optimizer": self.aux_optimizer.state_dict() if self.aux_optimizer else None,
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+        }
+
+    def load_checkpoint_state(self, state: Dict[str, Any], path: Path) -> None:
+        if "adapter_config" not in state:
+            raise PSICError(f"{path} is not a PSIC training checkpoint")
+        if state["adapter_config"]["salt"] != self.model.config.salt:
+            raise PSICError(f"{path} belongs to another adapter (its salt differs): resume with the same adapter")
+        self.model.psic_adapters[self.model.active_adapter].load_state_dict(state["adapter_state"])
+        if state["base_state"]:
+            # The entropy coder's tables (e.g. ``_quantized_cdf``) change size when
+            # ``update()`` recomputes them; CompressAI only resizes empty ones.
+            own = dict(self.model.base.named_buffers())
+            for k, v in state["base_state"].items():
+                if k in own and own[k].shape != v.shape:
+                    own[k].resize_(v.shape)
+            self.model.base.load_state_dict(state["base_state"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.aux_optimizer is not None and state["aux_optimizer"] is not None:
+            self.aux_optimizer.load_state_dict(state["aux_optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+
+    def finish(self, last: Dict[str, float]) -> Dict[str, Any]:
+        """Save the adapter (+ the codec when it trained) and a final checkpoint."""
+        from ..codec import fingerprint, save_codec
+
+        self.model.eval()
+        result: Dict[str, Any] = {"steps": self.step_count, "last": last}
+        if not self.is_main:
+            return result
+        cfg = self.model.config
+        if self.trains_codec:
+            self.model.base.update(force=True)
+            codec_path = save_codec(self.model.base, self.out_dir / "codec.safetensors")
+            cfg.base_model["fingerprint"] = fingerprint(self.model.base)
+            cfg.base_model["checkpoint"] = "codec.safetensors (trained with this adapter)"
+            result["codec"] = str(codec_path)
+        cfg.training = {
+            **self.recipe,
+            "train_config": self.cfg.to_dict(),
+            "lmbda": self.lmbda,
+            "steps_done": self.step_count,
+            "target": getattr(self.target, "name", type(self.target).__name__),
+            "final": {k: v for k, v in last.items() if isinstance(v, float)},
+        }
+        adapter_dir = self.model.save_pretrained(self.out_dir / "adapter", force=True)
+        self.save_checkpoint()
+        result["adapter"] = str(adapter_dir)
+        result["log"] = str(self.out_dir / "log.jsonl")
+        return result
+
+
+def checkpoint_adapter_config(out_dir: PathLike):
+    """The adapter config (salt, key check, ...) in ``out_dir``'s checkpoint, or ``None``.
+
+    Resuming needs the adapter the checkpoint was made with: a freshly wrapped
+    codec draws a new salt (``PSICModel(codec).add_adapter("default", config, key=key)``
+    rebuilds it; the trainer then loads its weights from the checkpoint).
+    """
+    from ..adapter import PSICConfig
+
+    from .checkpoints import load_state
+
+    path = Path(out_dir) / CHECKPOINT_NAME
+    if not path.is_file():
+        return None
+    state = load_state(path)
+    try:
+        return PSICConfig.from_dict(state["adapter_config"])
+    except (KeyError, TypeError) as exc:
+        raise PSICError(f"{path}: not a PSIC training checkpoint ({exc.__class__.__name__})") from None
+
+
+def budget_excess(x_enc: Tensor, x_ref: Tensor, x: Tensor, budget_db: float) -> Tensor:
+    """Mean over images of ``relu(MSE(x_enc, x) / MSE(x_ref, x) - 10**(budget_db / 10))``.
+
+    Zero while each encrypted decode is within ``budget_db`` of PSNR under the
+    reference (base) decode of the same image.
+    """
+    dims = tuple(range(1, x.dim()))
+    mse_enc = (x_enc - x).pow(2).mean(dims)
+    mse_ref = (x_ref.detach() - x).pow(2).mean(dims).clamp_min(1e-8)
+    return F.relu(mse_enc / mse_ref - 10.0 ** (budget_db / 10.0)).mean()
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """A deep copy without forward hooks (no adapter acts on it), eval mode, no gradients."""
+    ref = copy.deepcopy(module)
+    for m in ref.modules():
+        m._forward_hooks.clear()
+        m._forward_pre_hooks.clear()
+    ref.requires_grad_(False)
+    return ref.eval()
+
+
+def train(model, target, dataset, config: TrainConfig, out_dir: PathLike, **kwargs) -> Dict[str, Any]:
+    """Shorthand for ``Trainer(model, target, dataset, config, out_dir, **kwargs).train()``."""
+    resume = kwargs.pop("resume", False)
+    force = kwargs.pop("force", False)
+    return Trainer(model, target, dataset, config, out_dir, **kwargs).train(resume=resume, force=force)
