@@ -32,7 +32,7 @@ ARCHITECTURES = {
 
 
 def make_codec(name: str, seed: int = 0):
-    from psic_adapter.codecs import build_codec, prepare_for_coding
+    from psic_adapter.codec import build_codec, prepare_for_coding
 
     torch.manual_seed(seed)
     kwargs = dict(ARCHITECTURES[name])
@@ -77,7 +77,7 @@ def small_trainable_codec(seed: int = 0):
     Random weights give latents of ~0.03, which all round to 0 and make stage 2
     degenerate; the last analysis layer is scaled up so that they matter.
     """
-    from psic_adapter.codecs import build_codec, prepare_for_coding
+    from psic_adapter.codec import build_codec, prepare_for_coding
 
     torch.manual_seed(seed)
     codec = build_codec("bmshj2018-hyperprior", N=32, M=48)

@@ -13,8 +13,8 @@ from torch import nn
 
 from psic_adapter import ConfigError, FingerprintMismatchError, OverwriteError, PSICConfig, load_adapter, wrap_model
 from psic_adapter.adapter import PSICModel
-from psic_adapter.condition import derive_material, material_to_condition
-from psic_adapter.config import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME
+from psic_adapter.adapter.keys import derive_material, material_to_condition
+from psic_adapter.adapter.config import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME
 
 from .conftest import randomize_adapter
 
@@ -30,7 +30,7 @@ N, M = 32, 48  # a narrow bmshj2018-hyperprior: the API does not depend on the w
 
 
 def small_hyperprior(seed: int = 0) -> nn.Module:
-    from psic_adapter.codecs import build_codec, prepare_for_coding
+    from psic_adapter.codec import build_codec, prepare_for_coding
 
     torch.manual_seed(seed)
     return prepare_for_coding(build_codec("bmshj2018-hyperprior", N=N, M=M))
@@ -379,7 +379,7 @@ def test_loading_a_config_whose_channels_do_not_fit(codec, pristine, tmp_path):
     with pytest.raises(ConfigError, match=r"expects channels \[32, 64, 32\].*has \[32, 32, 32\]"):
         load_adapter(_clean_copy(pristine), path)
     # an adapter for a wider codec of the same architecture (quality 8: N=192)
-    from psic_adapter.codecs import build_codec
+    from psic_adapter.codec import build_codec
 
     big = build_codec("bmshj2018-hyperprior", 8)
     good = tmp_path / "good"
@@ -391,7 +391,7 @@ def test_loading_a_config_whose_channels_do_not_fit(codec, pristine, tmp_path):
 
 
 def test_parameter_ratio_on_hyperprior_quality_3():
-    from psic_adapter.codecs import build_codec
+    from psic_adapter.codec import build_codec
 
     torch.manual_seed(0)
     codec = build_codec("bmshj2018-hyperprior", 3)
@@ -431,7 +431,7 @@ def test_base_state_dict_is_the_codecs_and_loads_strictly(codec, pristine, bitst
 def test_the_shared_zoo_checkpoint_loads_strictly_into_a_wrapped_codec(shared_codec_path):
     from safetensors.torch import load_file
 
-    from psic_adapter.codecs import build_codec
+    from psic_adapter.codec import build_codec
 
     sd = {}
     for f in sorted(shared_codec_path.glob("*.safetensors")):

@@ -14,11 +14,9 @@ import pytest
 import torch
 
 from psic_adapter.baselines.bavaft import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
     BAvAFT,
     BAvAFTConfig,
-    BAvAFTEvaluator,
+    BAvAFTDecoder,
     BAvAFTTrainConfig,
     BAvAFTTrainer,
     DynamicBalance,
@@ -26,13 +24,14 @@ from psic_adapter.baselines.bavaft import (
     bavaft_headline,
     block_dct,
     block_idct,
-    candidate_frequencies,
     dct_matrix,
     train_bavaft,
 )
+from psic_adapter.baselines.bavaft.model import CONFIG_NAME, WEIGHTS_NAME
+from psic_adapter.baselines.bavaft.trigger import candidate_frequencies
 from psic_adapter.data import SamplePhotos, collate
 from psic_adapter.errors import ConfigError, FingerprintMismatchError, OverwriteError
-from psic_adapter.images import pad_to_multiple
+from psic_adapter.bitstream.images import pad_to_multiple
 
 from .conftest import small_trainable_codec, tiny_clip
 
@@ -150,7 +149,7 @@ def test_trigger_is_bounded_adaptive_and_selects_top_k():
 
 # --------------------------------------------------------------------- modes
 def test_clean_mode_is_the_base_codec_before_training_poisoned_differs(base_codec, batch):
-    from psic_adapter.codecs import fingerprint
+    from psic_adapter.codec import fingerprint
 
     before = fingerprint(base_codec)
     model = BAvAFT(base_codec).eval()
@@ -257,28 +256,30 @@ def test_resume_continues_where_it_stopped(trained, base_codec, target, photos, 
 
 # ---------------------------------------------------------------- evaluation
 def test_evaluator_measures_both_modes_with_the_runners_metrics(trained, base_codec, target):
-    from psic_adapter.eval.runner import EvalConfig, load_samples
+    """BAvAFT goes through the same protocol as PSIC: one Evaluator, the same record."""
+    from psic_adapter.eval.runner import EvalConfig, Evaluator, load_samples
 
     model, _, _ = trained
     samples = load_samples("samples", crop=CROP, count=3)
-    cfg = EvalConfig(class_names=["cup", "motorcycle", "woman"], perturbations=("jpeg75", "codec"), grid_images=1)
-    ev = BAvAFTEvaluator(model, target, base_codec=base_codec, config=cfg, progress=False)
-    assert ev.cfg.wrong_keys == 0 and ev.cfg.attack_steps == 0
+    cfg = EvalConfig(scales=["native"], class_names=["cup", "motorcycle", "woman"],
+                     perturbations=("jpeg75", "codec"), grid_images=1)
+    decoder = BAvAFTDecoder(model, base_codec)
+    ev = Evaluator(decoder, target, config=cfg, progress=False)
     res = ev.run(samples)
-    assert {"n_images", "bpp", "quality", "classification", "retrieval", "robustness", "per_image", "_grid"} <= set(res)
-    assert "wrong_keys" not in res and "whitebox" not in res
-    assert set(res["quality"]) == {"base", "full", "encrypted"}
-    assert {"bpp_encrypted", "bpp_base"} <= set(res) and res["bpp_encrypted"]["n"] == 3
-    assert {"bpp", "bpp_encrypted", "bpp_base", "psnr_full", "psnr_encrypted"} <= set(res["per_image"][0])
-    assert set(res["robustness"]) == {"jpeg75", "codec"}
+    assert res.method == "BAvAFT" and res.wrong_keys is None and res.whitebox is None  # no key to attack
+    m = res.main
+    assert set(m.quality) == {"base", "full", "encrypted", "control"}
+    assert m.bpp["encrypted"].n == 3 and m.bpp["base"].n == 3
+    assert set(m.robustness) == {"jpeg75", "codec"}
+    assert m.retrieval is not None  # CLIP with distinct captions
     h = bavaft_headline(res)
-    assert {"bpp_clean", "bpp_poisoned", "psnr_clean", "psnr_poisoned", "asr_poisoned", "asr_clean"} <= set(h)
-    d = ev.decode(samples[0])
-    assert {"bpp", "y_hat", "size", "base", "encrypted", "full", "bpp_encrypted"} <= set(d)
-    assert d["y_hat"].shape[1] == 48
+    assert {"bpp_clean", "bpp_poisoned", "psnr_clean", "psnr_poisoned", "asr_poisoned", "asr_clean",
+            "control_asr"} <= set(h)
+    d = decoder.decode(samples[0].image)
+    assert set(d.images) == {"base", "full", "encrypted"} and d.latent is None
 
     # untrained: the clean mode is the base codec exactly
-    fresh = BAvAFTEvaluator(BAvAFT(base_codec), target, config=cfg, progress=False)  # base rebuilt from the model
-    d = fresh.decode(samples[0])
-    assert torch.equal(d["full"], d["base"]) and d["bpp"] == d["bpp_base"]
-    assert not torch.equal(d["encrypted"], d["base"])
+    fresh = BAvAFTDecoder(BAvAFT(base_codec))  # base rebuilt from the model
+    d = fresh.decode(samples[0].image)
+    assert torch.equal(d.images["full"], d.images["base"]) and d.bpp["full"] == d.bpp["base"]
+    assert not torch.equal(d.images["encrypted"], d.images["base"])

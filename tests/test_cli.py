@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -21,9 +22,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from psic_adapter import PSICConfig, container, wrap_model
+from psic_adapter import PSICConfig, wrap_model
+from psic_adapter.bitstream import container
 from psic_adapter.cli import main
-from psic_adapter.codecs import load_codec, save_codec
+from psic_adapter.codec import load_codec, save_codec
 
 from .conftest import make_codec, randomize_adapter
 
@@ -41,8 +43,6 @@ def run(capsys, *argv):
 
 
 def assert_one_error_line(rc, err, pattern):
-    import re
-
     assert rc == 1, err
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
@@ -196,26 +196,62 @@ def test_round_trip_adds_nothing_to_the_codec(kind, photos, ckpt, ref_codec, tmp
         assert np.any(got % 257 != 0)
 
 
+def _table(stdout):
+    """``psic info``'s table as {key: value}; every value starts in one column."""
+    lines = stdout.rstrip("\n").splitlines()
+    starts = {re.search(r"\S  +(?=\S)", line).end() for line in lines}
+    assert len(starts) == 1, stdout  # aligned
+    col = starts.pop()
+    return {line[:col].strip(): line[col:] for line in lines}
+
+
 def test_info_prints_the_header_with_bpp(rgb_png, ckpt, tmp_path, capsys):
-    src, arr = rgb_png
+    src = rgb_png[0]
     psic = tmp_path / "x.psic"
     assert run(capsys, "compress", src, psic, "--codec", CODEC, "--quality", QUALITY, "--checkpoint", ckpt)[0] == 0
-    rc, stdout, err = run(capsys, "info", psic)
+    rc, stdout, err = run(capsys, "info", psic, "--json")
     assert rc == 0, err
     info = json.loads(stdout)
     enc, header, _ = container.read(psic)
     nbytes = sum(len(s) for part in enc["strings"] for s in part)
-    assert info["bitstream_bytes"] == nbytes
+    assert info["kind"] == ".psic file"
+    assert info["bitstream bytes"] == nbytes
+    assert info["file bytes"] == psic.stat().st_size
     assert info["bpp"] == pytest.approx(8 * nbytes / (37 * 50), abs=1e-5)
-    assert (info["codec"], info["quality"], info["height"], info["width"]) == (CODEC, QUALITY, 37, 50)
-    assert info["mode"] == "RGB" and info["bit_depth"] == 8
-    assert info["base_fingerprint"] == header.base_fingerprint and info["adapter_fingerprint"] is None
+    assert (info["codec"], info["quality"], info["image"]) == (CODEC, QUALITY, "50x37, RGB, 8-bit")
+    assert info["base fingerprint"] == header.base_fingerprint and info["adapter"].startswith("none")
+    assert info["latent checksum"] == "yes"
     assert "layout" not in info
+
+    rc, table_out, err = run(capsys, "info", psic)  # the default: an aligned "key  value" table
+    assert rc == 0, err
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(table_out)
+    table = _table(table_out)
+    assert list(table) == list(info)  # the same facts, in the same order
+    assert table == {k: str(v) for k, v in info.items()}
+
+
+def test_info_on_an_adapter_folder(owner, capsys):
+    rc, stdout, err = run(capsys, "info", owner["adapter"], "--json")
+    assert rc == 0, err
+    info = json.loads(stdout)
+    model = owner["model"]
+    assert info["kind"] == "adapter folder"
+    assert info["adapter fingerprint"] == model.adapter_fingerprint()
+    assert info["base fingerprint"] == model.psic_configs["default"].base_model["fingerprint"]
+    n = sum(p.numel() for p in model.psic_adapters.parameters())
+    assert info["parameters"] == n
+    assert info["condition"].startswith("key") and info["full version"] == "decoded with the owner's condition"
+    assert owner["key"].decode() not in stdout  # the key is never stored, never shown
+    rc, table_out, err = run(capsys, "info", owner["adapter"])
+    assert rc == 0, err
+    assert _table(table_out) == {k: str(v) for k, v in info.items()}
 
 
 def test_keygen_makes_a_private_key_file(tmp_path, capsys):
     path = tmp_path / "owner.key"
-    rc, stdout, err = run(capsys, "keygen", path)
+    rc, _, err = run(capsys, "keygen", path)
     assert rc == 0, err
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     key = path.read_text().strip()
@@ -239,7 +275,9 @@ def owner(ckpt, rgb_png, tmp_path_factory):
     key = key_file.read_bytes().strip()
 
     codec = load_codec(CODEC, quality=QUALITY, checkpoint=ckpt)
-    model = randomize_adapter(wrap_model(codec, PSICConfig(), key=key), std=0.5)
+    # full_version="condition": the full version goes through the adapter, so that full, encrypted
+    # and plain differ and each decode below shows which one the CLI chose
+    model = randomize_adapter(wrap_model(codec, PSICConfig(full_version="condition"), key=key), std=0.5)
     adapter_dir = model.save_pretrained(folder / "adapter")
 
     src, arr = rgb_png
@@ -296,15 +334,14 @@ def test_decompress_with_the_key_file_is_full(owner, ckpt, tmp_path, capsys):
     assert np.array_equal(read_png(out)[0], owner["full"])
 
 
-def test_decompress_with_a_wrong_key_is_encrypted_and_warns(owner, ckpt, tmp_path, capsys):
+def test_decompress_with_a_wrong_key_is_an_error(owner, ckpt, tmp_path, capsys):
     out = tmp_path / "x.png"
     rc, stdout, err = run(capsys, "decompress", owner["psic"], out, "--checkpoint", ckpt, "--adapter", owner["adapter"],
                           "--key-file", owner["wrong_file"])
-    assert rc == 0, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("psic: warning:") and "does not match" in lines[0]
-    assert "encrypted version" in stdout
-    assert np.array_equal(read_png(out)[0], owner["encrypted"])
+    assert_one_error_line(rc, err, r"key does not match.*nothing written")
+    assert stdout == ""
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == []  # no temporary file left either
 
 
 def test_decompress_with_the_key_in_an_env_variable(owner, ckpt, tmp_path, capsys, monkeypatch):
@@ -411,6 +448,27 @@ def _bad_case(case, tmp_path, rgb_png, ckpt, other_ckpt, good_psic, owner, other
     if case == "existing output (decompress)":
         out_png.write_bytes(b"keep me too")
         return ["decompress", good_psic, out_png, "--checkpoint", ckpt], r"out\.png exists.*--force", out_png
+    if case == "wrong key file":
+        return (["decompress", owner["psic"], out_png, "--checkpoint", ckpt, "--adapter", owner["adapter"],
+                 "--key-file", owner["wrong_file"]], r"the key does not match this adapter: nothing written", None)
+    if case == "output is the input (compress)":
+        src = tmp_path / "in.png"
+        shutil.copyfile(rgb_png[0], src)
+        return ["compress", src, src, *compress, "--force"], r"in\.png is the input file", src
+    if case == "output links to the input (compress)":
+        src, link = tmp_path / "in.png", tmp_path / "link.png"
+        shutil.copyfile(rgb_png[0], src)
+        link.symlink_to(src)
+        return ["compress", src, link, *compress, "--force"], r"link\.png is the input file", src
+    if case == "output is the input (decompress)":
+        src = tmp_path / "in.psic"
+        shutil.copyfile(good_psic, src)
+        return ["decompress", src, src, "--checkpoint", ckpt, "--force"], r"in\.psic is the input file", src
+    if case == "compress to a non-.psic name":
+        return ["compress", rgb_png[0], out_png, *compress], r"out\.png: a \.psic file needs a \.psic name.*--force", None
+    if case == "output is a folder":
+        out_psic.mkdir()
+        return ["compress", rgb_png[0], out_psic, *compress, "--force"], r"out\.psic is a folder", None
     if case == "unknown codec":
         return (["compress", rgb_png[0], out_psic, "--codec", "nosuch2099-codec", "--quality", QUALITY,
                  "--checkpoint", ckpt], r"unknown codec 'nosuch2099-codec'", None)
@@ -439,6 +497,12 @@ BAD_CASES = [
     "unset key variable",
     "existing output (compress)",
     "existing output (decompress)",
+    "wrong key file",
+    "output is the input (compress)",
+    "output links to the input (compress)",
+    "output is the input (decompress)",
+    "compress to a non-.psic name",
+    "output is a folder",
     "unknown codec",
     "checkpoint of another size",
 ]
@@ -462,9 +526,16 @@ def test_bad_input_is_one_error_line(case, tmp_path, rgb_png, ckpt, other_ckpt, 
 
 def test_usage_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as info:
-        main(["compress", "a.png", "b.psic"])  # --codec is required
+        main(["compress", "a.png"])  # OUTPUT is required
     assert info.value.code == 2
-    assert "--codec" in capsys.readouterr().err
+    assert "output" in capsys.readouterr().err
+
+
+def test_compress_without_a_codec_is_one_error_line(rgb_png, tmp_path, capsys):
+    """--codec may be left out only with --checkpoint shipped."""
+    rc, stdout, err = run(capsys, "compress", rgb_png[0], tmp_path / "x.psic")
+    assert_one_error_line(rc, err, r"--codec")
+    assert stdout == "" and not (tmp_path / "x.psic").exists()
 
 
 def test_the_real_console_script(good_psic, tmp_path):
@@ -474,7 +545,7 @@ def test_the_real_console_script(good_psic, tmp_path):
     data = good_psic.read_bytes()
     bad = tmp_path / "cut.psic"
     bad.write_bytes(data[: len(data) - 7])
-    proc = subprocess.run([*cmd, "info", str(bad)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([*cmd, "info", str(bad)], capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 1, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
@@ -494,7 +565,7 @@ def test_shared_checkpoint_reproduces_the_documented_rate_and_quality(shared_cod
     Image.fromarray(arr).save(src)
     rc, _, err = run(capsys, "compress", src, psic, "--codec", CODEC, "--quality", 3, "--checkpoint", shared_codec_path)
     assert rc == 0, err
-    rc, stdout, err = run(capsys, "info", psic)
+    rc, stdout, err = run(capsys, "info", psic, "--json")
     assert rc == 0, err
     bpp = json.loads(stdout)["bpp"]
     rc, _, err = run(capsys, "decompress", psic, out, "--checkpoint", shared_codec_path)
@@ -511,7 +582,7 @@ def test_plain_with_a_key_is_refused(tmp_path):
     """--plain means the base codec alone; a key there would silently do nothing."""
     from PIL import Image
 
-    from psic_adapter.coding import decode_file, encode_file
+    from psic_adapter.bitstream.coding import decode_file, encode_file
     from psic_adapter.errors import PSICError
 
     from .conftest import make_codec

@@ -9,8 +9,8 @@ import zlib
 import pytest
 import torch
 
-from psic_adapter import container
-from psic_adapter.container import ContainerHeader, pack, unpack
+from psic_adapter.bitstream import container
+from psic_adapter.bitstream.container import ContainerHeader, pack, unpack
 from psic_adapter.errors import ContainerError, OverwriteError
 
 from .conftest import make_codec
@@ -23,8 +23,9 @@ def _image(h: int = 64, w: int = 64, seed: int = 3) -> torch.Tensor:
 
 
 def _header(**kw) -> ContainerHeader:
+    # format 2: the padded size the image size implies, and a latent checksum (required)
     base = dict(codec="bmshj2018-hyperprior", quality=1, height=64, width=64, base_fingerprint="ab" * 16,
-                tables_hash="cd" * 8, dims={"N": 128, "M": 192}, padded=(64, 64))
+                tables_hash="cd" * 8, dims={"N": 128, "M": 192}, padded=(64, 64), latent_check=[0.0, 1.5])
     base.update(kw)
     return ContainerHeader(**base)
 
@@ -44,8 +45,9 @@ def hp_file(hyperprior):
     with torch.no_grad():
         enc = hyperprior.compress(x)
         direct = hyperprior.decompress(enc["strings"], enc["shape"])["x_hat"]
-    alpha = bytes(range(256)) * 3
-    data = pack(enc["strings"], enc["shape"], _header(), alpha=alpha)
+    # an alpha plane belongs to an RGBA image, and its decompressed size is the plane's
+    alpha = zlib.compress(bytes(range(256)) * 16)
+    data = pack(enc["strings"], enc["shape"], _header(mode="RGBA", alpha_raw_len=64 * 64), alpha=alpha)
     return {"enc": enc, "direct": direct, "data": data, "alpha": alpha}
 
 
@@ -64,7 +66,8 @@ def test_round_trip_hyperprior(hyperprior, hp_file):
     assert alpha == hp_file["alpha"]
     assert (header.codec, header.quality, header.height, header.width) == ("bmshj2018-hyperprior", 1, 64, 64)
     assert header.dims == {"N": 128, "M": 192} and header.base_fingerprint == "ab" * 16
-    assert header.alpha_len == len(hp_file["alpha"])
+    assert header.alpha_len == len(hp_file["alpha"]) and header.alpha_raw_len == 64 * 64
+    assert header.mode == "RGBA" and header.latent_check == [0.0, 1.5] and header.version == container.FORMAT_VERSION
     with torch.no_grad():
         x_hat = hyperprior.decompress(got["strings"], got["shape"])["x_hat"]
     assert torch.equal(x_hat, hp_file["direct"])
@@ -168,7 +171,8 @@ def test_newer_format_version(hp_file):
     data = bytearray(hp_file["data"])
     data[4] = container.FORMAT_VERSION + 1
     data = _with_crc(bytes(data[:-4]))  # a well-formed file of a future version
-    with pytest.raises(ContainerError, match=r"format version 2 is newer.*upgrade"):
+    newer = container.FORMAT_VERSION + 1
+    with pytest.raises(ContainerError, match=rf"format version {newer} is newer.*upgrade"):
         unpack(data)
 
 
@@ -179,7 +183,8 @@ def test_format_version_zero(hp_file):
         unpack(_with_crc(bytes(data[:-4])))
 
 
-GOOD = dict(codec="x", quality=None, height=4, width=4, layout=[[3]], shape=[1, 1], alpha_len=0)
+GOOD = dict(codec="x", quality=None, height=4, width=4, padded=[64, 64], layout=[[3]], shape=[1, 1], alpha_len=0,
+            latent_check=[0.5])
 
 
 @pytest.mark.parametrize(
@@ -187,10 +192,10 @@ GOOD = dict(codec="x", quality=None, height=4, width=4, layout=[[3]], shape=[1, 
     [
         (b"\xff\xfe\x00 garbage", "unreadable"),
         (b"{not json", "unreadable"),
-        (b"[1, 2]", "unreadable"),
-        (b"null", "unreadable"),
-        (json.dumps({"codec": "x"}).encode(), "unreadable"),
-        (json.dumps({**GOOD, "surprise": 1}).encode(), "unreadable"),
+        (b"[1, 2]", "not a JSON object"),
+        (b"null", "not a JSON object"),
+        (json.dumps({"codec": "x"}).encode(), "incomplete"),
+        (json.dumps({**GOOD, "surprise": 1}).encode(), "unknown field.*surprise"),
         (json.dumps({**GOOD, "height": "abc"}).encode(), "bad height"),
         (json.dumps({**GOOD, "width": 0}).encode(), "bad width"),
         (json.dumps({**GOOD, "alpha_len": "x"}).encode(), "bad alpha_len"),

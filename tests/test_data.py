@@ -10,7 +10,7 @@ import torch
 
 from psic_adapter import data as D
 from psic_adapter.errors import ConfigError, DataError
-from psic_adapter.images import save_array
+from psic_adapter.bitstream.images import save_array
 
 
 def _rgb(h, w, seed=0):
@@ -185,7 +185,7 @@ def test_image_folder_prompts(class_tree):
     ds = D.ImageFolderPrompts(class_tree)
     assert ds.classes == ["golden retriever", "tench", "tabby cat"]
     assert ds.prompts == ["a photo of a golden retriever.", "a photo of a tench.", "a photo of a tabby cat."]
-    assert ds.imagenet_index == [-1, 0, -1]
+    assert ds.imagenet_index == [207, 0, 281]  # synset and class-name folders map to ImageNet
     assert len(ds) == 4
     got = [(Path(ds[i]["path"]).name, ds[i]["label"], ds[i]["text"]) for i in range(len(ds))]
     assert got == [
@@ -233,10 +233,18 @@ def test_build_dataset_picks_the_layout(caption_dir, class_tree, tmp_path):
     with pytest.raises(DataError, match="no images found") as ei:
         D.build_dataset(str(empty))
     assert str(empty) in str(ei.value)
+    # any folder of images, flat or nested, loads: labels unknown (the target's answers are "right")
     flat = tmp_path / "flat"
     _write(flat / "x.png", _rgb(4, 4))
-    with pytest.raises(DataError, match="no captions and no class sub-folders"):
-        D.build_dataset(str(flat))
+    _write(flat / "holiday" / "y.png", _rgb(4, 4))
+    plain = D.build_dataset(str(flat), split="all")
+    assert isinstance(plain, D.PlainImages) and len(plain) == 2 and {plain[i]["label"] for i in range(2)} == {-1}
+    # folders that name ImageNet classes and folders that do not: ambiguous, refused
+    mixed = tmp_path / "mixed"
+    _write(mixed / "n01440764" / "a.png", _rgb(4, 4))
+    _write(mixed / "holiday" / "b.png", _rgb(4, 4))
+    with pytest.raises(DataError, match="1 sub-folders name ImageNet classes but 1 do not"):
+        D.build_dataset(str(mixed))
     (tmp_path / "x.json").write_text("{}")
     with pytest.raises(DataError, match="not a .csv"):
         D.build_dataset(str(tmp_path / "x.json"))
@@ -255,7 +263,7 @@ def test_sample_photos_load_offline():
     assert D.sample_photo("grace_hopper")[0].shape == (1, 3, 600, 512)
     D.sample_photo("chelsea")[0].zero_()  # callers get a copy: the cache is unharmed
     assert float(D.sample_photo("chelsea")[0].max()) > 0.5
-    assert D._photo_uint8("chelsea") is D._photo_uint8("chelsea")  # decoded once
+    assert D.samples.photo_uint8("chelsea") is D.samples.photo_uint8("chelsea")  # decoded once
     with pytest.raises(DataError, match="unknown sample photo"):
         D.sample_photo("lena")
 

@@ -1,4 +1,4 @@
-"""psic_adapter.eval.metrics and psic_adapter.eval.robustness."""
+"""psic_adapter.eval.metrics and psic_adapter.perturbations."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from psic_adapter.eval import metrics as M
-from psic_adapter.eval import robustness as R
+from psic_adapter import perturbations as R
 
 
 @pytest.fixture(scope="module")

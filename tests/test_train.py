@@ -21,7 +21,7 @@ import torch
 from psic_adapter.adapter import load_adapter, wrap_model
 from psic_adapter.data import SamplePhotos, collate
 from psic_adapter.errors import ConfigError, FingerprintMismatchError, PSICError
-from psic_adapter.train import CHECKPOINT_NAME, Trainer, TrainConfig
+from psic_adapter.training import CHECKPOINT_NAME, Trainer, TrainConfig
 
 from .conftest import SHARED_CODEC, small_trainable_codec, tiny_clip
 
@@ -64,7 +64,7 @@ def batch(photos):
 
 
 def new_model(base_codec, full_version=None):
-    from psic_adapter.config import PSICConfig
+    from psic_adapter.adapter.config import PSICConfig
 
     return wrap_model(copy.deepcopy(base_codec), PSICConfig(full_version=full_version), key=KEY)
 
@@ -193,7 +193,7 @@ def capture_conditions(monkeypatch, model):
 def check_encrypted(cond, n, fraction, full):
     k = int(round(fraction * n))
     assert cond.shape == (n, full.shape[-1])
-    from psic_adapter.condition import encrypted_condition
+    from psic_adapter.adapter.keys import encrypted_condition
 
     assert torch.equal(cond[: n - k], encrypted_condition(full.shape[-1]).expand(n - k, -1))
     wrong = cond[n - k :]
@@ -207,7 +207,7 @@ def test_full_and_encrypted_steps_decode_with_the_right_conditions(stage, full_v
                                                                    tmp_path, monkeypatch):
     """Full and encrypted steps alternate, except for an adapter fitted to a frozen codec whose full
     version is the base decode (``full_version="base"``): nothing of it trains, every step is encrypted."""
-    from psic_adapter.config import PSICConfig
+    from psic_adapter.adapter.config import PSICConfig
 
     model = wrap_model(copy.deepcopy(base_codec), PSICConfig(full_version=full_version), key=KEY)
     tr = Trainer(model, target, [batch], TrainConfig(stage=stage, adapter_only=stage == 2, steps=4,
@@ -406,7 +406,7 @@ def test_finish_writes_a_loadable_adapter_and_the_log(base_codec, target, photos
 
 
 def test_finish_saves_the_trained_codec_that_the_adapter_fits(base_codec, target, photos, tmp_path, image64):
-    from psic_adapter.codecs import fingerprint, load_codec
+    from psic_adapter.codec import fingerprint, load_codec
 
     model = new_model(base_codec)
     result = new_trainer(model, target, photos, tmp_path, stage=1, steps=2).train()
@@ -492,7 +492,7 @@ def _ddp_worker(rank, world, port, out_dir, base_codec, target, photos, stage):
 
 @pytest.mark.parametrize("stage", [1, 2])
 def test_ddp_two_gloo_processes_train_one_model(stage, base_codec, target, photos, tmp_path):
-    from psic_adapter.codecs import load_codec
+    from psic_adapter.codec import load_codec
 
     ctx = multiprocessing.get_context("fork")
     port = _free_port()
@@ -542,8 +542,8 @@ def test_ddp_two_gloo_processes_train_one_model(stage, base_codec, target, photo
 @pytest.mark.skipif(not SHARED_CODEC.is_dir(), reason="../shared/codecs/bmshj2018-hyperprior-q3 is not available")
 def test_psic_train_on_the_shared_codec(tmp_path, capsys):
     from psic_adapter.cli import main
-    from psic_adapter.codecs import load_codec
-    from psic_adapter.images import save_image
+    from psic_adapter.codec import load_codec
+    from psic_adapter.bitstream.images import save_image
     from psic_adapter.data import sample_photo
 
     key_file = tmp_path / "owner.key"
@@ -562,7 +562,7 @@ def test_psic_train_on_the_shared_codec(tmp_path, capsys):
     assert [r["step"] for r in records] == [2, 4]
     assert not (out / "codec.safetensors").exists()
 
-    from psic_adapter.condition import read_key_file
+    from psic_adapter.adapter.keys import read_key_file
 
     key = read_key_file(key_file)
     model = load_adapter(load_codec("bmshj2018-hyperprior", quality=3, checkpoint=ckpt), out / "adapter", key=key)
@@ -594,7 +594,7 @@ def test_psic_train_on_the_shared_codec(tmp_path, capsys):
 
 
 def test_budget_hinge_is_zero_within_budget_and_grows_beyond():
-    from psic_adapter.train import _budget_excess
+    from psic_adapter.training.trainer import budget_excess as _budget_excess
 
     x = torch.zeros(2, 3, 8, 8)
     ref = torch.full_like(x, 0.1)  # MSE 0.01 per image
@@ -618,7 +618,7 @@ def test_budget_and_eot_steps(base_codec, target, batch, tmp_path):
 
 
 def test_random_transform_is_differentiable_and_keeps_the_batch():
-    from psic_adapter.objectives import random_transform
+    from psic_adapter.training.objectives import random_transform
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(2, 3, 32, 32, requires_grad=True)
@@ -629,3 +629,97 @@ def test_random_transform_is_differentiable_and_keeps_the_batch():
         y.sum().backward()
         kinds.add((tuple(y.shape[-2:]) != (32, 32), bool(torch.equal(y, x))))
     assert x.grad is not None and len(kinds) >= 2
+
+
+# ------------------------------------------------------------------ speed paths on the CPU
+def test_bf16_and_channels_last_on_the_cpu(base_codec, target, batch, tmp_path):
+    model = new_model(base_codec)
+    tr = Trainer(model, target, [batch], TrainConfig(stage=2, adapter_only=True, steps=1, batch_size=BATCH, crop=CROP,
+                                                     objective="margin", amp="bf16", channels_last="on"),
+                 tmp_path, device="cpu", progress=False)
+    assert tr.amp and tr.channels_last
+    assert model.base.g_s[0].weight.is_contiguous(memory_format=torch.channels_last)
+    out = tr.step(batch)
+    assert_finite(out, "loss", "encryption", "mse_encrypted")
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.adapter_parameters())
+
+
+@pytest.mark.slow
+def test_torch_compile_on_the_cpu(base_codec, batch, tmp_path):
+    """torch.compile of the decoder and the target (inductor on the CPU: a C++ compiler): a step runs."""
+    model = new_model(base_codec)
+    target = tiny_clip()  # its own: compiling rebinds the target's image_features
+    tr = Trainer(model, target, [batch], TrainConfig(stage=2, adapter_only=True, steps=1, batch_size=BATCH, crop=CROP,
+                                                     objective="margin", compile=True, amp="off",
+                                                     channels_last="off"), tmp_path, device="cpu", progress=False)
+    assert_finite(tr.step(batch), "loss", "encryption")
+
+
+# ------------------------------------------------------------------ scale-of-use views
+def test_latent_views_cut_windows_of_latents_encoded_once(base_codec):
+    from psic_adapter.training.views import LATENT_STRIDE, LatentViews
+
+    model = new_model(base_codec)
+    photos = SamplePhotos("test")  # whole photos of different sizes
+    calls = []
+    real = model.analyze
+    model.analyze = lambda x: calls.append(tuple(x.shape)) or real(x)
+    views = LatentViews(model, photos, sizes=(96, 128), min_view=48, max_view=96, seed=0, progress=False)
+    assert len(calls) == 2 * len(photos)  # each image encoded once per size, never again
+    b = views.batch(step=3, batch_size=4)
+    side = b["image"].shape[-1]
+    assert b["image"].shape == (4, 3, side, side) and 48 <= side <= 96 and side % LATENT_STRIDE == 0
+    assert b["y_hat"].shape[-2:] == (side // LATENT_STRIDE, side // LATENT_STRIDE)
+    again = views.batch(step=3, batch_size=4)
+    assert torch.equal(again["y_hat"], b["y_hat"]) and torch.equal(again["image"], b["image"])  # seeded by the step
+    # each window is the image's pixels and the latent of exactly those pixels
+    i, size, top, left = b["view"]["windows"][0]
+    enc = views.items[i][views.sizes.index(size)]
+    assert torch.equal(b["image"][0], enc.image[:, top:top + side, left:left + side].float() / 255)
+    assert torch.equal(b["y_hat"][0], enc.y_hat[:, top // 16:(top + side) // 16, left // 16:(left + side) // 16])
+    assert len(calls) == 2 * len(photos)
+
+
+def test_the_default_recipe_and_the_papers_both_train(base_codec, target, tmp_path):
+    """robust: scale views, served-image EOT, margin, a budget; paper: crops, UAEO. Both run and save an adapter."""
+    from psic_adapter.adapter import PSICConfig
+    from psic_adapter.training import RECIPES, default_recipe
+
+    assert default_recipe(2, True) == "robust" and default_recipe(2, False) == "paper" and default_recipe(1, False) == "paper"
+    robust = TrainConfig.from_recipe("robust", steps=2, batch_size=2, view_sizes=(48, 64), train_sizes=(64,),
+                                     log_every=1)
+    assert (robust.views, robust.eot, robust.objective, robust.budget_db) == ("scale", "real", "margin", 1.0)
+    paper = TrainConfig.from_recipe("paper", stage=2, adapter_only=True, steps=2, batch_size=2, crop=CROP, log_every=1)
+    assert (paper.views, paper.eot, paper.objective, paper.budget_db) == ("crops", "none", "uaeo", None)
+    for name, cfg in (("robust", robust), ("paper", paper)):
+        model = wrap_model(copy.deepcopy(base_codec), PSICConfig(**RECIPES[name]["adapter"]), key=KEY)
+        data = SamplePhotos("test") if name == "robust" else SamplePhotos("train", crop=CROP)
+        res = Trainer(model, target, data, cfg, tmp_path / name, device="cpu", progress=False).train()
+        records = [json.loads(line) for line in (tmp_path / name / "log.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in records] == [1, 2] and all(math.isfinite(r["loss"]) for r in records)
+        assert load_adapter(copy.deepcopy(base_codec), res["adapter"]).config.modulation == \
+            RECIPES[name]["adapter"]["modulation"]
+
+
+def test_resume_refuses_a_changed_recipe_and_keeps_the_log_free_of_repeats(base_codec, target, photos, tmp_path):
+    model = new_model(base_codec)
+    salt = model.config.salt
+    new_trainer(model, target, photos, tmp_path, stage=2, adapter_only=True, steps=2).train()  # checkpoint at step 2
+    log = tmp_path / "log.jsonl"
+    with open(log, "a") as fh:  # a crash after step 3 was logged, before its checkpoint
+        fh.write(json.dumps({"step": 3, "loss": 1.0}) + "\n" + '{"step": 4, "lo')
+
+    def again(**kw):
+        from psic_adapter import PSICConfig
+        from psic_adapter.adapter import PSICModel
+
+        cfg = PSICConfig.from_dict({**model.config.to_dict()})
+        m = PSICModel(copy.deepcopy(base_codec)).add_adapter("default", cfg, key=KEY)
+        assert m.config.salt == salt
+        return new_trainer(m, target, photos, tmp_path, stage=2, adapter_only=True, **kw)
+
+    with pytest.raises(PSICError, match=r"another recipe.*crop 64 -> 80"):
+        again(steps=4, crop=CROP + 16).train(resume=True)
+    assert log.read_text().count('"step": 3') == 1  # refused before touching anything
+    again(steps=4).train(resume=True)  # more steps: allowed
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3, 4]
