@@ -43,6 +43,7 @@ from .config import TrainConfig
 from .loop import CHECKPOINT_NAME, TrainingLoop, cpu_has_bf16_units, dist_info, psnr_of_mse
 from .objectives import EncryptionObjective
 from .schedule import Phase, configure_trainable, phase_at
+from .views import Windows
 
 PathLike = Union[str, os.PathLike]
 
@@ -59,7 +60,9 @@ class _CodecStep(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, inp: Tensor, condition: Tensor, stage: int, repeats: int = 1):
+    def forward(self, inp, condition: Tensor, stage: int, repeats: int = 1):
+        if isinstance(inp, Windows):  # latent windows with their context, decoded and cropped back
+            return inp.decode(self.model.synthesize, condition, repeats), None
         if repeats > 1:
             inp = inp.repeat(repeats, 1, 1, 1)
         if stage == 1:
@@ -190,8 +193,10 @@ class Trainer(TrainingLoop):
         return obj[1].to(self.device)
 
     @torch.no_grad()
-    def _reference_decode(self, y_hat: Tensor) -> Tensor:
+    def _reference_decode(self, y_hat) -> Tensor:
         """The base codec's decode of ``y_hat`` (the decoder as it was before training)."""
+        if isinstance(y_hat, Windows):
+            return y_hat.decode(lambda y, _cond: self._reference_decode(y))
         with self.objective.autocast():
             if self.reference_g_s is not None:
                 return self.reference_g_s(y_hat).float()
@@ -233,7 +238,10 @@ class Trainer(TrainingLoop):
 
         # crops of any size: pad to the codec's multiple of 64, crop the decodes back
         x_ref = None
-        if "y_hat" in batch:  # a latent window (views="scale"): the decode is exactly the window
+        if "windows" in batch:  # latent windows (views="scale"), decoded with context and cropped back
+            x_in, size = x, tuple(x.shape[-2:])
+            y_hat = batch["windows"].to(self.device, torch.channels_last if self.channels_last else None)
+        elif "y_hat" in batch:  # latents of the images themselves (encoded once by the caller)
             x_in, size = x, tuple(x.shape[-2:])
             y_hat = batch["y_hat"].to(self.device, non_blocking=True)
             if self.channels_last:
@@ -241,7 +249,7 @@ class Trainer(TrainingLoop):
         else:
             x_in, size = pad_to_multiple(x, PAD_MULTIPLE)
         if cfg.stage == 2:
-            if "y_hat" not in batch:
+            if "y_hat" not in batch and "windows" not in batch:
                 with torch.no_grad():
                     y_hat = self.model.analyze(x_in)["y_hat"]  # frozen encoder: rounding, no graph
             need_ref = guard or (encrypted and cfg.budget_db is not None)
