@@ -51,20 +51,14 @@ def codec_name_and_quality(args):
         return args.codec, args.quality
     if wants_shipped(getattr(args, "checkpoint", None)):
         return SHIPPED_CODEC["name"], SHIPPED_CODEC["quality"]
-    raise ConfigError("give --codec NAME (and --quality), or --checkpoint shipped for the codec psic-adapter ships")
+    raise ConfigError("give --codec NAME (and --quality), --checkpoint shipped for the codec psic-adapter ships, "
+                      "or --adapter DIR to use the codec the adapter fits")
 
 
 def load_codec(name: str, quality, checkpoint, device: str = "cpu"):
     """A codec from the flags: ``--checkpoint shipped``, checkpoint files, or the zoo (a download)."""
     from ..codec import load_codec as load
-    from ..codec.shipped import SHIPPED_CODEC, load_shipped_codec
-    from ..errors import ConfigError
 
-    if wants_shipped(checkpoint):
-        if name and (name, quality) != (SHIPPED_CODEC["name"], SHIPPED_CODEC["quality"]):
-            raise ConfigError(f"the shipped codec is {SHIPPED_CODEC['name']} quality {SHIPPED_CODEC['quality']}, "
-                              f"not {name} quality {quality}")
-        return load_shipped_codec(device=device)
     return load(name, quality=quality, checkpoint=checkpoint, pretrained=checkpoint is None, device=device)
 
 

@@ -18,8 +18,17 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from ..bitstream.coding import encode_file
 
-    name, quality = codec_name_and_quality(args)
-    codec = load_codec(name, quality, args.checkpoint)
+    if args.adapter and not args.checkpoint and not args.codec:  # the codec the adapter fits
+        from ..adapter import codec_for_adapter
+        from ..adapter.config import PSICConfig
+        from ..adapter.pretrained import resolve_adapter_dir
+
+        codec = codec_for_adapter(args.adapter)
+        info = PSICConfig.load(resolve_adapter_dir(args.adapter)).base_model
+        name, quality = info.get("architecture"), info.get("quality")
+    else:
+        name, quality = codec_name_and_quality(args)
+        codec = load_codec(name, quality, args.checkpoint)
     model = with_adapter(codec, args.adapter)
     res = encode_file(args.input, args.output, model, codec_name=name, quality=quality, force=args.force)
     print(f"{res.path}: {res.width}x{res.height}, {res.file_bytes} bytes, {res.bpp:.4f} bpp (bitstream), "

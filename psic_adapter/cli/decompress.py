@@ -10,7 +10,8 @@ def add_parser(sub) -> None:
     p.add_argument("input")
     p.add_argument("output", help="image file to write (.png keeps 16-bit and alpha)")
     p.add_argument("--checkpoint", nargs="+", metavar="FILE",
-                   help="the base codec's weights (as for compress; the shipped codec is found by itself)")
+                   help="the base codec's weights (as for compress); without it: codec.safetensors beside the "
+                        "adapter, the shipped codec when it is the one, else the zoo's")
     p.add_argument("--adapter", metavar="DIR", help="adapter folder or hub id")
     add_key_args(p)
     p.add_argument("--plain", action="store_true", help="decode with the base codec alone, no adapter")
@@ -18,11 +19,17 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def codec_for_file(header, checkpoint):
-    """The base codec a file was made with: its --checkpoint, the shipped codec when it is the one, else the zoo."""
+def codec_for_file(header, checkpoint, adapter=None):
+    """The base codec a file was made with: its --checkpoint; with an adapter, the codec it fits (a
+    codec.safetensors beside it, written where training changed the decoder, or the shipped codec);
+    the shipped codec when it is the file's; else the zoo's (a download)."""
     from ..codec import SHIPPED_CODEC
     from .common import load_codec
 
+    if adapter and not checkpoint:
+        from ..adapter import codec_for_adapter
+
+        return codec_for_adapter(adapter)
     if not checkpoint and SHIPPED_CODEC["fingerprint"] and header.base_fingerprint == SHIPPED_CODEC["fingerprint"][:32]:
         checkpoint = ["shipped"]
     return load_codec(header.codec, header.quality, checkpoint)
@@ -33,7 +40,7 @@ def run(args) -> int:
     from ..bitstream.coding import decode_file
 
     _, header, _ = container.read(args.input)
-    codec = codec_for_file(header, args.checkpoint)
+    codec = codec_for_file(header, args.checkpoint, None if args.plain else args.adapter)
     model = with_adapter(codec, args.adapter)
     key = read_key(args)
     res = decode_file(args.input, args.output, model, key=key, plain=args.plain, force=args.force)

@@ -90,7 +90,8 @@ def load_codec(
         name: registry name (``bmshj2018-hyperprior``, ``cheng2020-attn``,
             ``elic2022-official`` ...; see :func:`available_codecs`).
         quality: zoo quality level (sets N/M); optional with a checkpoint.
-        checkpoint: a state_dict file, several shards, or a folder of shards.
+        checkpoint: a state_dict file, several shards, a folder of shards, or ``"shipped"``
+            (the pretrained codec that ships with psic-adapter: bmshj2018-hyperprior quality 3).
         pretrained: download the zoo's weights (needs a network).
         dims: constructor arguments (``N=``, ``M=``) for codecs outside the zoo.
 
@@ -100,6 +101,12 @@ def load_codec(
     name = normalize_name(name)
     if checkpoint is not None and pretrained:
         raise ConfigError("give either a checkpoint or pretrained=True, not both")
+    if isinstance(checkpoint, (list, tuple)) and len(checkpoint) == 1:
+        checkpoint = checkpoint[0]
+    if isinstance(checkpoint, str) and checkpoint.strip().lower() == "shipped":
+        from .shipped import load_shipped_codec
+
+        return load_shipped_codec(name=name, quality=quality, device=device)
     if checkpoint is not None:
         from .checkpoint import read_state_dict
 
