@@ -15,7 +15,6 @@ import pickle
 import re
 import shutil
 import struct
-import time
 import tokenize
 import tracemalloc
 import zlib
@@ -29,7 +28,7 @@ from psic_adapter.adapter import PSICConfig, load_adapter, wrap_model
 from psic_adapter.adapter.config import CONFIG_NAME, WEIGHTS_NAME
 from psic_adapter.adapter.model import check_adapter_name
 from psic_adapter.bitstream import coding, container
-from psic_adapter.errors import ConfigError, ContainerError, FingerprintMismatchError, PSICError
+from psic_adapter.errors import ConfigError, ContainerError, FingerprintMismatchError, KeyMismatchError, PSICError
 from psic_adapter.training import checkpoints
 
 from .conftest import randomize_adapter, small_trainable_codec
@@ -66,11 +65,12 @@ def rgba_file(codec):
 
 def _decode_refused(data: bytes, tmp_path: Path, codec, match: str):
     """``container.read`` then ``coding.decode_file`` of ``data``: a PSICError (ContainerError / ImageError /
-    FingerprintMismatchError) matching ``match``, in well under a second, with little memory, no output file."""
+    FingerprintMismatchError) matching ``match``, with little memory (nothing sized by the header's claims),
+    no output file. (No wall-clock bound: these machines are shared; the memory bound is what catches a
+    decoder that believes a lying header.)"""
     src, dst = tmp_path / "lie.psic", tmp_path / "out.png"
     src.write_bytes(data)
     tracemalloc.start()
-    t0 = time.perf_counter()
     try:
         try:
             container.read(src)
@@ -78,12 +78,10 @@ def _decode_refused(data: bytes, tmp_path: Path, codec, match: str):
             _one_line(exc)
         with pytest.raises(PSICError, match=match) as info:
             coding.decode_file(src, dst, codec)
-        elapsed = time.perf_counter() - t0
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     _one_line(info.value)
-    assert elapsed < 1.0, f"took {elapsed:.2f} s to refuse"
     assert peak < 16 << 20, f"allocated {peak / 2**20:.1f} MiB to refuse a {len(data)}-byte file"
     assert not dst.exists()
     return info.value
@@ -239,7 +237,7 @@ def saved(tmp_path_factory):
     src = write_png(root / "in.png", smooth_image(*RGB))
     coding.encode_file(src, root / "made.psic", model)
     return {"dir": root / "adapter", "psic": root / "made.psic", "config": json.loads(
-        (root / "adapter" / CONFIG_NAME).read_text()), "fingerprint": model.adapter_fingerprint()}
+        (root / "adapter" / CONFIG_NAME).read_text()), "fingerprint": model.adapter_fingerprint(), "key": KEY}
 
 
 def _adapter_copy(saved, tmp_path, edit=None, config=None) -> Path:
@@ -339,10 +337,8 @@ def test_a_bad_adapter_config_is_a_config_error(case, saved, tmp_path):
         d = _adapter_copy(saved, tmp_path, config=text)
     else:
         d = _adapter_copy(saved, tmp_path, edit)
-    t0 = time.perf_counter()
     with pytest.raises(ConfigError, match=match) as info:
         PSICConfig.load(d)
-    assert time.perf_counter() - t0 < 1.0
     assert len(_one_line(info.value)) < 1000
     # loading the adapter onto a codec stops at the same error, before anything is built
     with pytest.raises(ConfigError, match=match):
@@ -445,7 +441,6 @@ FINGERPRINT_EDITS = {
     "format 3 -> 2": _many(_set(["format_version"], 2), _set(["full_version"], "condition")),
     "full_version": _set(["full_version"], "condition"),
     "fourier_freqs": _set(["fourier_freqs"], 11),
-    "kdf n": _set(["kdf", "n"], 2**15),
     "condition": _set(["condition"], "public"),
 }
 
@@ -458,6 +453,18 @@ def test_an_edited_config_no_longer_decodes_the_adapters_files(edit, saved, tmp_
     with pytest.raises(FingerprintMismatchError, match="made for adapter") as info:
         coding.decode_file(saved["psic"], tmp_path / "out.png", model)
     _one_line(info.value)
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_an_edited_kdf_locks_the_key_out_but_keeps_the_files(saved, tmp_path):
+    """The key check and the KDF say who gets the full version (the base decode), not what a decode is: they are
+    outside the fingerprint (so ``psic rekey`` keeps the files), and an edit to them only stops the owner's key."""
+    d = _adapter_copy(saved, tmp_path, _set(["kdf", "n"], 2**15))
+    model = load_adapter(small_trainable_codec(), d)
+    assert model.adapter_fingerprint() == saved["fingerprint"]
+    assert not model.key_matches(saved["key"])
+    with pytest.raises(KeyMismatchError):
+        coding.decode_file(saved["psic"], tmp_path / "out.png", model, key=saved["key"])
     assert not (tmp_path / "out.png").exists()
 
 

@@ -17,6 +17,6 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
     submod_attrs={
         'config': ['PSICConfig'],
         'model': ['PSICModel', 'load_adapter', 'wrap_model'],
-        'pretrained': ['codec_for_adapter', 'fingerprint_matches'],
+        'pretrained': ['change_adapter_key', 'codec_for_adapter', 'fingerprint_matches'],
     },
 )

@@ -214,6 +214,31 @@ def derive(key: KeyLike, salt: str, kdf: Dict[str, object], dim: int, check: Opt
     return DerivedKey(condition=material_to_condition(material, dim), matches=matches)
 
 
+def rekey_config(config, old_key: KeyLike, new_key: KeyLike):
+    """``(config, owner's condition)`` with ``new_key`` as the owner's key instead of ``old_key``.
+
+    Only for adapters whose full version is the base codec's decode
+    (``full_version="base"``): their weights never saw the owner's condition, so
+    the key is a gate and can change. The salt stays (it is part of the
+    adapter's fingerprint, so the ``.psic`` files made for the adapter still
+    decode); only the key check changes, and the old key stops working.
+    """
+    from ..errors import KeyMismatchError
+
+    if config.condition != "key":
+        raise ConfigError(f"this adapter has no key (condition {config.condition!r})")
+    if config.full_version != "base":
+        raise ConfigError("this adapter decodes its full version under its key's condition "
+                          "(full_version 'condition'): a new key needs a retrained adapter")
+    if not derive(old_key, config.salt, config.kdf, config.cond_dim, config.key_check).matches:
+        raise KeyMismatchError("the old key given is not this adapter's key")
+    warn_if_weak(new_key)
+    material = derive_material(new_key, config.salt, config.kdf)
+    new = type(config).from_dict(config.to_dict())
+    new.key_check = key_check(material)
+    return new, material_to_condition(material, new.cond_dim)
+
+
 def generate_key() -> str:
     """A fresh random key (256 bits, hex) for ``psic keygen``."""
     return secrets.token_hex(32)

@@ -38,7 +38,7 @@ from .cltg import build_cltg
 from .config import PSICConfig, check_adapter_name
 from .keyring import Keyring
 from .pretrained import PretrainedMixin
-from .keys import KeyLike, derive_material, key_check, material_to_condition, new_salt, warn_if_weak
+from .keys import KeyLike, derive_material, key_check, material_to_condition, new_salt, rekey_config, warn_if_weak
 from .surgery import attach_hooks, probe_channels, resolve_injection_points
 
 #: what a wrapped model forwards to its codec besides the codec's submodules
@@ -239,6 +239,13 @@ class PSICModel(PretrainedMixin, nn.Module):
             return False
         return self.keyring.derive(name, self.psic_configs[name], key).matches
 
+    def change_key(self, old_key: KeyLike, new_key: KeyLike, adapter_name: Optional[str] = None) -> None:
+        """Make ``new_key`` the owner's key of adapter ``adapter_name`` (see :func:`.keys.rekey_config`);
+        save the adapter again to keep the change."""
+        name = self.resolve_adapter_name(adapter_name)
+        config, condition = rekey_config(self.psic_configs[name], old_key, new_key)
+        self.replace_adapter_identity(name, config, condition.to(self._device(name)))
+
     def encrypted_condition(self, adapter_name: Optional[str] = None) -> Tensor:
         name = self.resolve_adapter_name(adapter_name)
         cfg = self.psic_configs[name]
@@ -399,7 +406,10 @@ class PSICModel(PretrainedMixin, nn.Module):
         It covers the salt, the tensors, and every config field that changes a
         decode (format, preset, modulation, sizes, injection points, condition
         mode, full version), so that an edited ``adapter_config.json`` no longer
-        matches the ``.psic`` files made for the adapter. ``legacy=True``: the
+        matches the ``.psic`` files made for the adapter. From format 3 on it
+        leaves out the key check and the KDF: they say who may have the full
+        version (the base decode), not what any decode is, and leaving them out
+        lets :meth:`change_key` keep the adapter's files. ``legacy=True``: the
         fingerprint of psic-adapter 0.1 (salt and tensors only), which
         ``.psic`` files of container format 1 hold.
         """
@@ -408,9 +418,11 @@ class PSICModel(PretrainedMixin, nn.Module):
         d = hashlib.sha256(b"psic adapter v1\0" if legacy else b"psic adapter v2\0")
         d.update((cfg.salt or "").encode())
         if not legacy:
-            fields = {k: getattr(cfg, k) for k in ("format_version", "preset", "modulation", "cond_dim", "hidden_dim",
-                                                 "fourier_freqs", "condition", "full_version", "injection_points",
-                                                 "key_check", "kdf")}
+            names = ["format_version", "preset", "modulation", "cond_dim", "hidden_dim", "fourier_freqs", "condition",
+                     "full_version", "injection_points"]
+            if cfg.format_version < 3:
+                names += ["key_check", "kdf"]
+            fields = {k: getattr(cfg, k) for k in names}
             d.update(json.dumps(fields, sort_keys=True).encode())
         for k, v in sorted(self.adapter_state_dict(name).items()):
             d.update(k.encode())

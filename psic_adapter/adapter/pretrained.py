@@ -155,6 +155,30 @@ class PretrainedMixin:
         return model
 
 
+def change_adapter_key(path: PathLike, out: PathLike, old_key: KeyLike, new_key: KeyLike,
+                       force: bool = False) -> Path:
+    """Copy the adapter folder ``path`` to ``out`` with ``new_key`` as its owner's key
+    (:func:`.keys.rekey_config`: only for ``full_version="base"`` adapters; the ``.psic``
+    files made for it still decode). The tensors are copied byte for byte after the
+    usual checks. ``out == path`` rewrites the config in place and needs ``force``."""
+    from .keys import rekey_config
+
+    src = resolve_adapter_dir(path)
+    config = PSICConfig.load(src)
+    read_adapter_weights(src / WEIGHTS_NAME, config)  # an unreadable adapter is refused before anything is written
+    new, _ = rekey_config(config, old_key, new_key)
+    dst = Path(out)
+    same = dst.exists() and dst.resolve() == src.resolve()
+    if not force:
+        for fn in (CONFIG_NAME, WEIGHTS_NAME):
+            if (dst / fn).exists():
+                raise OverwriteError(f"{dst / fn} exists (pass force=True to overwrite)")
+    if not same:
+        atomic_write(dst / WEIGHTS_NAME, (src / WEIGHTS_NAME).read_bytes(), force=True)  # size checked above
+    atomic_write(dst / CONFIG_NAME, new.to_json_string().encode(), force=True)
+    return dst
+
+
 def fingerprint_matches(codec: nn.Module, path: PathLike) -> bool:
     """True when the adapter at ``path`` was fitted to exactly this codec's weights."""
     from ..codec import fingerprint

@@ -11,7 +11,7 @@ import sys
 from typing import List, Optional
 
 #: the commands, in the order ``psic --help`` lists them (module names under psic_adapter.cli)
-COMMANDS = ("compress", "decompress", "keygen", "info", "train", "eval", "demo", "push", "bavaft")
+COMMANDS = ("compress", "decompress", "keygen", "rekey", "info", "train", "eval", "demo", "push", "bavaft")
 
 
 def build_parser() -> argparse.ArgumentParser:
