@@ -126,3 +126,27 @@ def test_training_forward_reaches_the_adapter(codec, x):
         model.zero_grad(set_to_none=True)
         model.eval()
         model.unwrap()
+
+
+def test_files_and_decodes_outside_no_grad(codec, x, tmp_path):
+    """The CLI and most users call the library with autograd on: compress, decompress and the file round trip
+    must not need a caller's ``torch.no_grad()`` (ELIC's channel-groups decoder fails under autograd)."""
+    from PIL import Image
+
+    from psic_adapter.bitstream import coding
+
+    assert torch.is_grad_enabled()
+    model = randomize_adapter(wrap_model(codec, PSICConfig(), key=KEY))
+    try:
+        enc = model.compress(x)
+        encrypted = model.decompress(enc["strings"], enc["shape"])["x_hat"]
+        assert not encrypted.requires_grad
+        png = tmp_path / "x.png"
+        Image.fromarray((x[0].permute(1, 2, 0) * 255).round().byte().numpy()).save(png)
+        coding.encode_file(png, tmp_path / "x.psic", model)
+        coding.decode_file(tmp_path / "x.psic", tmp_path / "enc.png", model)
+        coding.decode_file(tmp_path / "x.psic", tmp_path / "full.png", model, key=KEY)
+        coding.decode_file(tmp_path / "x.psic", tmp_path / "plain.png", model.base, plain=True)
+        assert (tmp_path / "full.png").read_bytes() == (tmp_path / "plain.png").read_bytes()  # the bypass
+    finally:
+        model.unwrap()

@@ -336,15 +336,18 @@ class PSICModel(PretrainedMixin, nn.Module):
             self._active = old
 
     def compress(self, x: Tensor, **kwargs) -> Dict[str, Any]:
-        """The base codec's ``compress``, unchanged: the bitstream never sees a condition."""
-        with self._plain():
+        """The base codec's ``compress``, unchanged: the bitstream never sees a condition (no autograd)."""
+        with self._plain(), torch.no_grad():
             return self.base.compress(x, **kwargs)
 
     def decompress(self, strings, shape, key: Optional[KeyLike] = None, mode: Optional[str] = None,
                    condition: Optional[Tensor] = None, **kwargs) -> Dict[str, Any]:
-        """Decode a bitstream: encrypted by default, full with the owner's ``key``."""
+        """Decode a bitstream: encrypted by default, full with the owner's ``key``.
+
+        Without autograd, like entropy coding itself; for gradients through the
+        synthesis use :meth:`decode_latent` and :meth:`synthesize`."""
         cond = self._resolve(key, mode, condition)
-        with (self._plain() if cond is None else self.conditioned(cond)):
+        with (self._plain() if cond is None else self.conditioned(cond)), torch.no_grad():
             return self.base.decompress(strings, shape, **kwargs)
 
     def forward(self, x: Tensor, key: Optional[KeyLike] = None, mode: Optional[str] = None,
@@ -369,7 +372,7 @@ class PSICModel(PretrainedMixin, nn.Module):
         return {"y_hat": out["x_hat"], "likelihoods": out["likelihoods"]}
 
     def decode_latent(self, strings, shape, **kwargs) -> Tensor:
-        """Entropy-decode a bitstream to ``y_hat`` without running ``g_s`` (:func:`psic_adapter.codecs.decode_latent`).
+        """Entropy-decode a bitstream to ``y_hat`` without running ``g_s`` (:func:`psic_adapter.codec.decode_latent`).
 
         ``synthesize(y_hat, c).clamp(0, 1)`` then equals ``decompress(..., condition=c)``
         exactly, so evaluation decodes a bitstream once and synthesises it under

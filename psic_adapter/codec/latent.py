@@ -28,7 +28,8 @@ def decode_latent(codec: nn.Module, strings, shape, **kwargs) -> torch.Tensor:
 
     handle = codec.g_s.register_forward_pre_hook(grab)
     try:
-        codec.decompress(strings, shape, **kwargs)
+        with torch.no_grad():  # entropy decoding is not differentiable (and ELIC's decoder fails under autograd)
+            codec.decompress(strings, shape, **kwargs)
     except _StopDecoding:
         pass
     finally:
