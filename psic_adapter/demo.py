@@ -57,7 +57,7 @@ def _say(msg: str) -> None:
 def get_codec(cfg: DemoConfig):
     """(codec, how it was obtained)."""
     from .codec import SHIPPED_CODEC, load_codec
-    from .codec.shipped import load_shipped_codec
+    from .codec.build import load_shipped_codec
 
     if cfg.checkpoint:
         codec = load_codec(cfg.codec, cfg.quality, checkpoint=cfg.checkpoint)

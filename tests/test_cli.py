@@ -317,6 +317,24 @@ def test_decompress_plain_is_the_base_codec(owner, ckpt, tmp_path, capsys):
     assert np.array_equal(read_png(out)[0], owner["plain"])
 
 
+def test_the_adapters_codec_is_found_for_plain_decodes_and_for_compress(owner, ckpt, rgb_png, tmp_path, capsys):
+    """With --adapter, the codec is the one the adapter fits: codec.safetensors beside it (a stage-1 adapter's
+    layout) even with --plain, and --checkpoint without --codec for compress."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(owner["adapter"], run_dir / "adapter")
+    shutil.copy(ckpt, run_dir / "codec.safetensors")
+    out = tmp_path / "plain.png"
+    rc, stdout, err = run(capsys, "decompress", owner["psic"], out, "--adapter", run_dir / "adapter", "--plain")
+    assert rc == 0, err
+    assert "plain version" in stdout
+    assert np.array_equal(read_png(out)[0], owner["plain"])
+
+    again = tmp_path / "again.psic"
+    rc, _, err = run(capsys, "compress", rgb_png[0], again, "--adapter", owner["adapter"], "--checkpoint", ckpt)
+    assert rc == 0, err
+    assert container.read(again)[0]["strings"] == owner["strings"]
+
+
 def test_decompress_with_adapter_and_no_key_is_encrypted(owner, ckpt, tmp_path, capsys):
     out = tmp_path / "x.png"
     rc, stdout, err = run(capsys, "decompress", owner["psic"], out, "--checkpoint", ckpt, "--adapter", owner["adapter"])
@@ -578,6 +596,38 @@ def test_shared_checkpoint_reproduces_the_documented_rate_and_quality(shared_cod
     assert psnr == pytest.approx(30.70, abs=0.05)
 
 
+def test_the_shipped_codec_codes_like_the_checkpoint_it_was_made_from(tmp_path, capsys):
+    """The codec in the wheel (float16 parameters, exact tables): chelsea within 0.01 bpp / 0.05 dB of the
+    original checkpoint's documented 0.316 bpp / 30.70 dB, offline, no --codec needed."""
+    from skimage import data
+
+    from psic_adapter.codec import SHIPPED_CODEC, fingerprint
+
+    arr = data.chelsea()
+    src, psic, out = tmp_path / "chelsea.png", tmp_path / "chelsea.psic", tmp_path / "chelsea-dec.png"
+    Image.fromarray(arr).save(src)
+    rc, _, err = run(capsys, "compress", src, psic, "--checkpoint", "shipped")
+    assert rc == 0, err
+    _, header, _ = container.read(psic)
+    assert (header.codec, header.quality) == (SHIPPED_CODEC["name"], SHIPPED_CODEC["quality"])
+    rc, stdout, err = run(capsys, "info", psic, "--json")
+    bpp = json.loads(stdout)["bpp"]
+    rc, _, err = run(capsys, "decompress", psic, out)  # the file names the shipped codec: nothing to pass
+    assert rc == 0, err
+    dec = np.asarray(Image.open(out)).astype(np.float64)
+    psnr = 10 * np.log10(255.0**2 / np.mean((dec - arr.astype(np.float64)) ** 2))
+    assert bpp == pytest.approx(0.316, abs=0.01)
+    assert psnr == pytest.approx(30.70, abs=0.05)
+    assert fingerprint(load_codec(CODEC, 3, checkpoint="shipped")) == SHIPPED_CODEC["fingerprint"]
+
+
+@pytest.mark.parametrize("name", ["bmshj2018-factorized-relu", "elic2022-official", "cheng2020-anchor-checkerboard"])
+def test_the_zoo_is_not_asked_for_weights_it_does_not_have(name, tmp_path, capsys):
+    """No download is tried (and no other model's weights returned: the zoo's factorized-relu is the GDN model)."""
+    rc, _, err = run(capsys, "compress", tmp_path / "x.png", tmp_path / "x.psic", "--codec", name, "--quality", 3)
+    assert_one_error_line(rc, err, f"no pretrained weights for {name}")
+
+
 def test_plain_with_a_key_is_refused(tmp_path):
     """--plain means the base codec alone; a key there would silently do nothing."""
     from PIL import Image
@@ -593,3 +643,26 @@ def test_plain_with_a_key_is_refused(tmp_path):
     with pytest.raises(PSICError, match="takes no key"):
         decode_file(tmp_path / "a.psic", tmp_path / "b.png", codec, key=b"k", plain=True)
     assert not (tmp_path / "b.png").exists()
+
+
+def test_train_on_samples_never_sees_the_test_photos(monkeypatch, tmp_path):
+    """`psic eval --data samples` measures on the test photos; the robust recipe's `--data samples` must not fit on them."""
+    from psic_adapter.data import TEST_PHOTOS
+    from psic_adapter.training.trainer import Trainer
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(self, model, target, dataset, *args, **kwargs):
+        seen["names"] = list(dataset.names)
+        raise Stop
+
+    monkeypatch.setattr(Trainer, "__init__", capture)
+    (tmp_path / "k").write_text("a key of enough bytes for training\n")
+    with pytest.raises(Stop):
+        main(["train", "--checkpoint", "shipped", "--target", "efficientnet-lite0", "--target-weights", "random",
+              "--data", "samples", "--stage", "2", "--adapter-only", "--key-file", str(tmp_path / "k"),
+              "--out", str(tmp_path / "run")])
+    assert seen["names"] and not set(seen["names"]) & set(TEST_PHOTOS)

@@ -222,6 +222,6 @@ def codec_for_adapter(path: PathLike, checkpoint=None, device="cpu"):
             return codec
         seen.append(f"{cand} ({fp[:12]})")
     raise FingerprintMismatchError(
-        f"none of the codec weights given fits adapter {directory} (it wants {str(info.get('fingerprint'))[:12]}): "
-        + ", ".join(seen)
+        f"adapter {directory} was fitted to another base codec (fingerprint {str(info.get('fingerprint'))[:12]}) "
+        f"than the weights given: " + ", ".join(seen)
     )

@@ -6,11 +6,10 @@ import argparse
 from typing import Optional, Sequence
 
 
-def add_codec_args(p: argparse.ArgumentParser, required: bool = True, device: bool = False) -> None:
+def add_codec_args(p: argparse.ArgumentParser, device: bool = False) -> None:
     g = p.add_argument_group("base codec")
-    g.add_argument("--codec", required=False, help="CompressAI registry name, e.g. bmshj2018-hyperprior "
-                   "(optional with --checkpoint shipped)" if not required else
-                   "CompressAI registry name, e.g. bmshj2018-hyperprior (optional with --checkpoint shipped)")
+    g.add_argument("--codec", help="CompressAI registry name, e.g. bmshj2018-hyperprior (optional with "
+                                   "--checkpoint shipped, or with --adapter: the codec the adapter fits)")
     g.add_argument("--quality", type=int, help="zoo quality level (sets N/M)")
     g.add_argument("--checkpoint", nargs="+", metavar="FILE",
                    help="codec weights: 'shipped' (the pretrained codec that comes with psic-adapter, offline), "
@@ -60,6 +59,16 @@ def load_codec(name: str, quality, checkpoint, device: str = "cpu"):
     from ..codec import load_codec as load
 
     return load(name, quality=quality, checkpoint=checkpoint, pretrained=checkpoint is None, device=device)
+
+
+def adapter_codec(adapter: str, checkpoint=None, device: str = "cpu"):
+    """``(codec, name, quality)``: the codec an adapter fits (``--checkpoint`` a candidate, checked)."""
+    from ..adapter import codec_for_adapter
+    from ..adapter.config import PSICConfig
+    from ..adapter.pretrained import resolve_adapter_dir
+
+    info = PSICConfig.load(resolve_adapter_dir(adapter)).base_model
+    return codec_for_adapter(adapter, checkpoint, device=device), info.get("architecture"), info.get("quality")
 
 
 def with_adapter(codec, adapter: Optional[str], key=None, trainable: bool = False):

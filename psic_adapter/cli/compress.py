@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import add_codec_args, codec_name_and_quality, load_codec, with_adapter
+from .common import adapter_codec, add_codec_args, codec_name_and_quality, load_codec, with_adapter
 
 
 def add_parser(sub) -> None:
@@ -18,14 +18,8 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from ..bitstream.coding import encode_file
 
-    if args.adapter and not args.checkpoint and not args.codec:  # the codec the adapter fits
-        from ..adapter import codec_for_adapter
-        from ..adapter.config import PSICConfig
-        from ..adapter.pretrained import resolve_adapter_dir
-
-        codec = codec_for_adapter(args.adapter)
-        info = PSICConfig.load(resolve_adapter_dir(args.adapter)).base_model
-        name, quality = info.get("architecture"), info.get("quality")
+    if args.adapter and not args.codec:  # the codec the adapter fits
+        codec, name, quality = adapter_codec(args.adapter, args.checkpoint)
     else:
         name, quality = codec_name_and_quality(args)
         codec = load_codec(name, quality, args.checkpoint)

@@ -20,16 +20,17 @@ def add_parser(sub) -> None:
 
 
 def codec_for_file(header, checkpoint, adapter=None):
-    """The base codec a file was made with: its --checkpoint; with an adapter, the codec it fits (a
-    codec.safetensors beside it, written where training changed the decoder, or the shipped codec);
+    """The base codec a file was made with: with an adapter, the codec it fits (a codec.safetensors
+    beside it, written where training changed the decoder, --checkpoint, or the shipped codec, the
+    first whose fingerprint is the adapter's); else its --checkpoint;
     the shipped codec when it is the file's; else the zoo's (a download)."""
     from ..codec import SHIPPED_CODEC
     from .common import load_codec
 
-    if adapter and not checkpoint:
+    if adapter:
         from ..adapter import codec_for_adapter
 
-        return codec_for_adapter(adapter)
+        return codec_for_adapter(adapter, checkpoint)
     if not checkpoint and SHIPPED_CODEC["fingerprint"] and header.base_fingerprint == SHIPPED_CODEC["fingerprint"][:32]:
         checkpoint = ["shipped"]
     return load_codec(header.codec, header.quality, checkpoint)
@@ -40,8 +41,8 @@ def run(args) -> int:
     from ..bitstream.coding import decode_file
 
     _, header, _ = container.read(args.input)
-    codec = codec_for_file(header, args.checkpoint, None if args.plain else args.adapter)
-    model = with_adapter(codec, args.adapter)
+    codec = codec_for_file(header, args.checkpoint, args.adapter)  # with --plain too: the adapter's codec
+    model = codec if args.plain else with_adapter(codec, args.adapter)
     key = read_key(args)
     res = decode_file(args.input, args.output, model, key=key, plain=args.plain, force=args.force)
     print(f"{res['path']}: {res['version']} version, {header.width}x{header.height}")

@@ -12,7 +12,7 @@ import dataclasses
 import os
 import typing
 
-from .common import add_codec_args, add_key_args, codec_name_and_quality, device_of, load_codec, read_key
+from .common import adapter_codec, add_codec_args, add_key_args, codec_name_and_quality, device_of, load_codec, read_key
 
 
 def _arg_type(tp):
@@ -30,6 +30,7 @@ def _arg_type(tp):
 def add_train_config_flags(p: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field with help; every default None (the recipe and the dataclass decide)."""
     from ..training import TrainConfig
+    from ..training.config import RECIPES
 
     hints = typing.get_type_hints(TrainConfig)
     g = p.add_argument_group("training (defaults: the recipe's, then TrainConfig's)")
@@ -40,7 +41,10 @@ def add_train_config_flags(p: argparse.ArgumentParser) -> None:
         flag = meta.get("flag") or "--" + f.name.replace("_", "-")
         tp, nargs = _arg_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f"{meta['help']} (default: {default if default not in (None, ()) else 'see help'})"
+        shown = default if default not in (None, ()) else "see help"
+        by_recipe = "".join(f"; {name} recipe: {r['train'][f.name]}" for name, r in RECIPES.items()
+                            if f.name in r["train"] and r["train"][f.name] != default)
+        help_text = f"{meta['help']} (default: {shown}{by_recipe})"
         if tp is bool:
             g.add_argument(flag, dest=f.name, action="store_true", default=None, help=meta["help"])
             continue
@@ -102,7 +106,7 @@ def _codec(args, device: str, name: str, quality):
 
 def run(args) -> int:
     from ..adapter import PSICConfig, PSICModel, load_adapter, wrap_model
-    from ..data import build_dataset, repeats_for
+    from ..data import SamplePhotos, build_dataset, repeats_for
     from ..errors import ConfigError
     from ..targets import build_target
     from ..training import TrainConfig, Trainer, checkpoint_adapter_config, default_recipe, init_distributed_from_env
@@ -122,8 +126,11 @@ def run(args) -> int:
     recipe = args.recipe or default_recipe(overrides.get("stage", 2), bool(overrides.get("adapter_only")))
     cfg = TrainConfig.from_recipe(recipe, **overrides)
     adapter_defaults = recipe_settings(recipe)["adapter"]
-    name, quality = codec_name_and_quality(args)
-    codec = _codec(args, device, name, quality)
+    if args.adapter and not args.codec and not args.from_scratch:  # go on fitting an adapter: the codec it fits
+        codec, name, quality = adapter_codec(args.adapter, args.checkpoint, device=device)
+    else:
+        name, quality = codec_name_and_quality(args)
+        codec = _codec(args, device, name, quality)
     resume_config = checkpoint_adapter_config(args.out) if args.resume and not args.adapter else None
     if args.adapter:
         model = load_adapter(codec, args.adapter, key=key, is_trainable=True)
@@ -135,8 +142,11 @@ def run(args) -> int:
                             condition="public" if args.public else "key")
         model = wrap_model(codec, config, key=key, quality=quality)
     target = build_target(args.target, weights=args.target_weights, device=device)
-    if cfg.views == "scale":  # whole images, encoded once at each training size
-        dataset = build_dataset(args.data, crop=None, split="all", seed=cfg.seed)
+    if cfg.views == "scale":  # whole images, encoded once at each training size (no random transform)
+        if str(args.data).strip().lower() == "samples":  # the training photos only: the test ones are psic eval's
+            dataset = SamplePhotos("train", seed=cfg.seed)
+        else:
+            dataset = build_dataset(args.data, crop=None, split="all", seed=cfg.seed)
     else:
         repeats = repeats_for(cfg.batch_size) if str(args.data).strip().lower() == "samples" else 1
         dataset = build_dataset(args.data, crop=cfg.crop, split="train", seed=cfg.seed, repeats=repeats)

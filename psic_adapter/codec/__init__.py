@@ -13,7 +13,7 @@ import lazy_loader
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     submod_attrs={
-        'build': ['build_codec', 'codec_dims', 'latent_channels', 'load_codec', 'prepare_for_coding', 'synthesis_transform', 'tables_ready'],
+        'build': ['build_codec', 'codec_dims', 'latent_channels', 'load_codec', 'load_shipped_codec', 'prepare_for_coding', 'synthesis_transform', 'tables_ready'],
         'registry': ['architecture_name', 'available_codecs', 'normalize_name'],
         'checkpoint': ['read_state_dict', 'save_codec'],
         'fingerprint': ['entropy_tables_hash', 'fingerprint'],

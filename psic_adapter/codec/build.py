@@ -32,7 +32,10 @@ def build_codec(name: str, quality: Optional[int] = None, pretrained: bool = Fal
     if name not in MODELS or any(t in name for t in NOT_IMAGE):
         raise ConfigError(f"unknown codec {name!r}; known: {', '.join(available_codecs())}")
     if pretrained:
-        if name not in image_models:
+        from compressai.zoo.image import model_urls
+
+        # only names with weights of their own: the zoo's bmshj2018-factorized-relu loads the GDN model's
+        if name not in image_models or name not in model_urls:
             raise ConfigError(f"CompressAI's zoo has no pretrained weights for {name}; pass a checkpoint")
         if quality is None:
             raise ConfigError(f"{name}: pretrained zoo weights need a quality")
@@ -104,8 +107,6 @@ def load_codec(
     if isinstance(checkpoint, (list, tuple)) and len(checkpoint) == 1:
         checkpoint = checkpoint[0]
     if isinstance(checkpoint, str) and checkpoint.strip().lower() == "shipped":
-        from .shipped import load_shipped_codec
-
         return load_shipped_codec(name=name, quality=quality, device=device)
     if checkpoint is not None:
         from .checkpoint import read_state_dict
@@ -181,3 +182,16 @@ def codec_dims(codec: nn.Module) -> Dict[str, Optional[int]]:
     return {"N": N, "M": M}
 
 
+
+
+def load_shipped_codec(name: Optional[str] = None, quality: Optional[int] = None, device="cpu") -> nn.Module:
+    """The codec that ships with psic-adapter, ready to code (file SHA-256 and codec fingerprint checked);
+    ``name`` / ``quality``, when given, must be its."""
+    from .fingerprint import fingerprint
+    from .shipped import SHIPPED_CODEC, check_shipped_request, shipped_codec_path
+
+    check_shipped_request(name, quality)
+    codec = load_codec(SHIPPED_CODEC["name"], SHIPPED_CODEC["quality"], checkpoint=shipped_codec_path(), device=device)
+    if SHIPPED_CODEC["fingerprint"] and fingerprint(codec) != SHIPPED_CODEC["fingerprint"]:
+        raise PSICError("the shipped codec does not load to the recorded weights (fingerprint mismatch)")
+    return codec

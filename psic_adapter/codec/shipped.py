@@ -48,19 +48,11 @@ def shipped_codec_path() -> Path:
     return path
 
 
-def load_shipped_codec(name: Optional[str] = None, quality: Optional[int] = None, device="cpu"):
-    """The shipped codec, ready to code (its fingerprint checked); ``name`` / ``quality``, when given, must be its."""
-    from .build import load_codec
-    from .fingerprint import fingerprint
-
+def check_shipped_request(name: Optional[str] = None, quality: Optional[int] = None) -> None:
+    """Refuse a request for the shipped codec under another name or quality."""
     if (name is not None and name != SHIPPED_CODEC["name"]) or (quality is not None and quality != SHIPPED_CODEC["quality"]):
         raise PSICError(f"the shipped codec is {SHIPPED_CODEC['name']} quality {SHIPPED_CODEC['quality']}, not "
                         f"{name} quality {quality}")
-    codec = load_codec(SHIPPED_CODEC["name"], SHIPPED_CODEC["quality"], checkpoint=shipped_codec_path(),
-                       device=device)
-    if SHIPPED_CODEC["fingerprint"] and fingerprint(codec) != SHIPPED_CODEC["fingerprint"]:
-        raise PSICError("the shipped codec does not load to the recorded weights (fingerprint mismatch)")
-    return codec
 
 
 def is_shipped_checkpoint(name: str) -> bool:
