@@ -370,6 +370,19 @@ def test_the_model_card(owner, tmp_path):
     assert KEY not in text
 
 
+def test_the_card_of_an_adapter_on_the_shipped_codec_needs_no_download():
+    """Its snippets load the codec psic-adapter ships (no zoo download, no --codec to get wrong)."""
+    from psic_adapter.codec import SHIPPED_CODEC
+
+    cfg = PSICConfig.from_dict({**json.loads(PSICConfig().to_json_string()),
+                                "base_model": {"architecture": "bmshj2018-hyperprior", "quality": 3,
+                                               "fingerprint": SHIPPED_CODEC["fingerprint"]}})
+    text = hub_card.render_model_card(cfg, repo_id=REPO)
+    assert 'load_codec("bmshj2018-hyperprior", quality=3, checkpoint="shipped")' in text
+    assert f"psic compress IN.png IN.psic --adapter {REPO}" in text
+    assert "pretrained=True" not in text and "--codec" not in text
+
+
 def test_the_card_reads_the_metrics_through_the_typed_result(owner, tmp_path):
     result = eval_result()
     config = PSICConfig.load(owner.v1)

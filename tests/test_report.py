@@ -363,6 +363,8 @@ def test_report_writes_metrics_that_read_back_the_same_numbers(report):
     assert back.scales["224px"].downsampling.mean == 1.0
     assert back.headline().asr_by_scale == {k: v[0] for k, v in SCALES.items()}
     assert back.wrong_keys.asr_min == 0.75 and back.primary == "whole"
+    single = result.save(out.parent / "single.json")  # one result on its own reads back too
+    assert [r.to_dict() for r in load_results(single)] == [result.to_dict()]
     assert [r["name"] for r in back.per_image if r["scale"] == "whole"] == list(PRIMARY_ROWS)
 
 

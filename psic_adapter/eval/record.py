@@ -277,7 +277,8 @@ class EvalResult:
 
 
 def load_results(path: PathLike) -> List[EvalResult]:
-    """The results in a ``metrics.json`` (or a report folder holding one): a list, one per method/adapter."""
+    """The results in a ``metrics.json`` (or a report folder holding one): a list, one per method/adapter.
+    A file of :meth:`EvalResult.save` (one result) reads as a list of one."""
     from ..fileio import read_limited
 
     p = Path(path)
@@ -287,6 +288,8 @@ def load_results(path: PathLike) -> List[EvalResult]:
         data = json.loads(read_limited(p, 64 << 20, what="metrics file").decode("utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise PSICError(f"{p}: not valid JSON ({exc.__class__.__name__})") from None
+    if isinstance(data, dict) and "runs" not in data and "scales" in data:  # one result (EvalResult.save)
+        return [EvalResult.from_dict(data)]
     runs = data.get("runs") if isinstance(data, dict) else None
     if not isinstance(runs, list) or not runs:
         raise PSICError(f"{p}: not a psic metrics file (no 'runs')")

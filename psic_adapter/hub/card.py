@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 from ..adapter.config import CONFIG_NAME, WEIGHTS_NAME, PSICConfig
 from ..errors import PSICError
 from ..eval.record import EvalResult, load_results
+from ..codec.shipped import shipped_codec_for
 
 CARD_NAME = "README.md"
 LIBRARY_NAME = "psic-adapter"
@@ -123,12 +124,15 @@ def render_model_card(config, metrics=None, *, repo_id: Optional[str] = None, li
     quality = base.get("quality")
     public = cfg.condition == "public"
     checkpoint_note = base.get("checkpoint")
-    if quality is not None:
+    shipped = shipped_codec_for(base.get("fingerprint")) is not None
+    if shipped:  # fitted to the codec psic-adapter ships: nothing to download, nothing to name
+        codec_args = f'"{arch}", quality={quality}, checkpoint="shipped"'
+    elif quality is not None:
         codec_args = f'"{arch}", quality={quality}, ' + ('checkpoint="codec.safetensors"' if checkpoint_note
                                                         else "pretrained=True")
     else:
         codec_args = f'"{arch}", checkpoint="codec.safetensors"'
-    cli_ckpt = " --checkpoint codec.safetensors" if (checkpoint_note or quality is None) else ""
+    cli_ckpt = " --checkpoint codec.safetensors" if not shipped and (checkpoint_note or quality is None) else ""
     data = ModelCardData(library_name=LIBRARY_NAME, license=license, tags=list(CARD_TAGS),
                          base_model_architecture=arch, base_model_fingerprint=base.get("fingerprint"))
     results = load_card_results(metrics) if metrics is not None else None
@@ -143,8 +147,7 @@ def render_model_card(config, metrics=None, *, repo_id: Optional[str] = None, li
         final={k: _fmt(v, 4) for k, v in (cfg.training.get("final") or {}).items()
                if k in ("psnr_encrypted", "psnr_base", "encryption", "loss")},
         evaluation=metrics_rows(results) if results else None,
-        codec_args=codec_args, cli_codec=f"--codec {arch}" + ("" if quality is None else f" --quality {quality}")
-        + cli_ckpt, cli_ckpt=cli_ckpt,
+        codec_args=codec_args, cli_ckpt=cli_ckpt, shipped=shipped,
         threat=(f"[docs/threat-model.md]({THREAT_MODEL_URL})" if THREAT_MODEL_URL
                 else "`docs/threat-model.md` in the psic-adapter sources"),
     )
