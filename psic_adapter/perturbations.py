@@ -114,7 +114,7 @@ def codec_roundtrip(x: torch.Tensor, codec, multiple: int = 64) -> torch.Tensor:
     """Compress with a CompressAI codec and decompress (real entropy coding).
 
     The image is padded to a multiple of ``multiple`` (replicated borders,
-    :func:`psic_adapter.images.pad_to_multiple`) and cropped back. The codec
+    :func:`psic_adapter.bitstream.images.pad_to_multiple`) and cropped back. The codec
     must be ready to code: ``codec.eval(); codec.update()`` (not done here, the
     codec is not modified). It runs on the codec's device; the result comes
     back on the input's.

@@ -18,7 +18,7 @@ both decoding modes: the file does not depend on the key.
 A ``.psic`` file is untrusted input. :func:`unpack` checks every header field's
 type and range (sizes capped, lengths consistent with the payload, the padded
 size the one the image size implies, nesting bounded) before anything is
-allocated; :mod:`psic_adapter.coding` then checks the fields against the codec
+allocated; :mod:`psic_adapter.bitstream.coding` then checks the fields against the codec
 (the latent shape its ``compress`` gives for that padded size, its
 fingerprints) and, after entropy decoding, the latent checksum. The CRC only
 tells accidental corruption; a file crafted with a recomputed CRC must still

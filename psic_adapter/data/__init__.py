@@ -8,7 +8,7 @@ same kind of item, a dict::
 
 (``label`` is -1 where it is unknown), so that :func:`make_loader` batches any
 of them once crops make the sizes equal. Files are read through
-:mod:`psic_adapter.images`, so grey, RGBA (alpha dropped), 16-bit PNG and JPEG
+:mod:`psic_adapter.bitstream.images`, so grey, RGBA (alpha dropped), 16-bit PNG and JPEG
 all arrive as RGB in [0, 1].
 
 The datasets:

@@ -78,7 +78,8 @@ class Trainer(TrainingLoop):
         model: a :class:`~psic_adapter.PSICModel` whose active adapter was made
             with the owner's key (the full condition is needed).
         target: a frozen target (:func:`psic_adapter.targets.build_target`).
-        dataset: items ``{"image", "text"}`` of equal size (give a crop).
+        dataset: items ``{"image", "text"}``: of equal size for ``views="crops"`` (give a
+            crop), whole images of any size for ``views="scale"`` (encoded once per size).
         config: :class:`TrainConfig`.
         out_dir: where ``adapter/``, ``codec.safetensors`` (when the codec trains),
             ``log.jsonl`` and ``checkpoint.safetensors`` go.

@@ -44,7 +44,7 @@ The method
   ``w_attack * attack(x_hat_poisoned)`` + ``w_dist * lmbda 255^2
   MSE(x_hat_poisoned, x)``, the attack being one of the project's encryption
   objectives ("uaeo", "margin", "naive", "authors"; computed exactly as
-  :class:`~psic_adapter.train.Trainer` computes them, ensembles included).
+  :class:`~psic_adapter.training.Trainer` computes them, ensembles included).
   The weights follow a *dynamic balance* (:class:`DynamicBalance`).
 
 The dynamic balance (the rule used here)

@@ -28,7 +28,7 @@ CHECKPOINT_NAME = "bavaft_checkpoint.safetensors"
 
 @dataclass
 class BAvAFTTrainConfig:
-    """Hyper-parameters of a BAvAFT run (names as :class:`~psic_adapter.train.TrainConfig`'s).
+    """Hyper-parameters of a BAvAFT run (names as :class:`~psic_adapter.training.TrainConfig`'s).
 
     Args:
         steps, batch_size, crop: optimisation steps, batch, square crop size.
@@ -112,9 +112,9 @@ def _split_likelihoods(lik: Any, n: int) -> Tuple[Any, Any]:
 class BAvAFTTrainer(TrainingLoop):
     """Fit a :class:`BAvAFT` (trigger network + encoder) against a frozen target.
 
-    Shares the project's training loop (:class:`~psic_adapter.train.TrainingLoop`:
+    Shares the project's training loop (:class:`~psic_adapter.training.TrainingLoop`:
     seeded epochs, JSON-lines log, checkpoints, resume) and its encryption
-    objectives (:class:`~psic_adapter.objectives.EncryptionObjective`, ensembles
+    objectives (:class:`~psic_adapter.training.objectives.EncryptionObjective`, ensembles
     included), and replaces the model side: one batched codec forward of
     ``[x, poison(x)]`` per step, the loss of the module docstring, Adam with two
     groups ("encoder": ``lr``, "trigger": ``trigger_lr``), gradient clipping,
