@@ -428,6 +428,25 @@ def test_finish_saves_the_trained_codec_that_the_adapter_fits(base_codec, target
         assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_stage2_with_the_decoder_saves_a_codec_that_writes_the_base_codecs_bytes(base_codec, target, photos, tmp_path,
+                                                                                image64):
+    """Stage 2 trains g_s only: the saved codec keeps the entropy tables exactly as loaded, even where recomputing
+    them here would give others (a checkpoint's tables come from another machine), so its bytes are the base's."""
+    from psic_adapter.codec import load_codec
+
+    codec = copy.deepcopy(base_codec)
+    cdf = codec.gaussian_conditional._quantized_cdf
+    cdf[0, 1] += 1  # tables as another machine might have computed them: consistent, but not what update() gives
+    tables = {k: v.clone() for k, v in codec.named_buffers() if "cdf" in k or "offset" in k}
+    before = copy.deepcopy(codec)
+    model = new_model(codec)
+    new_trainer(model, target, photos, tmp_path, stage=2, steps=2).train()
+    saved = load_codec("bmshj2018-hyperprior", checkpoint=tmp_path / "codec.safetensors")
+    assert all(torch.equal(dict(saved.named_buffers())[k], v) for k, v in tables.items())
+    with torch.no_grad():
+        assert saved.compress(image64)["strings"] == before.compress(image64)["strings"]
+
+
 # ------------------------------------------------------------------ DDP
 class _Recorded(torch.utils.data.Dataset):
     """A dataset that remembers which indices this process read."""

@@ -369,7 +369,10 @@ class Trainer(TrainingLoop):
             return result
         cfg = self.model.config
         if self.trains_codec:
-            self.model.base.update(force=True)
+            if self.cfg.stage == 1:  # the entropy model trained: its tables follow it
+                self.model.base.update(force=True)
+            # stage 2: the entropy model is frozen, its tables stay exactly as loaded (recomputing them on
+            # this machine can change them, and then the saved codec no longer writes the base codec's bytes)
             codec_path = save_codec(self.model.base, self.out_dir / "codec.safetensors")
             cfg.base_model["fingerprint"] = fingerprint(self.model.base)
             cfg.base_model["checkpoint"] = "codec.safetensors (trained with this adapter)"
