@@ -42,7 +42,6 @@ warnings.filterwarnings("ignore")
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-SHARED_CODEC = REPO.parent / "shared" / "codecs" / "bmshj2018-hyperprior-q3"
 KEY = "benchmark owner key"
 
 
@@ -99,10 +98,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--codec", default="bmshj2018-hyperprior")
     p.add_argument("--quality", type=int, default=3)
-    p.add_argument("--checkpoint", nargs="+", help="codec weights (default: the shared q3 hyperprior when it fits)")
+    p.add_argument("--checkpoint", nargs="+", help="codec weights (default: the shipped q3 hyperprior when it fits)")
     p.add_argument("--random-weights", action="store_true", help="ignore the shared checkpoint")
     p.add_argument("--preset", default="paper", choices=["paper", "official"])
-    p.add_argument("--modulation", default="bias", choices=["bias", "film"])
+    p.add_argument("--modulation", default="spatial", choices=["bias", "film", "spatial"],
+                   help="CLTG modulation (default: spatial, the robust recipe's)")
     p.add_argument("--repeats", type=int, default=15, help="timed runs per variant")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
@@ -119,8 +119,8 @@ def main(argv=None) -> int:
 
     checkpoint = args.checkpoint
     if (checkpoint is None and not args.random_weights and normalize_name(args.codec) == "bmshj2018-hyperprior"
-            and args.quality == 3 and SHARED_CODEC.is_dir()):
-        checkpoint = [str(SHARED_CODEC)]
+            and args.quality == 3):
+        checkpoint = ["shipped"]
     base, source = load_base(args.codec, args.quality, checkpoint)
 
     # the wrapped model gets its own copy: the base codec runs with no hook at all
