@@ -446,6 +446,15 @@ def test_stage2_with_the_decoder_saves_a_codec_that_writes_the_base_codecs_bytes
     with torch.no_grad():
         assert saved.compress(image64)["strings"] == before.compress(image64)["strings"]
 
+    # and the trainer checks it before saving: a stage-2 run that moved the encoder saves nothing
+    other = new_model(copy.deepcopy(before))
+    tr = new_trainer(other, target, photos, tmp_path / "moved", stage=2, steps=2)
+    with torch.no_grad():
+        other.base.h_a[0].weight.add_(0.01)
+    with pytest.raises(PSICError, match="changed what writes the bitstream"):
+        tr.finish({})
+    assert not (tmp_path / "moved" / "codec.safetensors").exists()
+
 
 # ------------------------------------------------------------------ DDP
 class _Recorded(torch.utils.data.Dataset):

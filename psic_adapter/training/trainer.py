@@ -136,6 +136,11 @@ class Trainer(TrainingLoop):
         self.guard_weight = config.resolved_guard_weight()
         if config.stage == 2 and self.trains_codec and self.guard_weight > 0:
             self.reference_g_s = frozen_copy(model.base.g_s)
+        # Stage 2 writes the base codec's bitstream: what encodes (all but g_s) must leave as it came
+        self.bitstream_state = None
+        if config.stage == 2 and self.trains_codec:
+            self.bitstream_state = {k: v.detach().clone() for k, v in model.base.state_dict().items()
+                                    if not k.startswith("g_s.")}
         if config.compile:  # static shapes: views of another size recompile (or run eagerly past torch's cache)
             model.base.g_s.compile(dynamic=False)
             target.image_features = torch.compile(target.image_features, dynamic=False)
@@ -373,6 +378,12 @@ class Trainer(TrainingLoop):
                 self.model.base.update(force=True)
             # stage 2: the entropy model is frozen, its tables stay exactly as loaded (recomputing them on
             # this machine can change them, and then the saved codec no longer writes the base codec's bytes)
+            if self.bitstream_state is not None:
+                now = self.model.base.state_dict()
+                moved = [k for k, v in self.bitstream_state.items() if k not in now or not torch.equal(now[k].cpu(), v.cpu())]
+                if moved:
+                    raise PSICError(f"stage 2 changed what writes the bitstream ({', '.join(moved[:3])}): the codec "
+                                    "would no longer write the base codec's bytes; not saved")
             codec_path = save_codec(self.model.base, self.out_dir / "codec.safetensors")
             cfg.base_model["fingerprint"] = fingerprint(self.model.base)
             cfg.base_model["checkpoint"] = "codec.safetensors (trained with this adapter)"
