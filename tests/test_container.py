@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+import types
 import zlib
 
 import pytest
@@ -227,3 +228,23 @@ def test_header_running_past_the_end(hp_file):
     data[5:9] = struct.pack(">I", len(data) * 2)
     with pytest.raises(ContainerError, match="truncated"):
         unpack(bytes(data))
+
+
+def test_header_check_is_per_codec_even_when_python_reuses_ids():
+    """The codec template cache must not outlive its codec: CPython reuses a freed object's id, and a cache keyed
+    by ``id()`` once handed a new hyperprior the template of a dead cheng2020 (CI failed on exactly that)."""
+    import gc
+
+    from psic_adapter.bitstream import coding
+
+    for _ in range(3):
+        for arch in ("cheng2020-anchor", "bmshj2018-hyperprior"):
+            codec = make_codec(arch)
+            out = codec.compress(torch.rand(1, 3, 64, 64))
+            want = coding.container.shape_to_json(out["shape"])
+            header = types.SimpleNamespace(height=64, width=64, codec=arch, shape=want,
+                                           layout=coding.container.string_layout(out["strings"])[0])
+            coding.check_header_fits(header, codec)  # must not raise
+            del codec, out
+            gc.collect()
+    assert len(coding._TEMPLATES) <= 1  # freed codecs leave the cache

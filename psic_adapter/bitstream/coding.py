@@ -27,6 +27,7 @@ GPU (decodes of GPU encodes were seen to give NaN images).
 from __future__ import annotations
 
 import os
+import weakref
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,12 +129,14 @@ def check_latent(y_hat: torch.Tensor, stored: List[float]) -> None:
 
 
 # ------------------------------------------------------------------ the header against the codec
-_TEMPLATES: Dict[int, Tuple[Any, Any]] = {}
+# Keyed by the codec object itself (weakly): an ``id()`` key is reused once a codec is freed, and a new codec of
+# another architecture then inherited the dead one's template.
+_TEMPLATES: "weakref.WeakKeyDictionary[nn.Module, Tuple[Any, Any]]" = weakref.WeakKeyDictionary()
 
 
 def _template(codec: nn.Module) -> Tuple[Any, Any]:
     """(latent shape, string layout) of ``compress`` on a 64 x 64 image (cached per codec)."""
-    key = id(codec)
+    key = codec
     if key not in _TEMPLATES:
         with torch.no_grad():
             out = codec.compress(torch.full((1, 3, PAD_MULTIPLE, PAD_MULTIPLE), 0.5,
