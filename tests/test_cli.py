@@ -621,6 +621,29 @@ def test_the_shipped_codec_codes_like_the_checkpoint_it_was_made_from(tmp_path, 
     assert fingerprint(load_codec(CODEC, 3, checkpoint="shipped")) == SHIPPED_CODEC["fingerprint"]
 
 
+def test_the_shipped_demo_adapter_opens_with_its_key_and_changes_only_the_keyless_decode(tmp_path, capsys):
+    """The adapter in the wheel fits the shipped codec; its public demo key gives the base decode bit for bit,
+    no key gives a different (encrypted) image from the same file, and a wrong key is refused."""
+    from psic_adapter.demo import DEMO_ADAPTER, DEMO_KEY
+
+    photo = tmp_path / "photo.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((96, 80)).save(photo)
+    psic = tmp_path / "photo.psic"
+    assert run(capsys, "compress", photo, psic, "--adapter", DEMO_ADAPTER)[0] == 0
+    assert run(capsys, "decompress", psic, tmp_path / "full.png", "--adapter", DEMO_ADAPTER, "--key-file",
+               DEMO_KEY)[0] == 0
+    assert run(capsys, "decompress", psic, tmp_path / "enc.png", "--adapter", DEMO_ADAPTER)[0] == 0
+    assert run(capsys, "decompress", psic, tmp_path / "plain.png", "--plain")[0] == 0
+    full, enc, plain = (np.asarray(Image.open(tmp_path / f"{n}.png")) for n in ("full", "enc", "plain"))
+    assert np.array_equal(full, plain)
+    assert not np.array_equal(enc, plain)
+    wrong = tmp_path / "wrong.key"
+    assert run(capsys, "keygen", wrong)[0] == 0
+    rc, _, err = run(capsys, "decompress", psic, tmp_path / "w.png", "--adapter", DEMO_ADAPTER, "--key-file", wrong)
+    assert rc != 0 and "key" in err and not (tmp_path / "w.png").exists()
+
+
 @pytest.mark.parametrize("name", ["bmshj2018-factorized-relu", "elic2022-official", "cheng2020-anchor-checkerboard"])
 def test_the_zoo_is_not_asked_for_weights_it_does_not_have(name, tmp_path, capsys):
     """No download is tried (and no other model's weights returned: the zoo's factorized-relu is the GDN model)."""

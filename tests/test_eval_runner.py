@@ -274,8 +274,11 @@ def test_psic_demo_quick(tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert "report:" in printed and "ASR" in printed and "control" in printed
+    assert "shipped adapter" in printed and "your adapter" in printed  # both parts ran, each labelled
     for name in ("owner.key", "example.psic", "example_encrypted.png", "example_full.png", "report/report.html",
-                 "report/metrics.json", "adapter-run/adapter/adapter_config.json"):
+                 "report/metrics.json", "adapter-run/adapter/adapter_config.json",
+                 "example_shipped_adapter.psic", "example_shipped_adapter_encrypted.png",
+                 "example_shipped_adapter_full.png"):
         assert (out / name).is_file(), name
     assert (out / "owner.key").stat().st_mode & 0o777 == 0o600
     from psic_adapter.bitstream import container
