@@ -17,8 +17,8 @@ reported. Targets of the issue: decode overhead <= 3 %, parameters <= 2 %.
     python benchmarks/decode_overhead.py                       # bmshj2018-hyperprior q3
     python benchmarks/decode_overhead.py --codec cheng2020-anchor --quality 3 --json out.json
 
-The base codec is the shared trained checkpoint when present (bmshj2018-hyperprior
-quality 3), random weights otherwise: decode time does not depend on the weights'
+The base codec is the one shipped with the package (bmshj2018-hyperprior quality 3)
+for that architecture, random weights for others (and with ``--random-weights``): decode time does not depend on the weights'
 values, only on the architecture, but the bitstream length does slightly.
 """
 
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     p.add_argument("--codec", default="bmshj2018-hyperprior")
     p.add_argument("--quality", type=int, default=3)
     p.add_argument("--checkpoint", nargs="+", help="codec weights (default: the shipped q3 hyperprior when it fits)")
-    p.add_argument("--random-weights", action="store_true", help="ignore the shared checkpoint")
+    p.add_argument("--random-weights", action="store_true", help="random weights instead of the shipped codec (same speed)")
     p.add_argument("--preset", default="paper", choices=["paper", "official"])
     p.add_argument("--modulation", default="spatial", choices=["bias", "film", "spatial"],
                    help="CLTG modulation (default: spatial, the robust recipe's)")

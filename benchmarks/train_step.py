@@ -66,7 +66,6 @@ warnings.filterwarnings("ignore")
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-SHARED_CODEC = REPO.parent / "shared" / "codecs" / "bmshj2018-hyperprior-q3"
 KEY = "benchmark owner key"
 
 # the tests' tiny offline CLIP (random weights, 32 px input)
@@ -367,7 +366,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--codec", default="bmshj2018-hyperprior")
     p.add_argument("--quality", type=int, default=3)
     p.add_argument("--checkpoint", nargs="+", default=None,
-                   help="codec weights (default: the shared q3 checkpoint when present, else random weights)")
+                   help="codec weights; 'shipped' (the default for bmshj2018-hyperprior quality 3) is the codec in "
+                        "the package; other codecs without --checkpoint get random weights (same speed)")
     p.add_argument("--target", default=None,
                    help="target spec (default: clip:ViT-B-32 with random weights: the paper's target at its real "
                         "size and speed, no download); 'tiny-clip' for a smoke run")
@@ -390,8 +390,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
-    if args.checkpoint is None and args.codec == "bmshj2018-hyperprior" and args.quality == 3 and SHARED_CODEC.is_dir():
-        args.checkpoint = [str(SHARED_CODEC)]
+    if args.checkpoint is None and args.codec == "bmshj2018-hyperprior" and args.quality == 3:
+        args.checkpoint = "shipped"
     if args.target is None:
         args.target = "clip:ViT-B-32"
     if args.target.startswith("clip:") and args.target_weights is None and "@" not in args.target:
