@@ -465,3 +465,12 @@ def test_report_over_several_adapters_has_rate_distortion_and_bd(tmp_path):
     assert len(load_results(tmp_path / "rd")) == 4
     two = write_report(tmp_path / "rd2", runs[:2]).read_text()
     assert "<h2>Rate-distortion</h2>" in two and "n/a" in two  # a curve, no Bjontegaard deltas from 2 points
+
+
+def test_running_mean_of_the_training_curves():
+    assert P.running_mean([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    assert P.running_mean([2.0] * 30, 7) == [2.0] * 30
+    long_log = [{"step": 10 * i, "encryption": float(i % 2), "psnr_base": 28.0} for i in range(40)]
+    plot = P.training_curves(long_log)
+    assert plot.data["encryption"] == [[10 * i, float(i % 2)] for i in range(40)]  # the logged values, unsmoothed
+    open_png(plot.png)

@@ -44,7 +44,7 @@ figure{margin:0;background:#fff;border:1px solid #e3e3e3;padding:8px}figure img{
 figcaption{font-size:12px;color:#555;margin-top:4px}
 table{border-collapse:collapse;font-size:13px;background:#fff;margin:6px 0}
 th,td{border:1px solid #ddd;padding:3px 7px;text-align:left}th{background:#f0f0f0}td.num{text-align:right;font-variant-numeric:tabular-nums}
-.rows{display:grid;grid-template-columns:repeat(6,1fr);gap:6px;margin:10px 0 4px}
+.rows{display:grid;grid-template-columns:repeat(6,1fr);gap:6px;margin:10px 0 4px;align-items:start}
 .cell{background:#fff;border:1px solid #e3e3e3;padding:3px;font-size:11px;line-height:1.3}
 .cell img{width:100%;height:auto;display:block;image-rendering:auto}.cell.zoom img{image-rendering:pixelated}
 .rowname{font-size:13px;font-weight:600;margin-top:14px}

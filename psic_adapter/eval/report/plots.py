@@ -132,6 +132,17 @@ def read_log(path) -> List[Dict[str, Any]]:
     return out
 
 
+def running_mean(values: Sequence[float], window: int) -> List[float]:
+    """The mean of each value and the ``window - 1`` before it (fewer at the start)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
 def training_curves(records: Sequence[Dict[str, Any]]) -> Optional[Plot]:
     """The encryption objective and the PSNRs over training steps, from ``log.jsonl``."""
     if not records:
@@ -151,7 +162,12 @@ def training_curves(records: Sequence[Dict[str, Any]]) -> Optional[Plot]:
         target_ax = ax if key in ("encryption", "budget_excess") else ax2
         color = {"encryption": "#C44E52", "budget_excess": "#DD8452", "psnr_encrypted": "#8172B3",
                  "psnr_base": COLORS["base"], "psnr_full": COLORS["full"]}[key]
-        target_ax.plot(xs, ys, lw=1, label=key, color=color)
+        if len(ys) >= 20:  # per-step values are noisy: draw them faintly, with their running mean over it
+            target_ax.plot(xs, ys, lw=0.6, color=color, alpha=0.25)
+            target_ax.plot(xs, running_mean(ys, max(5, len(ys) // 15)), lw=1.4, label=f"{key} (running mean)",
+                           color=color)
+        else:
+            target_ax.plot(xs, ys, lw=1, label=key, color=color)
     ax.set_xlabel("step")
     ax.set_ylabel("loss terms")
     ax2.set_ylabel("PSNR of the training views (dB)")
