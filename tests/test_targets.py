@@ -495,3 +495,15 @@ def test_factory_builds_real_targets(clip_dir):
     assert isinstance(ens, EnsembleTarget) and len(ens.members) == 2
     assert ens.image_features(images()).shape == (2, timm_t.feature_dim + clip_t.feature_dim)
     assert not math.isnan(float(ens.image_features(images()).sum()))
+
+
+def test_clip_image_tower_runs_in_fp32_under_cpu_autocast(clip):
+    """CPU bf16 autocast makes open_clip's attention copy its weights per token (2x slower): the tower runs in
+    fp32 there, so its features under autocast are the fp32 features exactly, and gradients still flow."""
+    x = images().requires_grad_(True)
+    want = clip.image_features(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = clip.image_features(x)
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+    got.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
