@@ -5,6 +5,8 @@ Tiny models, offline.
 
 from __future__ import annotations
 
+import re
+
 import json
 
 import pytest
@@ -275,6 +277,9 @@ def test_psic_demo_quick(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "report:" in printed and "ASR" in printed and "control" in printed
     assert "shipped adapter" in printed and "your adapter" in printed  # both parts ran, each labelled
+    # the closing table: a row per run and scale, the shipped adapter on crops of all nine sample photos
+    assert re.search(r"^shipped adapter\s+crops\s+4\s", printed, re.M), printed
+    assert re.search(r"^your adapter\s+crops\s+2\s", printed, re.M), printed
     for name in ("owner.key", "example.psic", "example_encrypted.png", "example_full.png", "report/report.html",
                  "report/metrics.json", "adapter-run/adapter/adapter_config.json",
                  "example_shipped_adapter.psic", "example_shipped_adapter_encrypted.png",

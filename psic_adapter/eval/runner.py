@@ -111,17 +111,21 @@ class GalleryRow:
     psnr: Dict[str, float]
 
 
-def load_samples(spec: str, crop: Optional[int] = None, count: Optional[int] = None, seed: int = 0) -> List[Sample]:
+def load_samples(spec: str, crop: Optional[int] = None, count: Optional[int] = None, seed: int = 0,
+                 split: str = "test") -> List[Sample]:
     """Evaluation images from a dataset spec (``"samples"`` = the bundled test photos), whole, with labels.
 
     Labels are ImageNet-1k indices where the data names them (the sample photos,
     ImageFolder trees of synset or class-name folders), else -1 ("right" is then
     the target's answer on the original). ``crop`` (older use): ``count`` seeded
-    random crops instead, unlabeled.
+    random crops instead, unlabeled. ``split="all"`` takes every sample photo (the train ones too: for
+    adapters that never trained on them); folders and CSVs are read whole either way.
     """
     from ..data import ImageFolderPrompts, build_dataset
 
-    ds = build_dataset(spec, crop=None, split="test", seed=seed)
+    if split not in ("test", "all"):
+        raise ConfigError(f"evaluation images are the 'test' or 'all' split, not {split!r}")
+    ds = build_dataset(spec, crop=None, split=split, seed=seed)
     n = len(ds) if count is None or crop is not None else min(count, len(ds))
     mapping = getattr(ds, "imagenet_index", None) if isinstance(ds, ImageFolderPrompts) else None
     out = []

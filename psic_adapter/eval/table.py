@@ -46,6 +46,17 @@ def scales_table(result: EvalResult) -> str:
                    "base right", "full = base"], rows)
 
 
+def runs_table(results: Sequence[EvalResult], names: Sequence[str]) -> str:
+    """Several runs side by side, a row per run and scale: images, right, ASR, control, PSNR per version."""
+    rows: List[List[str]] = []
+    for name, result in zip(names, results):
+        for key, s in result.scales.items():
+            c = s.classification
+            rows.append([name, key, str(s.n_images), str(c.n_base_right), percent(c.asr), percent(c.control_asr),
+                         db(s.psnr("base")), db(s.psnr("full")), db(s.psnr("encrypted"))])
+    return render(["run", "scale", "images", "right", "ASR", "control", "PSNR base", "full", "encrypted"], rows)
+
+
 def robustness_table(result: EvalResult) -> str:
     """ASR and control after each perturbation, one column per scale."""
     names = sorted({p for s in result.scales.values() for p in s.robustness})
