@@ -72,6 +72,12 @@ def _f(v: float, digits: int = 2) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
+def _sentence(text: str) -> str:
+    """``text`` as a sentence: a capital first letter and a full stop (empty stays empty)."""
+    text = text.strip()
+    return f"{text[0].upper()}{text[1:]}." if text else ""
+
+
 def headline_sentences(result: EvalResult) -> List[str]:
     """The headline in words and units (plain text)."""
     h = result.headline()
@@ -92,7 +98,7 @@ def headline_sentences(result: EvalResult) -> List[str]:
     if "full" in result.versions:
         agree = m.classification.agreement_with_base.get("full", float("nan"))
         out.append(f"The full version (owner's key): {_f(h.psnr_full)} dB; the target's answers on it agree with "
-                   f"the base decode's on {_pct(agree)} of the images. {result.versions.get('full', '')}.")
+                   f"the base decode's on {_pct(agree)} of the images. {_sentence(result.versions.get('full', ''))}")
     others = [f"{k}: {_pct(v)} (control {_pct(h.control_by_scale.get(k))})" for k, v in h.asr_by_scale.items()
               if k != m.scale]
     if others:
