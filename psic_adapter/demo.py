@@ -5,13 +5,15 @@
    downloads CompressAI's instead.
 2. **The shipped adapter** (with the shipped codec): fitted with the default
    recipe on 200 real photos; its key ships beside it, so it is a demonstration,
-   not a protection. One photo is compressed to ``OUT/example.psic`` and decoded
-   twice (no key: ``example_encrypted.png``; the key: ``example_full.png``),
-   and the adapter is measured on the nine bundled sample photos, none of
-   which it trained on.
+   not a protection. One photo is compressed to
+   ``OUT/example_shipped_adapter.psic`` and decoded twice (no key:
+   ``..._encrypted.png``; the key: ``..._full.png``), and the adapter is
+   measured on the bundled sample photos (nine with scikit-learn installed,
+   seven without), none of which it trained on.
 3. **Your own adapter**: a fresh owner key (``OUT/owner.key``, mode 600) and an
-   adapter fitted with the default recipe on the six bundled training photos,
-   then measured on the three test photos (a few minutes of fitting on six
+   adapter fitted with the default recipe on the bundled training photos (six,
+   four without scikit-learn), written to ``OUT/example.psic`` and decoded twice
+   the same way, then measured on the three test photos (a few minutes of fitting on six
    photos shows the fit working, not the protection: that is part 1's job).
 4. **A report**: ``OUT/report/report.html``, and the numbers as a table.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -27,10 +30,6 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 from .errors import OverwriteError, PSICError
 
 PathLike = Union[str, os.PathLike]
-ASSETS = Path(__file__).resolve().parent / "assets"
-#: the adapter shipped for the demo, and its (public) key
-DEMO_ADAPTER = ASSETS / "demo-adapter"
-DEMO_KEY = DEMO_ADAPTER / "demo.key"
 
 
 @dataclass
@@ -41,10 +40,10 @@ class DemoConfig:
     zoo: bool = False  # download CompressAI's codec instead of the shipped one
     shipped_adapter: bool = True
     fit: bool = True
-    steps: int = 100  # fresh adapter, robust recipe (sized for 10 minutes end to end on 2 cores)
+    steps: int = 100  # fresh adapter, robust recipe (the demo takes about 6 minutes end to end on 2 cores)
     batch: int = 8
     scales: Sequence[str] = ("long512", "crops")
-    crops: int = 32  # per measurement (part 1: twice as many, over nine photos)
+    crops: int = 32  # per measurement (part 1: twice as many, over all the sample photos)
     perturbations: Sequence[str] = ("jpeg75", "resize0.5", "codec")
     wrong_keys: int = 10
     target: str = "efficientnet-lite0"
@@ -78,6 +77,7 @@ def run_demo(out_dir: PathLike = "psic-demo", config: Optional[DemoConfig] = Non
     import torch
 
     from .adapter import fingerprint_matches, load_adapter, wrap_model
+    from .adapter.pretrained import DEMO_ADAPTER, DEMO_KEY, PublicKeyWarning
     from .adapter.config import PSICConfig
     from .adapter.keys import generate_key, read_key_file, write_key_file
     from .bitstream.coding import decode_file, encode_file
@@ -130,7 +130,9 @@ def run_demo(out_dir: PathLike = "psic-demo", config: Optional[DemoConfig] = Non
         _say("part 1: the adapter shipped with psic-adapter (the default recipe, 200 real photos; its key ships "
              "with it: a demonstration, not a protection)")
         demo_key = read_key_file(DEMO_KEY)
-        shipped = load_adapter(codec, DEMO_ADAPTER)
+        with warnings.catch_warnings():  # the demo says it in its own words above
+            warnings.simplefilter("ignore", PublicKeyWarning)
+            shipped = load_adapter(codec, DEMO_ADAPTER)
         two_decodings(shipped, demo_key, "example_shipped_adapter")
         measure(shipped, demo_key, "shipped adapter", "all")
         shipped.unwrap()

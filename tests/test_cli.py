@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from psic_adapter import PSICConfig, wrap_model
+from psic_adapter import PSICConfig, load_adapter, wrap_model
 from psic_adapter.bitstream import container
 from psic_adapter.cli import main
 from psic_adapter.codec import load_codec, save_codec
@@ -624,13 +624,19 @@ def test_the_shipped_codec_codes_like_the_checkpoint_it_was_made_from(tmp_path, 
 def test_the_shipped_demo_adapter_opens_with_its_key_and_changes_only_the_keyless_decode(tmp_path, capsys):
     """The adapter in the wheel fits the shipped codec; its public demo key gives the base decode bit for bit,
     no key gives a different (encrypted) image from the same file, and a wrong key is refused."""
-    from psic_adapter.demo import DEMO_ADAPTER, DEMO_KEY
+    from psic_adapter.adapter.pretrained import DEMO_ADAPTER, DEMO_KEY, PublicKeyWarning
+
+    copy = tmp_path / "copied-adapter"  # a copy elsewhere is still the demo adapter: loading it warns
+    shutil.copytree(DEMO_ADAPTER, copy)
+    with pytest.warns(PublicKeyWarning, match="demo adapter"):
+        load_adapter(load_codec(CODEC, 3, checkpoint="shipped"), copy)
 
     photo = tmp_path / "photo.png"
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((96, 80)).save(photo)
     psic = tmp_path / "photo.psic"
-    assert run(capsys, "compress", photo, psic, "--adapter", DEMO_ADAPTER)[0] == 0
+    rc, _, err = run(capsys, "compress", photo, psic, "--adapter", DEMO_ADAPTER)
+    assert rc == 0 and "psic: warning:" in err and "demo adapter" in err  # on the command line: one line
     assert run(capsys, "decompress", psic, tmp_path / "full.png", "--adapter", DEMO_ADAPTER, "--key-file",
                DEMO_KEY)[0] == 0
     assert run(capsys, "decompress", psic, tmp_path / "enc.png", "--adapter", DEMO_ADAPTER)[0] == 0

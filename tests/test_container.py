@@ -234,9 +234,11 @@ def test_header_check_is_per_codec_even_when_python_reuses_ids():
     """The codec template cache must not outlive its codec: CPython reuses a freed object's id, and a cache keyed
     by ``id()`` once handed a new hyperprior the template of a dead cheng2020 (CI failed on exactly that)."""
     import gc
+    import weakref
 
     from psic_adapter.bitstream import coding
 
+    gone = []
     for _ in range(3):
         for arch in ("cheng2020-anchor", "bmshj2018-hyperprior"):
             codec = make_codec(arch)
@@ -245,6 +247,7 @@ def test_header_check_is_per_codec_even_when_python_reuses_ids():
             header = types.SimpleNamespace(height=64, width=64, codec=arch, shape=want,
                                            layout=coding.container.string_layout(out["strings"])[0])
             coding.check_header_fits(header, codec)  # must not raise
+            gone.append(weakref.ref(codec))
             del codec, out
             gc.collect()
-    assert len(coding._TEMPLATES) <= 1  # freed codecs leave the cache
+    assert all(ref() is None for ref in gone)  # the cache kept none of them alive

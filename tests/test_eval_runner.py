@@ -5,9 +5,8 @@ Tiny models, offline.
 
 from __future__ import annotations
 
-import re
-
 import json
+import re
 
 import pytest
 import torch

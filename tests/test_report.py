@@ -470,6 +470,11 @@ def test_report_over_several_adapters_has_rate_distortion_and_bd(tmp_path):
 def test_running_mean_of_the_training_curves():
     assert P.running_mean([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
     assert P.running_mean([2.0] * 30, 7) == [2.0] * 30
+    smoothed = P.running_mean([1.0, float("nan"), 3.0, 5.0], 2)  # a diverged step is a gap, not the end
+    assert smoothed[0] == 1.0 and smoothed[1] == 1.0 and smoothed[2] == 3.0 and smoothed[3] == 4.0
+    assert math.isnan(P.running_mean([float("nan")], 3)[0])
+    with pytest.raises(ValueError):
+        P.running_mean([1.0], 0)
     long_log = [{"step": 10 * i, "encryption": float(i % 2), "psnr_base": 28.0} for i in range(40)]
     plot = P.training_curves(long_log)
     assert plot.data["encryption"] == [[10 * i, float(i % 2)] for i in range(40)]  # the logged values, unsmoothed

@@ -673,6 +673,15 @@ def test_bf16_and_channels_last_on_the_cpu(base_codec, target, batch, tmp_path):
     tr.finish({})  # the codec goes back to the caller in its own layout (its decodes would otherwise move by 1)
     assert not model.base.g_s[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert model.base.g_s[0].weight.is_contiguous()
+    conv = next(m for m in target.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous()
+    # and when training fails half way
+    tr.cfg.steps = tr.step_count + 2
+    tr._batches = lambda: iter([batch] * 4)
+    tr.step = lambda batch: (_ for _ in ()).throw(RuntimeError("interrupted"))
+    with pytest.raises(RuntimeError, match="interrupted"):
+        tr.train(force=True)
+    assert model.base.g_s[0].weight.is_contiguous() and conv.weight.is_contiguous()
 
 
 @pytest.mark.slow

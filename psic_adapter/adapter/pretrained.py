@@ -14,7 +14,9 @@ this module importing the model.
 
 from __future__ import annotations
 
+import json
 import os
+import warnings
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Union
 
@@ -28,6 +30,23 @@ from .config import CONFIG_NAME, WEIGHTS_NAME, PSICConfig, check_adapter_name
 from .keys import KeyLike
 
 PathLike = Union[str, os.PathLike]
+
+#: the adapter shipped for ``psic demo``: its key (``demo.key``) ships beside it, so it protects nothing
+DEMO_ADAPTER = Path(__file__).resolve().parents[1] / "assets" / "demo-adapter"
+DEMO_KEY = DEMO_ADAPTER / "demo.key"
+
+
+class PublicKeyWarning(UserWarning):
+    """An adapter whose owner's key is public (the demo adapter, or a copy of it)."""
+
+
+def is_demo_adapter(config: PSICConfig) -> bool:
+    """Whether ``config`` is the shipped demo adapter's (same salt and key check: same key), wherever it lies."""
+    try:
+        demo = json.loads((DEMO_ADAPTER / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return bool(config.salt) and config.salt == demo.get("salt") and config.key_check == demo.get("key_check")
 
 
 def resolve_adapter_dir(path: PathLike, revision: Optional[str] = None) -> Path:
@@ -131,6 +150,9 @@ class PretrainedMixin:
 
         directory = resolve_adapter_dir(path, revision)
         config = PSICConfig.load(directory)
+        if is_demo_adapter(config):
+            warnings.warn(f"{directory} is the demo adapter: its key ships with psic-adapter, so its full version "
+                          "is anyone's; fit your own adapter to protect images", PublicKeyWarning, stacklevel=2)
         model = codec if isinstance(codec, cls) else cls(codec)
         want = config.base_model.get("fingerprint")
         have = fingerprint(model.base)

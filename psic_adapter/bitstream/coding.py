@@ -142,7 +142,11 @@ def _template(codec: nn.Module) -> Tuple[Any, Any]:
             out = codec.compress(torch.full((1, 3, PAD_MULTIPLE, PAD_MULTIPLE), 0.5,
                                             device=next(codec.parameters()).device))
         layout, _ = container.string_layout(out["strings"])
-        _TEMPLATES[key] = (container.shape_to_json(out["shape"]), layout)
+        template = (container.shape_to_json(out["shape"]), layout)
+        try:
+            _TEMPLATES[key] = template
+        except TypeError:  # an object that cannot be weakly referenced: not cached
+            return template
     return _TEMPLATES[key]
 
 

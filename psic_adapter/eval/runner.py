@@ -123,8 +123,8 @@ def load_samples(spec: str, crop: Optional[int] = None, count: Optional[int] = N
     """
     from ..data import ImageFolderPrompts, build_dataset
 
-    if split not in ("test", "all"):
-        raise ConfigError(f"evaluation images are the 'test' or 'all' split, not {split!r}")
+    if split not in ("test", "val", "all"):
+        raise ConfigError(f"evaluation images are the 'test' ('val') or 'all' split, not {split!r}")
     ds = build_dataset(spec, crop=None, split=split, seed=seed)
     n = len(ds) if count is None or crop is not None else min(count, len(ds))
     mapping = getattr(ds, "imagenet_index", None) if isinstance(ds, ImageFolderPrompts) else None

@@ -48,6 +48,8 @@ def scales_table(result: EvalResult) -> str:
 
 def runs_table(results: Sequence[EvalResult], names: Sequence[str]) -> str:
     """Several runs side by side, a row per run and scale: images, right, ASR, control, PSNR per version."""
+    if len(names) != len(results):
+        raise ValueError(f"{len(names)} names for {len(results)} results")
     rows: List[List[str]] = []
     for name, result in zip(names, results):
         for key, s in result.scales.items():

@@ -130,6 +130,13 @@ def _build_clip_model(
     return model, model_name, label
 
 
+
+def _cpu_autocast_enabled() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")  # torch >= 2.4
+    except TypeError:
+        return torch.is_autocast_cpu_enabled()
+
 class CLIPTarget(Target):
     """An open_clip CLIP model as a target.
 
@@ -216,7 +223,7 @@ class CLIPTarget(Target):
     def image_features(self, x: torch.Tensor) -> torch.Tensor:
         """``B x D`` CLIP image embeddings (before L2 normalisation)."""
         x = self.preprocess(x)
-        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        if x.device.type == "cpu" and _cpu_autocast_enabled():
             # Under CPU bf16 autocast, open_clip's sequence-first attention runs its in-projections as batched
             # matmuls that copy the weight for every token position: twice the fp32 time (a ViT-B/32 step, 6.0
             # against 3.0 s on 2 cores). The tower runs in fp32 on the CPU; the codec keeps its bf16.

@@ -125,9 +125,7 @@ class Trainer(TrainingLoop):
 
         model.to(self.device)
         target.to(self.device)
-        if self.channels_last:
-            model.to(memory_format=torch.channels_last)
-            target.to(memory_format=torch.channels_last)
+        self.use_layout()
         self.groups = configure_trainable(model, config.stage, config.adapter_only)
         self.trains_codec = bool(self.groups["base"])
         # The guard keeps the target's view of the full decode at the base decode's.
@@ -364,15 +362,34 @@ class Trainer(TrainingLoop):
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
 
+    # --------------------------------------------------------------- memory layout
+    def use_layout(self) -> None:
+        """The codec and target in channels_last where that is the fast path (done at init, and by ``train``)."""
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+            self.target.to(memory_format=torch.channels_last)
+
+    def release_layout(self) -> None:
+        """The codec and target back in the standard (contiguous) layout, as callers hold them: a channels_last
+        codec decodes the same weights to pixels that differ by 1 here and there."""
+        if self.channels_last:
+            self.model.to(memory_format=torch.contiguous_format)
+            self.target.to(memory_format=torch.contiguous_format)
+
+    def train(self, resume: bool = False, force: bool = False) -> Dict[str, Any]:
+        """The loop's ``train``; the codec and target leave it in the standard layout, also on an error."""
+        self.use_layout()
+        try:
+            return super().train(resume=resume, force=force)
+        finally:
+            self.release_layout()
+
     def finish(self, last: Dict[str, float]) -> Dict[str, Any]:
         """Save the adapter (+ the codec when it trained) and a final checkpoint."""
         from ..codec import fingerprint, save_codec
 
         self.model.eval()
-        if self.channels_last:  # hand the caller's codec and target back in the layout they came in: a
-            # channels_last codec decodes the same weights to pixels that differ by 1 here and there
-            self.model.to(memory_format=torch.contiguous_format)
-            self.target.to(memory_format=torch.contiguous_format)
+        self.release_layout()
         result: Dict[str, Any] = {"steps": self.step_count, "last": last}
         if not self.is_main:
             return result

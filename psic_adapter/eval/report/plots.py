@@ -133,13 +133,14 @@ def read_log(path) -> List[Dict[str, Any]]:
 
 
 def running_mean(values: Sequence[float], window: int) -> List[float]:
-    """The mean of each value and the ``window - 1`` before it (fewer at the start)."""
-    out, total = [], 0.0
-    for i, v in enumerate(values):
-        total += v
-        if i >= window:
-            total -= values[i - window]
-        out.append(total / min(i + 1, window))
+    """The mean of the finite values among each value and the ``window - 1`` before it (NaN where none is
+    finite): one diverged step leaves a gap, not a curve that stops."""
+    if window < 1:
+        raise ValueError(f"window must be at least 1, not {window}")
+    out = []
+    for i in range(len(values)):
+        finite = [v for v in values[max(0, i - window + 1): i + 1] if math.isfinite(v)]
+        out.append(sum(finite) / len(finite) if finite else float("nan"))
     return out
 
 
