@@ -14,11 +14,12 @@ this module importing the model.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import warnings
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 from torch import Tensor, nn
 
@@ -40,13 +41,20 @@ class PublicKeyWarning(UserWarning):
     """An adapter whose owner's key is public (the demo adapter, or a copy of it)."""
 
 
-def is_demo_adapter(config: PSICConfig) -> bool:
-    """Whether ``config`` is the shipped demo adapter's (same salt and key check: same key), wherever it lies."""
+@functools.lru_cache(maxsize=1)
+def _demo_identity() -> Optional[Tuple[Any, Any]]:
+    """``(salt, key_check)`` of the shipped demo adapter (read once), or None where it is missing."""
     try:
         demo = json.loads((DEMO_ADAPTER / CONFIG_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    return bool(config.salt) and config.salt == demo.get("salt") and config.key_check == demo.get("key_check")
+        return None
+    return demo.get("salt"), demo.get("key_check")
+
+
+def is_demo_adapter(config: PSICConfig) -> bool:
+    """Whether ``config`` is the shipped demo adapter's (same salt and key check: same key), wherever it lies."""
+    demo = _demo_identity()
+    return demo is not None and bool(config.salt) and (config.salt, config.key_check) == demo
 
 
 def resolve_adapter_dir(path: PathLike, revision: Optional[str] = None) -> Path:

@@ -136,18 +136,17 @@ _TEMPLATES: "weakref.WeakKeyDictionary[nn.Module, Tuple[Any, Any]]" = weakref.We
 
 def _template(codec: nn.Module) -> Tuple[Any, Any]:
     """(latent shape, string layout) of ``compress`` on a 64 x 64 image (cached per codec)."""
-    key = codec
-    if key not in _TEMPLATES:
+    if codec not in _TEMPLATES:
         with torch.no_grad():
             out = codec.compress(torch.full((1, 3, PAD_MULTIPLE, PAD_MULTIPLE), 0.5,
                                             device=next(codec.parameters()).device))
         layout, _ = container.string_layout(out["strings"])
         template = (container.shape_to_json(out["shape"]), layout)
         try:
-            _TEMPLATES[key] = template
+            _TEMPLATES[codec] = template
         except TypeError:  # an object that cannot be weakly referenced: not cached
             return template
-    return _TEMPLATES[key]
+    return _TEMPLATES[codec]
 
 
 def _scaled_shape(template, ph: int, pw: int):

@@ -142,13 +142,14 @@ def run(args) -> int:
                             condition="public" if args.public else "key")
         model = wrap_model(codec, config, key=key, quality=quality)
     target = build_target(args.target, weights=args.target_weights, device=device)
+    samples = str(args.data).strip().lower() == "samples"
     if cfg.views == "scale":  # whole images, encoded once at each training size (no random transform)
-        if str(args.data).strip().lower() == "samples":  # the training photos only: the test ones are psic eval's
+        if samples:  # the training photos only: the test ones are psic eval's
             dataset = SamplePhotos("train", seed=cfg.seed)
         else:
             dataset = build_dataset(args.data, crop=None, split="all", seed=cfg.seed)
     else:
-        repeats = repeats_for(cfg.batch_size) if str(args.data).strip().lower() == "samples" else 1
+        repeats = repeats_for(cfg.batch_size) if samples else 1
         dataset = build_dataset(args.data, crop=cfg.crop, split="train", seed=cfg.seed, repeats=repeats)
     info = {"recipe": recipe, "codec": name, "quality": quality, "target": args.target, "data": str(args.data),
             "from_scratch": bool(args.from_scratch),

@@ -182,8 +182,6 @@ def codec_dims(codec: nn.Module) -> Dict[str, Optional[int]]:
     return {"N": N, "M": M}
 
 
-
-
 def load_shipped_codec(name: Optional[str] = None, quality: Optional[int] = None, device="cpu") -> nn.Module:
     """The codec that ships with psic-adapter, ready to code (file SHA-256 and codec fingerprint checked);
     ``name`` / ``quality``, when given, must be its."""

@@ -130,12 +130,12 @@ def _build_clip_model(
     return model, model_name, label
 
 
-
 def _cpu_autocast_enabled() -> bool:
     try:
         return torch.is_autocast_enabled("cpu")  # torch >= 2.4
     except TypeError:
         return torch.is_autocast_cpu_enabled()
+
 
 class CLIPTarget(Target):
     """An open_clip CLIP model as a target.
