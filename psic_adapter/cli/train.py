@@ -154,7 +154,11 @@ def run(args) -> int:
     info = {"recipe": recipe, "codec": name, "quality": quality, "target": args.target, "data": str(args.data),
             "from_scratch": bool(args.from_scratch),
             "codec_weights": "shipped" if args.checkpoint and args.checkpoint[0] == "shipped" else args.checkpoint}
-    trainer = Trainer(model, target, dataset, cfg, args.out, quality=quality, device=device, recipe=info)
+    val_dataset = None
+    if cfg.val_every and cfg.val_data:  # held-out photos, whole ("samples": the test photos, never trained on)
+        val_dataset = build_dataset(cfg.val_data, crop=None, split="test", seed=cfg.seed)
+    trainer = Trainer(model, target, dataset, cfg, args.out, quality=quality, device=device, recipe=info,
+                      val_dataset=val_dataset)
     result = trainer.train(resume=args.resume, force=args.force)
     if trainer.is_main:
         last = result["last"]

@@ -31,7 +31,13 @@ from .objectives import OBJECTIVES, eot_mode
 COMPRESSAI_LAMBDAS = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483, 7: 0.0932, 8: 0.1800}
 
 #: TrainConfig fields that a resumed run may change (the rest is the recipe, fixed for a run)
-RESUMABLE_CHANGES = ("steps", "checkpoint_every", "log_every", "num_workers", "compile")
+RESUMABLE_CHANGES = ("steps", "checkpoint_every", "log_every", "num_workers", "compile",
+                     "val_data", "val_every", "val_images", "val_size")
+
+#: how the PSNR budget acts: a hinge on each image's excess, or a controller that spends it
+BUDGET_CONTROLS = ("hinge", "dual")
+#: learning-rate schedules: 10x drops at lr_milestones, or a cosine decay after a linear warm-up
+LR_SCHEDULES = ("step", "cosine")
 
 
 def opt(default, help: str, flag: Optional[str] = None, choices: Optional[Sequence[Any]] = None, cli: bool = True,
@@ -72,6 +78,12 @@ class TrainConfig:
     budget_db: Optional[float] = opt(None, "stage 2: per-image PSNR budget of the encrypted version under the base "
                                            "decode, in dB (a hard hinge)")
     budget_weight: float = opt(100.0, "weight of the budget hinge")
+    budget_control: str = opt("hinge", "hinge: punish each image's PSNR drop beyond --budget-db; dual: a Lagrange "
+                                       "multiplier (dual ascent) holds the batch's mean drop at --budget-target-db, "
+                                       "so the budget is spent, not only capped", choices=BUDGET_CONTROLS)
+    budget_target_db: Optional[float] = opt(None, "budget_control=dual: the mean PSNR drop the controller aims at "
+                                                  "(default: 0.9 x --budget-db)")
+    dual_lr: float = opt(0.5, "budget_control=dual: the multiplier's step per dB of error per step")
     eot: str = opt("none", "show the target the encrypted decode through random processing: basic (resizes, "
                            "blurs, noise) or real (thumbnails, JPEG, blur, the base codec again)",
                    choices=("none", "basic", "real"))
@@ -86,8 +98,11 @@ class TrainConfig:
     schedule: str = opt("alternate", "alternate: full and encrypted steps alternate (paper); joint: both in every "
                                      "step, from one encode", choices=("alternate", "joint"))
     clip_max_norm: float = opt(1.0, "gradient clipping (paper: 1.0)")
+    lr_schedule: str = opt("step", "step: 10x drops at --lr-milestones; cosine: linear warm-up over --warmup of the "
+                                   "steps, then a cosine decay to zero", choices=LR_SCHEDULES)
     lr_milestones: Tuple[float, ...] = opt((), "fractions of the steps at which the learning rates drop 10x",
                                            metavar="F")
+    warmup: float = opt(0.0, "lr_schedule=cosine: the fraction of the steps spent warming up")
     amp: str = opt("auto", "bf16 autocast: auto (CUDA, and CPUs with AMX), bf16, off", choices=("auto", "bf16", "off"))
     channels_last: str = opt("auto", "channels_last memory: auto (where amp is), on, off", choices=("auto", "on", "off"))
     compile: bool = opt(False, "torch.compile the decoder and the target")
@@ -95,6 +110,11 @@ class TrainConfig:
     seed: int = opt(0, "seed of the data order, the views, the wrong keys and the processing draws")
     checkpoint_every: int = opt(0, "save a resumable checkpoint every N steps (0: at the end only)")
     log_every: int = opt(10, "log.jsonl cadence, in steps")
+    val_data: Optional[str] = opt(None, "images to read the validation ASR on while training (a folder, or "
+                                        "'samples' for the test sample photos); never trained on")
+    val_every: int = opt(0, "read the validation ASR every N steps (0: never)")
+    val_images: int = opt(12, "validation photos (the first N of --val-data)")
+    val_size: int = opt(512, "validation photos are coded at this longer side, px (the scale of use)")
 
     def __post_init__(self):
         self.eot = eot_mode(self.eot)
@@ -115,6 +135,25 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be at least 1")
         if self.budget_db is not None and (self.stage != 2 or self.budget_db <= 0):
             raise ConfigError("budget_db is a positive number of dB, for stage 2 (its reference is the base decode)")
+        if self.budget_control not in BUDGET_CONTROLS:
+            raise ConfigError(f"budget_control must be one of {BUDGET_CONTROLS}, not {self.budget_control!r}")
+        if self.budget_control == "dual" and self.budget_db is None:
+            raise ConfigError("budget_control='dual' spends a budget: give budget_db")
+        if self.budget_target_db is not None and not 0 < self.budget_target_db:
+            raise ConfigError("budget_target_db is a positive number of dB")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {LR_SCHEDULES}, not {self.lr_schedule!r}")
+        for name in ("dual_lr", "warmup"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and v == v and 0 <= v < float("inf")):
+                raise ConfigError(f"{name} must be a finite number >= 0, not {v!r}")
+        if self.warmup >= 1:
+            raise ConfigError("warmup is a fraction of the steps, below 1")
+        for name in ("val_every", "val_images", "val_size"):
+            if int(getattr(self, name)) < (0 if name == "val_every" else 1):
+                raise ConfigError(f"{name} must be {'>= 0' if name == 'val_every' else 'at least 1'}")
+        if self.val_every and not self.val_data:
+            raise ConfigError("val_every needs val_data (the photos to read the validation ASR on)")
         if not 0.0 <= self.wrong_key_fraction <= 1.0:
             raise ConfigError("wrong_key_fraction must be in [0, 1]")
         if self.views not in ("crops", "scale"):
@@ -147,6 +186,11 @@ class TrainConfig:
             return self.guard_weight
         return 0.0 if self.adapter_only else 1.0
 
+    def resolved_budget_target_db(self) -> Optional[float]:
+        if self.budget_db is None:
+            return None
+        return self.budget_target_db if self.budget_target_db is not None else 0.9 * self.budget_db
+
     def resolved_encrypted_distortion(self) -> float:
         if self.encrypted_distortion is not None:
             return self.encrypted_distortion
@@ -171,7 +215,9 @@ RECIPES: Dict[str, Dict[str, Dict[str, Any]]] = {
     "robust": {
         "adapter": {"preset": "paper", "modulation": "spatial"},
         "train": {"stage": 2, "adapter_only": True, "objective": "margin", "budget_db": 1.0, "views": "scale",
-                  "eot": "real", "batch_size": 8, "steps": 1500},
+                  "eot": "real", "batch_size": 8, "steps": 1500, "budget_control": "dual",
+                  "encrypted_distortion": 0.0, "wrong_key_fraction": 0.0, "lr_schedule": "cosine",
+                  "warmup": 0.05},
     },
     "paper": {
         "adapter": {"preset": "paper", "modulation": "bias"},

@@ -91,7 +91,7 @@ class Trainer(TrainingLoop):
 
     def __init__(self, model, target, dataset, config: TrainConfig, out_dir: PathLike,
                  quality: Optional[int] = None, device: Optional[str] = None, progress: bool = True,
-                 recipe: Optional[Dict[str, Any]] = None):
+                 recipe: Optional[Dict[str, Any]] = None, val_dataset=None):
         from ..adapter import PSICModel
 
         if not isinstance(model, PSICModel):
@@ -116,6 +116,7 @@ class Trainer(TrainingLoop):
             model.config.full_version = "condition"
         self.full_bypass = model.config.full_version == "base"
         self.views = None
+        self.val_dataset = val_dataset
 
         self.full_cond = model.full_condition().to(self.device)  # raises without the key
         if self.world > 1:
@@ -159,8 +160,10 @@ class Trainer(TrainingLoop):
         param_groups.append({"params": self.groups["adapter"], "lr": config.resolved_adapter_lr(), "name": "adapter"})
         self.optimizer = torch.optim.Adam(param_groups)
         self.aux_optimizer = torch.optim.Adam(self.groups["aux"], lr=config.aux_lr) if self.groups["aux"] else None
-        milestones = sorted({max(1, int(f * config.steps)) for f in config.lr_milestones})
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=milestones, gamma=0.1)
+        self.scheduler = lr_scheduler(self.optimizer, config)
+        # budget_control="dual": the Lagrange multiplier of the mean PSNR drop (saved in checkpoints)
+        self.budget_lambda = 0.0
+        self.probe = None
 
     @property
     def bar_desc(self) -> str:
@@ -289,7 +292,14 @@ class Trainer(TrainingLoop):
             enc = obj.encryption_loss(parts["encrypted"], views)
             terms["encryption"] = enc
             loss = loss + self.enc_dist_w * scale * mse + cfg.encryption_weight * enc
-            if cfg.budget_db is not None:
+            if cfg.budget_db is not None and cfg.budget_control == "dual":
+                drop = psnr_drop_db(parts["encrypted"], x_ref, x)
+                terms["psnr_drop"] = drop.detach()
+                terms["budget_lambda"] = torch.tensor(self.budget_lambda)
+                loss = loss + self.budget_lambda * drop
+                self.budget_lambda = dual_ascent(self.budget_lambda, float(drop), cfg.resolved_budget_target_db(),
+                                                 cfg.dual_lr)
+            elif cfg.budget_db is not None:
                 over = budget_excess(parts["encrypted"], x_ref, x, cfg.budget_db)
                 terms["budget_excess"] = over
                 loss = loss + cfg.budget_weight * over
@@ -326,6 +336,17 @@ class Trainer(TrainingLoop):
     def log_fields(self) -> Dict[str, Any]:
         return {"lr": self.optimizer.param_groups[-1]["lr"]}
 
+    def validate(self) -> Dict[str, Any]:
+        """The validation ASR at the scale of use (``val_every`` steps; see :class:`~.validation.ValidationProbe`)."""
+        if not self.cfg.val_every or self.val_dataset is None:
+            return {}
+        from .validation import ValidationProbe
+
+        if self.probe is None:
+            self.probe = ValidationProbe(self.model, self.target, self.val_dataset, images=self.cfg.val_images,
+                                         size=self.cfg.val_size, device=self.device)
+        return self.probe.measure(self.model, self.target, amp=self.objective.autocast)
+
     # ------------------------------------------------------------ checkpoints
     def checkpoint_state(self) -> Dict[str, Any]:
         base_state = {}
@@ -340,6 +361,7 @@ class Trainer(TrainingLoop):
             "aux_optimizer": self.aux_optimizer.state_dict() if self.aux_optimizer else None,
             "scheduler": self.scheduler.state_dict(),
             "generator": self.generator.get_state(),
+            "budget_lambda": float(self.budget_lambda),
         }
 
     def load_checkpoint_state(self, state: Dict[str, Any], path: Path) -> None:
@@ -361,6 +383,7 @@ class Trainer(TrainingLoop):
             self.aux_optimizer.load_state_dict(state["aux_optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
+        self.budget_lambda = float(state.get("budget_lambda", 0.0))
 
     # --------------------------------------------------------------- memory layout
     def use_layout(self) -> None:
@@ -455,6 +478,39 @@ def budget_excess(x_enc: Tensor, x_ref: Tensor, x: Tensor, budget_db: float) -> 
     mse_enc = (x_enc - x).pow(2).mean(dims)
     mse_ref = (x_ref.detach() - x).pow(2).mean(dims).clamp_min(1e-8)
     return F.relu(mse_enc / mse_ref - 10.0 ** (budget_db / 10.0)).mean()
+
+
+def psnr_drop_db(x_enc: Tensor, x_ref: Tensor, x: Tensor) -> Tensor:
+    """Mean over images of how many dB the encrypted decode's PSNR is under the reference (base) decode's."""
+    dims = tuple(range(1, x.dim()))
+    mse_enc = (x_enc - x).pow(2).mean(dims).clamp_min(1e-10)
+    mse_ref = (x_ref.detach() - x).pow(2).mean(dims).clamp_min(1e-10)
+    return (10.0 * torch.log10(mse_enc / mse_ref)).mean()
+
+
+def dual_ascent(lam: float, drop_db: float, target_db: float, step: float) -> float:
+    """One dual-ascent step of the budget's multiplier: up while the drop is over ``target_db``, down (to 0) under."""
+    if drop_db != drop_db:  # NaN: keep the multiplier as it is
+        return lam
+    return min(1e4, max(0.0, lam + step * (drop_db - target_db)))
+
+
+def lr_scheduler(optimizer, config: TrainConfig):
+    """``step``: 10x drops at ``lr_milestones``; ``cosine``: linear warm-up, then a cosine decay to zero."""
+    import math
+
+    steps = max(1, int(config.steps))
+    if config.lr_schedule == "cosine":
+        warm = int(config.warmup * steps)
+
+        def factor(k: int) -> float:
+            if k < warm:
+                return (k + 1) / warm
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (k - warm) / max(1, steps - warm))))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    milestones = sorted({max(1, int(f * steps)) for f in config.lr_milestones})
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:

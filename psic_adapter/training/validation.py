@@ -1,0 +1,80 @@
+"""The validation ASR read while training: does the run still improve where it is used?
+
+:class:`ValidationProbe` codes a few held-out photos once, at a longer side of
+``size`` pixels (the scale of use), with the frozen encoder, and decodes them
+every ``val_every`` steps with the encrypted condition. It reports what
+``psic eval`` reports for those photos, as 8-bit images: among the photos
+whose base decode the target classifies as it classifies the original, the
+share whose encrypted decode it classifies otherwise (ASR), and the mean PSNR
+drop of the encrypted decode under the base's. A few photos make a noisy
+curve: it says whether a run still moves, not what it scores (``psic eval``
+does that, with a control).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+
+from ..bitstream.images import crop_to, pad_to_multiple, resize_longer_side
+from ..errors import DataError
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = float((a - b).pow(2).mean())
+    return 100.0 if mse <= 1e-10 else -10.0 * torch.log10(torch.tensor(mse)).item()
+
+
+def _served(x: torch.Tensor) -> torch.Tensor:
+    """A decode as it is served: clamped and rounded to 8 bits."""
+    return (x.float().clamp(0, 1) * 255).round() / 255
+
+
+class ValidationProbe:
+    """Held-out photos coded once; :meth:`measure` decodes them with the encrypted condition."""
+
+    def __init__(self, model, target, dataset, images: int = 12, size: int = 512, device="cpu",
+                 pad_multiple: int = 64):
+        n = min(int(images), len(dataset))
+        if n < 1:
+            raise DataError("no validation photos")
+        self.device = torch.device(device)
+        self.items: List[Dict[str, Any]] = []
+        with torch.no_grad():
+            for i in range(n):
+                x = resize_longer_side(dataset[i]["image"][None].float(), int(size)).to(self.device)
+                x = _served(x)
+                xp, hw = pad_to_multiple(x, pad_multiple)
+                y_hat = model.analyze(xp)["y_hat"]
+                base = _served(crop_to(model.synthesize(y_hat, None), hw))
+                self.items.append({"x": x, "y_hat": y_hat, "hw": hw, "base": base,
+                                   "psnr_base": _psnr(base, x)})
+            originals = [target.predict(it["x"]) for it in self.items]
+            bases = [target.predict(it["base"]) for it in self.items]
+        for it, o, b in zip(self.items, originals, bases):
+            it["right"] = bool((o == b).all())
+            it["label"] = o
+
+    @torch.no_grad()
+    def measure(self, model, target, amp: Optional[Callable[[], Any]] = None) -> Dict[str, Any]:
+        """``{"val_asr", "val_flipped", "val_right", "val_images", "val_drop_db"}`` for the adapter as it is now."""
+        ctx = amp or contextlib.nullcontext
+        was_training = model.training
+        model.eval()
+        try:
+            cond = model.encrypted_condition().to(self.device)
+            flipped, right, drops = 0, 0, []
+            for it in self.items:
+                with ctx():
+                    enc = model.synthesize(it["y_hat"], cond)
+                enc = _served(crop_to(enc.float(), it["hw"]))
+                drops.append(it["psnr_base"] - _psnr(enc, it["x"]))
+                if it["right"]:
+                    right += 1
+                    flipped += int(bool((target.predict(enc) != it["label"]).any()))
+        finally:
+            model.train(was_training)
+        return {"val_asr": flipped / right if right else None, "val_flipped": flipped, "val_right": right,
+                "val_images": len(self.items), "val_drop_db": sum(drops) / len(drops)}
