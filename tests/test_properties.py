@@ -164,6 +164,7 @@ def test_unpack_mutated_real_files(files, mutation):
 @example(mutation=("rgb", {"width": 10}))  # the padded size no longer fits
 @example(mutation=("rgba", {"mode": "RGB"}))
 @example(mutation=("rgb", {"mode": "L"}))
+@example(mutation=("rgb", {"\n": None}))  # a field named by a line break (what hypothesis 6.170 finds)
 def test_a_mutated_header_decodes_to_its_size_or_is_refused(files, workdir, mutation):
     from PIL import Image
 
@@ -190,6 +191,28 @@ def test_a_mutated_header_decodes_to_its_size_or_is_refused(files, workdir, muta
             if header.bit_depth == 8:
                 assert im.mode == header.mode
         assert out["header"].width == header.width and out["header"].height == header.height
+
+
+@pytest.mark.parametrize("name", ["\n", "a\r\nb", "x, y", "\x1b[2J"])
+def test_untrusted_names_in_errors_stay_one_line_and_unambiguous(files, name):
+    """An unknown field's name is shown as its repr: one line, and a comma in a name is not a second field."""
+    from psic_adapter.adapter.keys import check_kdf, default_kdf
+
+    raisers = [lambda: container.unpack(edit_psic(files["rgb"], **{name: 1})),
+               lambda: PSICConfig.from_dict({"preset": "paper", name: 1}),
+               lambda: check_kdf({**default_kdf(), name: 1})]
+    for raise_it in raisers:
+        with pytest.raises(PSICError) as info:
+            raise_it()
+        text = str(info.value)
+        assert text.isprintable() and repr(name) in text, text
+
+
+def test_a_psic_error_is_one_line_whatever_it_embeds():
+    """The net under the rule: a path holding a line break (a file name may) still prints as one line."""
+    exc = ImageError("/tmp/a\nb.png: cannot read \x00")
+    assert str(exc) == "/tmp/a\\nb.png: cannot read \\x00"
+    assert str(ConfigError("plain, one line")) == "plain, one line"
 
 
 # ------------------------------------------------------------------ adapter configs

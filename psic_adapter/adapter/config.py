@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 from .keys import check_kdf, default_kdf
-from ..errors import ConfigError, show
+from ..errors import ConfigError, show, show_names
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -264,7 +264,7 @@ class PSICConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(map(str, data)) - known)
         if unknown:
-            raise ConfigError(f"unknown adapter config field(s): {', '.join(unknown)}"[:300])
+            raise ConfigError(f"unknown adapter config field(s): {show_names(unknown)}")
         data = copy.deepcopy(data)
         if version < 3:  # the full version of older adapters is their owner's condition
             data.setdefault("full_version", "condition")

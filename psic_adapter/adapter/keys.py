@@ -42,7 +42,7 @@ from typing import Dict, Optional, Union
 
 import torch
 
-from ..errors import ConfigError, PSICError, show
+from ..errors import ConfigError, PSICError, show, show_names
 
 KeyLike = Union[str, bytes]
 
@@ -94,7 +94,7 @@ def check_kdf(kdf) -> Dict[str, object]:
     _kdf_int("kdf dklen", kdf["dklen"], 16, 64)
     extra = sorted(set(kdf) - known)
     if extra:
-        raise ConfigError(f"unknown kdf field(s): {', '.join(map(str, extra))}")
+        raise ConfigError(f"unknown kdf field(s): {show_names(extra)}")
     return kdf
 
 

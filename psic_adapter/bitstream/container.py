@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from ..errors import ContainerError, show
+from ..errors import ContainerError, show, show_names
 
 MAGIC = b"PSIC"
 FORMAT_VERSION = 2
@@ -299,7 +299,7 @@ def unpack(data: bytes) -> Tuple[Dict[str, Any], ContainerHeader, bytes]:
     known = {f.name for f in fields(ContainerHeader)} - {"version"}
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise ContainerError(f"the file's header has unknown field(s): {', '.join(unknown)[:200]}")
+        raise ContainerError(f"the file's header has unknown field(s): {show_names(unknown)}")
     try:
         header = ContainerHeader(**raw, version=version)
     except TypeError as exc:
