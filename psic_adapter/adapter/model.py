@@ -3,7 +3,8 @@
 :func:`wrap_model` puts CLTG adapters on any CompressAI image codec;
 :class:`PSICModel` is the result (PEFT's ``PeftModel`` plays this part there):
 
-* ``compress(x)`` is the base codec's, byte for byte: the adapter is inactive.
+* ``compress(x)`` is the base codec's, byte for byte: the adapter is inactive. Any size: it pads to a
+  multiple of 64 and returns the ``size`` that ``decompress(..., size=...)`` crops back to.
 * ``decompress(strings, shape)`` gives the *encrypted* version; with
   ``key=<owner's key>`` the *full* version. A wrong key gives the encrypted one.
 * ``forward(x, key=... | mode=... | condition=...)`` is the training forward
@@ -32,6 +33,8 @@ import torch
 from torch import Tensor, nn
 
 from .. import __version__
+from ..bitstream.container import PAD_MULTIPLE
+from ..bitstream.images import crop_to, pad_to_multiple
 from ..codec import architecture_name, codec_dims, decode_latent, fingerprint
 from ..errors import ConfigError
 from .cltg import build_cltg
@@ -336,19 +339,31 @@ class PSICModel(PretrainedMixin, nn.Module):
             self._active = old
 
     def compress(self, x: Tensor, **kwargs) -> Dict[str, Any]:
-        """The base codec's ``compress``, unchanged: the bitstream never sees a condition (no autograd)."""
+        """The base codec's ``compress``: the bitstream never sees a condition (no autograd).
+
+        An image of any size: sides that are not a multiple of 64 (what CompressAI's codecs need) are
+        padded first, replicating the border, as ``psic compress`` does; the result also holds ``"size"``,
+        the image's (H, W), for :meth:`decompress` to crop back to. For sides that are multiples of 64 the
+        strings are ``codec.compress(x)``'s, byte for byte."""
+        xp, size = pad_to_multiple(x, PAD_MULTIPLE)
         with self._plain(), torch.no_grad():
-            return self.base.compress(x, **kwargs)
+            out = dict(self.base.compress(xp, **kwargs))
+        out["size"] = size
+        return out
 
     def decompress(self, strings, shape, key: Optional[KeyLike] = None, mode: Optional[str] = None,
-                   condition: Optional[Tensor] = None, **kwargs) -> Dict[str, Any]:
+                   condition: Optional[Tensor] = None, size=None, **kwargs) -> Dict[str, Any]:
         """Decode a bitstream: encrypted by default, full with the owner's ``key``.
 
-        Without autograd, like entropy coding itself; for gradients through the
-        synthesis use :meth:`decode_latent` and :meth:`synthesize`."""
+        ``size``: the (H, W) that :meth:`compress` returned; the decode is cropped to it (without it, the
+        decode has the padded size). Without autograd, like entropy coding itself; for gradients through
+        the synthesis use :meth:`decode_latent` and :meth:`synthesize`."""
         cond = self._resolve(key, mode, condition)
         with (self._plain() if cond is None else self.conditioned(cond)), torch.no_grad():
-            return self.base.decompress(strings, shape, **kwargs)
+            out = self.base.decompress(strings, shape, **kwargs)
+        if size is not None:
+            out = {**out, "x_hat": crop_to(out["x_hat"], tuple(int(v) for v in size))}
+        return out
 
     def forward(self, x: Tensor, key: Optional[KeyLike] = None, mode: Optional[str] = None,
                 condition: Optional[Tensor] = None, **kwargs) -> Dict[str, Any]:
