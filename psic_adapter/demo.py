@@ -8,14 +8,19 @@
    not a protection. One photo is compressed to
    ``OUT/example_shipped_adapter.psic`` and decoded twice (no key:
    ``..._encrypted.png``; the key: ``..._full.png``), and the adapter is
-   measured on the bundled sample photos (nine with scikit-learn installed,
-   seven without), none of which it trained on.
+   measured on every bundled sample photo (twenty with scikit-learn installed,
+   eighteen without), none of which it trained on.
 3. **Your own adapter**: a fresh owner key (``OUT/owner.key``, mode 600) and an
    adapter fitted with the default recipe on the bundled training photos (six,
    four without scikit-learn), written to ``OUT/example.psic`` and decoded twice
-   the same way, then measured on the three test photos (a few minutes of fitting on six
-   photos shows the fit working, not the protection: that is part 1's job).
-4. **A report**: ``OUT/report/report.html``, and the numbers as a table.
+   the same way, then measured on the fourteen photos it never saw (a few minutes of fitting
+   on six photos shows the fit working, not the protection: that is part 1's job).
+4. **A report**: ``OUT/report/report.html``, and the numbers as a table: every ASR with
+   its count, its Wilson 95 % interval and whether it can be told from the control
+   (:data:`psic_adapter.eval.table.RULE`).
+
+Before each long part it says how long it will take on this CPU: the measurements from one
+decode timed here, the fit from its first steps.
 """
 
 from __future__ import annotations
@@ -40,10 +45,13 @@ class DemoConfig:
     zoo: bool = False  # download CompressAI's codec instead of the shipped one
     shipped_adapter: bool = True
     fit: bool = True
-    steps: int = 100  # fresh adapter, robust recipe (the demo takes about 6 minutes end to end on 2 cores)
+    steps: int = 100  # fresh adapter, robust recipe (docs/benchmarks.md: the demo's time on two CPUs)
     batch: int = 8
     scales: Sequence[str] = ("long512", "crops")
-    crops: int = 32  # per measurement (part 1: twice as many, over all the sample photos)
+    crops: int = 48  # per measurement
+    shipped_photos: str = "all"  # the sample photos the shipped adapter is measured on (it trained on none)
+    fit_photos: str = "heldout"  # those your adapter is measured on (every one it did not train on)
+    probe_steps: int = 3  # the fit's first steps, timed for its estimate
     perturbations: Sequence[str] = ("jpeg75", "resize0.5", "codec")
     wrong_keys: int = 10
     target: str = "efficientnet-lite0"
@@ -53,6 +61,51 @@ class DemoConfig:
 
 def _say(msg: str) -> None:
     print(f"[psic demo] {msg}", flush=True)
+
+
+def cpu_description() -> str:
+    """This machine's CPU in a line: its model, the threads torch uses, and whether it has bf16 units (then the
+    fit runs in bf16 autocast, about 3x faster a step than fp32: docs/benchmarks.md)."""
+    import platform
+
+    import torch
+
+    from .training.loop import cpu_has_bf16_units
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    bf16 = cpu_has_bf16_units()
+    threads = torch.get_num_threads()
+    return (f"{model or 'unknown CPU'}, {threads} thread{'s' if threads != 1 else ''}, "
+            + ("bf16 units (the fit runs in bf16 autocast)" if bf16 else "no bf16 units (the fit runs in fp32)"))
+
+
+class StepClock:
+    """Times a trainer's first steps and says how long its fit will take (wraps ``trainer.step``)."""
+
+    def __init__(self, trainer, steps: int, probe: int = 3, say=None):
+        self.inner, self.steps, self.probe = trainer.step, int(steps), max(1, int(probe))
+        self.say = say or _say
+        self.times: List[float] = []
+        trainer.step = self
+
+    def __call__(self, batch):
+        t = time.perf_counter()
+        out = self.inner(batch)
+        self.times.append(time.perf_counter() - t)
+        if len(self.times) == min(self.probe, self.steps) and self.steps > len(self.times):
+            from .eval.runner import minutes
+
+            # the first step warms up: the later ones set the pace
+            pace = sorted(self.times[1:] or self.times)[len(self.times[1:] or self.times) // 2]
+            left = pace * (self.steps - len(self.times))
+            self.say(f"the fit's first {len(self.times)} steps: {pace:.1f} s a step on this CPU -> the other "
+                     f"{self.steps - len(self.times)} steps take {minutes(left)}")
+        return out
 
 
 def get_codec(cfg: DemoConfig):
@@ -86,7 +139,7 @@ def run_demo(out_dir: PathLike = "psic-demo", config: Optional[DemoConfig] = Non
     from .eval import table
     from .eval.protocol import PSICDecoder
     from .eval.report import ReportRun, write_report
-    from .eval.runner import EvalConfig, Evaluator, load_samples
+    from .eval.runner import EvalConfig, Evaluator, describe_work, load_samples, minutes
     from .targets import build_target
     from .training import TrainConfig, Trainer
     from .training.config import recipe_settings
@@ -99,6 +152,7 @@ def run_demo(out_dir: PathLike = "psic-demo", config: Optional[DemoConfig] = Non
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
 
+    _say(f"CPU: {cpu_description()}")
     codec, source = get_codec(cfg)
     _say(f"codec: {source}")
     target = build_target(cfg.target)
@@ -109,12 +163,14 @@ def run_demo(out_dir: PathLike = "psic-demo", config: Optional[DemoConfig] = Non
 
     def measure(model, key, name: str, split: str, log=None) -> None:
         samples = load_samples("samples", seed=cfg.seed, split=split)
-        crops = cfg.crops * (2 if split == "all" else 1)
-        eval_cfg = EvalConfig(scales=list(cfg.scales), crops=crops, wrong_keys=cfg.wrong_keys, attack_steps=0,
+        eval_cfg = EvalConfig(scales=list(cfg.scales), crops=cfg.crops, wrong_keys=cfg.wrong_keys, attack_steps=0,
                               perturbations=tuple(cfg.perturbations), robustness_scales=[cfg.scales[0]],
                               grid_images=3, seed=cfg.seed)
         ev = Evaluator(PSICDecoder(model, key), target, config=eval_cfg, progress=False)
-        result = ev.run(samples, meta={"name": name, "data": [f"samples ({split} photos)"], "key_given": True})
+        _say(f"measuring {name} on {len(samples)} sample photos it never trained on: {describe_work(samples, eval_cfg)}"
+             f"; {minutes(ev.estimate(samples))} here (estimated from one decode timed now)")
+        result = ev.run(samples, meta={"name": name, "data": [f"samples ({split}: {len(samples)} photos)"],
+                                       "key_given": True})
         runs.append(ReportRun(name, result, ev.gallery, log))
         print(table.summary(result, name), flush=True)
 
@@ -134,7 +190,7 @@ def run_demo(out_dir: PathLike = "psic-demo", config: Optional[DemoConfig] = Non
             warnings.simplefilter("ignore", PublicKeyWarning)
             shipped = load_adapter(codec, DEMO_ADAPTER)
         two_decodings(shipped, demo_key, "example_shipped_adapter")
-        measure(shipped, demo_key, "shipped adapter", "all")
+        measure(shipped, demo_key, "shipped adapter", cfg.shipped_photos)
         shipped.unwrap()
     elif cfg.shipped_adapter and DEMO_ADAPTER.is_dir():
         _say("the shipped adapter fits the shipped codec only: skipped for this codec")
@@ -150,23 +206,39 @@ def run_demo(out_dir: PathLike = "psic-demo", config: Optional[DemoConfig] = Non
                                                          "log_every": 10, "train_sizes": (384, 512), **cfg.extra})
         data = SamplePhotos("train")
         _say(f"fitting it: the robust recipe, {train_cfg.steps} steps on the {len(data)} bundled training photos "
-             f"against {target.name} (minutes: enough to see the fit work, not to protect; the shipped adapter "
-             f"took 1500 steps on 200 photos)")
-        res = Trainer(model, target, data, train_cfg, out / "adapter-run", quality=cfg.quality, device="cpu",
-                      recipe={"recipe": "robust", "codec": cfg.codec, "quality": cfg.quality, "codec_source": source,
-                              "data": "samples (train photos)"}).train(force=True)
+             f"against {target.name} (enough to see the fit work, not to protect; the shipped adapter "
+             f"took 1500 steps on 200 photos). Its first steps are timed for an estimate; docs/benchmarks.md has "
+             f"a step's time on other CPUs")
+        trainer = Trainer(model, target, data, train_cfg, out / "adapter-run", quality=cfg.quality, device="cpu",
+                          recipe={"recipe": "robust", "codec": cfg.codec, "quality": cfg.quality,
+                                  "codec_source": source, "data": "samples (train photos)"})
+        StepClock(trainer, train_cfg.steps, cfg.probe_steps)
+        t_fit = time.perf_counter()
+        res = trainer.train(force=True)
+        _say(f"the fit took {minutes(time.perf_counter() - t_fit)}")
         model = load_adapter(model.unwrap(), res["adapter"])
         two_decodings(model, key, "example")
-        measure(model, key, "your adapter", "test", log=out / "adapter-run" / "log.jsonl")
+        measure(model, key, "your adapter", cfg.fit_photos, log=out / "adapter-run" / "log.jsonl")
 
     if not runs:
         raise PSICError("nothing to show: no shipped adapter for this codec and --no-fit")
-    minutes = (time.perf_counter() - t_start) / 60
+    taken = (time.perf_counter() - t_start) / 60
     html = write_report(out / "report", runs, title="psic demo", force=True)
-    print("\n" + table.runs_table([r.result for r in runs], [r.name for r in runs]), flush=True)
-    _say(f"report: {html}  ({minutes:.1f} min)")
-    _say("ASR: among the images the target gets right from the base decode, the share the encrypted version "
-         "flips; control: noise of the same energy. A handful of photos: one flip moves the whole-photo ASR by "
-         "15 to 50 points. docs/results.md has the shipped recipe on 51 photos: 32-40 % at 512 px (two seeds), "
-         "against a 4 % control.")
-    return {"report": str(html), "runs": [r.result for r in runs], "minutes": minutes, "codec": source}
+    results, names = [r.result for r in runs], [r.name for r in runs]
+    print("\n" + closing_text(results, names), flush=True)
+    _say(f"report: {html}  ({taken:.1f} min on {cpu_description()})")
+    return {"report": str(html), "runs": results, "minutes": taken, "codec": source}
+
+
+def closing_text(results, names) -> str:
+    """The demo's last words: the runs side by side, each ASR with its count and interval, whether it can be told
+    from its control and the two runs from each other, and how to read them."""
+    from .eval import table
+
+    lines = [table.runs_table(results, names), ""]
+    lines += [f"- {x}" for x in table.compare_runs(results, names)]
+    lines += ["", "ASR (k/n): of the n images the target gets right from the base decode, the k the encrypted version "
+              "flips; control: the same for noise of the same energy; [95% CI]: the Wilson score interval. "
+              f"Read: {table.RULE}. With a few photos one flip moves a whole-photo ASR by 5 to 10 points; "
+              "docs/results.md measures the recipe on more photos."]
+    return "\n".join(lines)

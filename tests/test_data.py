@@ -254,7 +254,8 @@ def test_build_dataset_picks_the_layout(caption_dir, class_tree, tmp_path):
 
 
 def test_sample_photos_load_offline():
-    assert set(D.sample_names("all")) == {p.name for p in D.SAMPLE_PHOTOS}  # all nine load here
+    assert set(D.sample_names("all")) == {p.name for p in D.SAMPLE_PHOTOS}  # all twenty load here
+    assert len(D.SAMPLE_PHOTOS) == 20 and len(D.EXTRA_PHOTOS) == 11
     x, caption = D.sample_photo("chelsea")
     assert x.shape == (1, 3, 300, 451) and x.dtype == torch.float32
     assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0 and float(x.std()) > 0.05
@@ -269,10 +270,18 @@ def test_sample_photos_load_offline():
 
 
 def test_sample_photo_splits_are_disjoint():
-    train, test = D.SamplePhotos("train"), D.SamplePhotos("test")
-    assert set(train.names).isdisjoint(test.names)
-    assert sorted(train.names + test.names) == sorted(D.SamplePhotos("all").names)
-    assert len(test.names) == 3 and len(train.names) == 6
+    train, test, extra = D.SamplePhotos("train"), D.SamplePhotos("test"), D.SamplePhotos("extra")
+    assert set(train.names).isdisjoint(test.names) and set(train.names).isdisjoint(extra.names)
+    assert set(test.names).isdisjoint(extra.names)
+    assert sorted(train.names + test.names + extra.names) == sorted(D.SamplePhotos("all").names)
+    assert len(test.names) == 3 and len(train.names) == 6 and len(extra.names) == 11
+    # held out: every photo `--data samples` never trains on, whole and unlabelled where ImageNet has no class
+    heldout = D.build_dataset("samples", split="heldout")
+    assert heldout.names == test.names + extra.names and not set(heldout.names) & set(D.TRAIN_PHOTOS)
+    assert all(p.imagenet_index == -1 for p in extra.photos)
+    for name in extra.names:  # real photos, grey ones as RGB
+        x = D.samples.photo_uint8(name)
+        assert x.shape[0] == 3 and min(x.shape[1:]) >= 150 and float(x.float().std()) > 5
     with pytest.raises(ConfigError):
         D.SamplePhotos("validation")
 

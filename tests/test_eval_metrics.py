@@ -310,3 +310,33 @@ def test_perturbation_registry():
     assert set(p) == {"jpeg75", "resize0.5", "blur1", "codec"}
     assert p["codec"].keywords["codec"] is sentinel
     assert "codec" not in R.PERTURBATIONS  # the registry is not modified
+
+
+# --------------------------------------------------------------------------- intervals and how rates are shown
+def test_wilson_interval_against_published_values():
+    # Brown, Cai & DasGupta (2001) / Newcombe (1998), 95 %: 0/10 -> [0, 0.2775]; 1/4 -> [0.0456, 0.6994]
+    assert M.wilson_interval(0, 10) == (0.0, pytest.approx(0.27753, abs=1e-4))
+    assert M.wilson_interval(1, 4) == (pytest.approx(0.04559, abs=1e-4), pytest.approx(0.69936, abs=1e-4))
+    assert M.wilson_interval(10, 10) == (pytest.approx(1 - 0.27753, abs=1e-4), 1.0)
+    lo, hi = M.wilson_interval(15, 50)
+    assert lo == pytest.approx(0.1910, abs=1e-3) and hi == pytest.approx(0.4375, abs=1e-3)
+    assert all(math.isnan(v) for v in M.wilson_interval(0, 0))
+    with pytest.raises(ValueError):
+        M.wilson_interval(5, 4)
+    assert M.count_of_rate(7 / 9, 9) == 7 and M.count_of_rate(float("nan"), 9) == 0
+
+
+def test_rates_are_shown_with_their_count_interval_and_verdict():
+    from psic_adapter.eval import table as T
+
+    assert T.rate(0.25, 4) == "25.0 % (1/4) [4.6-69.9]"
+    assert T.rate(0.25, 4, label=True) == "25.0 % (1/4) [95% CI 4.6-69.9]"
+    assert T.rate(0.0, 1) == "0.0 % (0/1) [0.0-79.3]"  # one image: the interval says how little it means
+    assert T.rate(float("nan"), 0) == "n/a (0 to count)"
+    assert T.share(1.0, 9) == "100.0 % (9/9)"
+    # the rule: above noise only where the intervals do not overlap
+    assert T.verdict(0.5, 0.25, 4) == T.NOISE  # the 50 % vs 25 % on 4 photos
+    assert T.verdict(16 / 40, 1 / 40, 40) == T.ABOVE
+    assert T.verdict(1 / 40, 16 / 40, 40) == T.BELOW
+    assert T.verdict(float("nan"), 0.0, 0) == "n/a"
+    assert T.overlap(0.5, 4, 0.25, 4) and not T.overlap(0.9, 50, 0.1, 50)

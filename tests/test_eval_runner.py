@@ -122,6 +122,10 @@ def test_fresh_adapter_has_zero_asr_at_every_scale(codec, target, samples):
     assert result.wrong_keys.n_keys == 3 and result.wrong_keys.max_abs_diff_to_encrypted == 0.0
     h = result.headline()
     assert h.scale == "crops" and h.images == 4 and h.db_under_base == 0.0
+    # crops say of how many photos they are: 4 crops of the 3 photos (each holds a 32 x 32 crop)
+    crops = result.scales["crops"]
+    assert crops.n_photos == 3 and crops.images_text == "4 crops of 3 photos" and "of 3 photos" in crops.description
+    assert result.scales["native"].n_photos == 3 and result.scales["native"].images_text == "3 images"
 
 
 def test_the_target_downsampling_is_reported(codec, target, samples):
@@ -180,6 +184,25 @@ def test_asr_and_control_count_flips_among_the_right_answers(codec, target, samp
     c = result.main.classification
     assert c.n_base_right == 3 and c.asr == 1.0 and c.control_asr == 0.0
     assert c.agreement_with_base["full"] == 1.0 and c.full_asr == 0.0
+    # per image, what was right: a subset's ASR can be counted again (the demo compares runs on shared photos)
+    assert [(r["base_right"], r["encrypted_right"], r["control_right"]) for r in result.per_image] == \
+        [(True, False, True)] * 3
+
+
+def test_the_estimate_scales_with_the_work_it_counts(samples):
+    """The estimate printed before long work: linear in the measured decode time, and in each piece of work."""
+    from psic_adapter.eval.runner import COST, estimate_seconds
+
+    plain = _config(scales=["native"], wrong_keys=0, attack_steps=0, perturbations=())
+    mp = sum(s.image.shape[-2] * s.image.shape[-1] for s in samples) / 1e6
+    assert estimate_seconds(samples, plain, 2.0) == pytest.approx(2.0 * COST["image"] * mp)
+    keys = _config(scales=["native"], wrong_keys=10, attack_steps=0, perturbations=())
+    assert estimate_seconds(samples, keys, 2.0) == pytest.approx(2.0 * mp * (COST["image"] + 10 * COST["wrong_key"]))
+    assert estimate_seconds(samples, keys, 2.0, conditions=False) == estimate_seconds(samples, plain, 2.0)
+    codec_pert = _config(scales=["native"], wrong_keys=0, attack_steps=0, perturbations=("codec",))
+    assert estimate_seconds(samples, codec_pert, 1.0) == pytest.approx(mp * (COST["image"] + COST["codec"]))
+    crops = _config(scales=["crops"], wrong_keys=0, attack_steps=0, perturbations=(), crops=10)
+    assert estimate_seconds(samples, crops, 1.0) == pytest.approx(COST["image"] * 10 * 32 * 32 / 1e6)
 
 
 def test_wrong_key_is_refused_for_the_full_version(codec, target):
@@ -276,9 +299,12 @@ def test_psic_demo_quick(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "report:" in printed and "ASR" in printed and "control" in printed
     assert "shipped adapter" in printed and "your adapter" in printed  # both parts ran, each labelled
-    # the closing table: a row per run and scale, the shipped adapter on crops of all nine sample photos
-    assert re.search(r"^shipped adapter\s+crops\s+4\s", printed, re.M), printed
-    assert re.search(r"^your adapter\s+crops\s+2\s", printed, re.M), printed
+    # the closing table: a row per run and scale, with the photos the crops come from and every ASR's count
+    assert re.search(r"^shipped adapter\s+crops\s+2 \(of 2 photos\)\s", printed, re.M), printed
+    assert re.search(r"^your adapter\s+crops\s+2 \(of 2 photos\)\s", printed, re.M), printed
+    assert "vs noise" in printed and ("/1) [" in printed or "/2) [" in printed or "0 to count" in printed)
+    assert "CPU: " in printed and "measuring shipped adapter on 20 sample photos" in printed
+    assert "measuring your adapter on 14 sample photos" in printed
     for name in ("owner.key", "example.psic", "example_encrypted.png", "example_full.png", "report/report.html",
                  "report/metrics.json", "adapter-run/adapter/adapter_config.json",
                  "example_shipped_adapter.psic", "example_shipped_adapter_encrypted.png",

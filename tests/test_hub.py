@@ -210,7 +210,7 @@ def _stat(mean, n=8):
 
 #: scale -> (ASR, control, images the base gets right, bpp, PSNR base / full / encrypted)
 SCALES = {"whole": (0.875, 0.125, 8, 0.31234, 29.871, 29.871, 27.512),
-          "224px": (0.5, 0.25, 6, 0.31234, 31.25, 31.25, 29.0)}
+          "224px": (0.5, 1 / 6, 6, 0.31234, 31.25, 31.25, 29.0)}
 
 
 def eval_result(name="q1", scales=SCALES) -> EvalResult:
@@ -232,8 +232,10 @@ def eval_result(name="q1", scales=SCALES) -> EvalResult:
 #: the layout of `psic eval`'s metrics.json
 METRICS = {"schema": 2, "runs": [eval_result().to_dict()]}
 #: the evaluation table's rows for METRICS
-CARD_ROWS = ["| q1 | whole | 8 | 0.3123 | 29.87 | 29.87 | 27.51 | 87.5 % | 12.5 % | 8 |",
-             "| q1 | 224px | 8 | 0.3123 | 31.25 | 31.25 | 29.00 | 50.0 % | 25.0 % | 6 |"]
+CARD_ROWS = ["| q1 | whole | 8 | 0.3123 | 29.87 | 29.87 | 27.51 | 8 | 87.5 % (7/8) [52.9-97.8] | 12.5 % (1/8) [2.2-47.1] "
+             "| above noise |",
+             "| q1 | 224px | 8 | 0.3123 | 31.25 | 31.25 | 29.00 | 6 | 50.0 % (3/6) [18.8-81.2] | 16.7 % (1/6) [3.0-56.4] "
+             "| not distinguishable from noise |"]
 
 
 # ------------------------------------------------------------------ loading from the cache
@@ -356,10 +358,10 @@ def test_the_model_card(owner, tmp_path):
     assert "test adapter" in text  # the description
     assert "| target model | efficientnet-lite0 |" in text and "| steps | 20 |" in text
     assert "Last logged step: psnr_encrypted = 27.2500." in text
-    # the evaluation table: each scale's numbers, ASR and control as percentages
+    # the evaluation table: each scale's numbers, ASR and control with their counts, intervals and verdict
     assert "## Evaluation (`psic eval`)" in text
     assert "Measured against `efficientnet-lite0` on `samples`, with the owner's key." in text
-    assert "| run | scale | images | bpp | PSNR base | full | encrypted | ASR | control | base right |" in text
+    assert "| run | scale | images | bpp | PSNR base | full | encrypted | base right | ASR (k/n) [95% CI] | control [95% CI] | vs noise |" in text
     table = [line for line in text.splitlines() if line.startswith("| q1 |")]
     assert table == CARD_ROWS
     # how to decode, and what is not protected
@@ -392,13 +394,14 @@ def test_the_card_reads_the_metrics_through_the_typed_result(owner, tmp_path):
     assert back.to_dict() == result.to_dict()
     rows = hub_card.metrics_rows([back])["rows"]
     assert [(r["scale"], r["asr"], r["control"], r["right"]) for r in rows] == [
-        ("whole", "87.5 %", "12.5 %", 8), ("224px", "50.0 %", "25.0 %", 6)]
+        ("whole", "87.5 % (7/8) [52.9-97.8]", "12.5 % (1/8) [2.2-47.1]", 8),
+        ("224px", "50.0 % (3/6) [18.8-81.2]", "16.7 % (1/6) [3.0-56.4]", 6)]
 
 
 def test_an_undefined_asr_is_n_a_on_the_card(owner):
     undefined = eval_result(scales={"whole": (float("nan"), float("nan"), 0, 0.25, 30.0, 30.0, 28.0)})
     text = hub_card.render_model_card(PSICConfig.load(owner.v1), undefined)
-    assert "| q1 | whole | 8 | 0.2500 | 30.00 | 30.00 | 28.00 | n/a | n/a | 0 |" in text
+    assert "| q1 | whole | 8 | 0.2500 | 30.00 | 30.00 | 28.00 | 0 | n/a (0 to count) | n/a (0 to count) | n/a |" in text
     assert "nan" not in text.lower().replace("finance", "")
 
 
@@ -434,18 +437,19 @@ def test_metrics_of_several_adapters_and_from_a_report_folder(owner, tmp_path):
     write_results(tmp_path / "report", [eval_result(), other])  # the writer `psic eval` uses
     text = hub.write_model_card(tmp_path, PSICConfig.load(owner.v1), tmp_path / "report").read_text()
     rows = [line for line in text.splitlines() if line.startswith(("| q1 |", "| q3 |"))]
-    assert rows == CARD_ROWS + ["| q3 | whole | 8 | 0.5000 | 33.00 | 33.00 | 30.50 | 62.5 % | 0.0 % | 8 |"]
+    assert rows == CARD_ROWS + ["| q3 | whole | 8 | 0.5000 | 33.00 | 33.00 | 30.50 | 8 | 62.5 % (5/8) [30.6-86.3] | "
+                                "0.0 % (0/8) [0.0-32.4] | not distinguishable from noise |"]
     same = hub.write_model_card(tmp_path, PSICConfig.load(owner.v1), tmp_path / "report" / "metrics.json")
     assert same.read_text() == text
 
 
 def test_a_pipe_in_a_run_name_does_not_break_the_card_table(owner):
     text = hub_card.render_model_card(PSICConfig.load(owner.v1), eval_result("run|a"))
-    header = "| run | scale | images | bpp | PSNR base | full | encrypted | ASR | control | base right |"
+    header = "| run | scale | images | bpp | PSNR base | full | encrypted | base right | ASR (k/n) [95% CI] | control [95% CI] | vs noise |"
     table = text[text.index(header):].split("\n\n")[0].splitlines()
     assert len(table) == 2 + len(SCALES)
     columns = [len(re.findall(r"(?<!\\)\|", line)) for line in table]
-    assert columns == [11] * len(table)  # the run name's '|' escaped
+    assert columns == [12] * len(table)  # the run name's '|' escaped
     assert table[2].startswith("| run\\|a | whole |")
 
 

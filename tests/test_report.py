@@ -15,6 +15,7 @@ import json
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -224,7 +225,9 @@ def rd_result(bpp: float, psnr: float, name: str, enc_db: float = 2.0) -> EvalRe
 
 def test_rd_points_are_sorted_by_rate():
     results = [rd_result(0.5, 33.0, "q5"), rd_result(0.1, 28.0, "q1"), rd_result(0.25, 30.5, "q3")]
-    points = rd.rd_points(results)
+    by_set = rd.rd_points(results)
+    assert list(by_set) == ["8 images at whole (samples)"]  # one image set: the same images in every result
+    (points,) = by_set.values()
     assert set(points) == {"base", "full", "encrypted"}
     assert [p["bpp"] for p in points["base"]] == [0.1, 0.25, 0.5]
     assert [p["label"] for p in points["encrypted"]] == ["q1", "q3", "q5"]
@@ -232,20 +235,40 @@ def test_rd_points_are_sorted_by_rate():
     assert points["base"][0]["ms_ssim"] == pytest.approx(0.928)
     # another scale than the primary one; a scale a result lacks is skipped
     results[0].scales["512px"].quality["base"]["psnr"] = stat(99.0)
-    assert [p["psnr"] for p in rd.rd_points(results, scale="512px")["base"]] == [28.0, 30.5, 99.0]
+    (other_scale,) = rd.rd_points(results, scale="512px").values()
+    assert [p["psnr"] for p in other_scale["base"]] == [28.0, 30.5, 99.0]
     assert rd.rd_points(results, scale="no-such-scale") == {}
 
-    plot = P.rate_distortion(points)
-    assert plot.data == points  # the curves drawn are the points given
+    plot = P.rate_distortion(by_set)
+    assert plot.data == by_set  # the curves drawn are the points given
     open_png(plot.png)
     assert P.rate_distortion(rd.rd_points(results[:1])) is None  # one point is no curve
+
+
+def test_results_on_other_images_are_other_curves_never_one_line():
+    """Two runs on different photos (the demo's two adapters) are two image sets, each labelled: a line that
+    joined them would draw the photos' difference as a rate-distortion curve."""
+    a, b = rd_result(0.3, 31.0, "shipped"), rd_result(0.35, 29.0, "yours")
+    for row in b.per_image:
+        row["name"] = "other-" + row["name"]
+    b.scales["whole"].n_images = 14
+    by_set = rd.rd_points([a, b])
+    assert list(by_set) == ["8 images at whole (samples)", "14 images at whole (samples)"]
+    assert [[p["label"] for p in c["base"]] for c in by_set.values()] == [["shipped"], ["yours"]]
+    assert rd.bd_table(by_set) == {}  # no delta between curves of other images, nor from one point
+    plot = P.rate_distortion(by_set)
+    assert plot.data == by_set
+    same_label = rd_result(0.4, 33.0, "third")
+    for row in same_label.per_image:
+        row["name"] = "third-" + row["name"]
+    assert len(rd.rd_points([a, same_label])) == 2  # images that differ stay two sets, whatever their label
 
 
 @pytest.mark.filterwarnings("ignore:Insufficient curve overlap")
 def test_bd_table_names_full_and_encrypted_against_the_base():
     results = [rd_result(b, p, f"q{k}") for k, (b, p) in enumerate([(0.1, 28.0), (0.2, 30.0), (0.4, 32.5),
                                                                      (0.8, 35.0)])]
-    table = rd.bd_table(rd.rd_points(results))
+    (table,) = rd.bd_table(rd.rd_points(results)).values()
     assert set(table) == {"full", "encrypted"}
     for row in table.values():
         assert set(row) == {"bd_rate", "bd_psnr", "bd_rate_ms_ssim", "bd_ms_ssim"}
@@ -254,8 +277,7 @@ def test_bd_table_names_full_and_encrypted_against_the_base():
     assert table["encrypted"]["bd_psnr"] == pytest.approx(-2.0, abs=1e-6)
     assert table["encrypted"]["bd_rate"] > 0  # more bits for the same PSNR
     assert table["encrypted"]["bd_ms_ssim"] == pytest.approx(-0.002, abs=1e-6)
-    three = rd.bd_table(rd.rd_points(results[:3]))
-    assert set(three) == {"full", "encrypted"} and all(math.isnan(v) for v in three["encrypted"].values())
+    assert rd.bd_table(rd.rd_points(results[:3])) == {}  # three points are too few: no row, not a row of n/a
 
 
 # ------------------------------------------------------------------ gallery pieces
@@ -299,21 +321,29 @@ def test_gallery_row_cells():
     assert labels[3] == "encrypted: toaster, 27.50 dB"
     assert labels[4].startswith("encrypted - base, x") and labels[5].startswith("zoom at (")
     for c in cells[:5]:
-        im = Image.open(io.BytesIO(c.jpeg))
-        assert im.format == "JPEG" and im.size == (320, 240)  # a thumbnail, not the 640 x 480 image
-    zoom = Image.open(io.BytesIO(cells[5].jpeg))
-    assert zoom.format == "JPEG" and zoom.size == (128, 256)  # 64 x 64 base over encrypted, enlarged 2x
+        im = Image.open(io.BytesIO(c.png))
+        assert im.format == "PNG" and im.size == (320, 240)  # a lossless thumbnail, not the 640 x 480 image
+    zoom = Image.open(io.BytesIO(cells[5].png))
+    assert zoom.format == "PNG" and zoom.size == (128, 256)  # 64 x 64 base over encrypted, enlarged 2x
+    # lossless: the zoom's pixels are the decodes' own, each repeated 2 x 2
+    left, top = (int(v) for v in labels[5].split("(")[1].split(")")[0].split(", "))
+    patch = row.images["encrypted"][0, :, top: top + 64, left: left + 64]
+    want = (patch.clamp(0, 1).permute(1, 2, 0) * 255).round().to(torch.uint8)
+    got = torch.from_numpy(np.asarray(zoom.convert("RGB")).copy())
+    assert torch.equal(got[128::2, ::2], want)
 
 
 # ------------------------------------------------------------------ headline sentences
 def test_headline_sentences_print_the_numbers():
     first, quality, full, others = headline_sentences(make_result())
     assert "On 8 images (whole photos; the target downsamples them 2.50x)" in first
-    assert "changes the target's answer on 87.5 % of the 8 it gets right" in first
-    assert "changes 12.5 % (the control)" in first
+    assert "changes the target's answer on 87.5 % (7/8) [95% CI 52.9-97.8] of the 8 it gets right" in first
+    assert "changes 12.5 % (1/8) [95% CI 2.2-47.1] (the control): above the control's interval." in first
     assert "2.75 dB under the base decode (PSNR 27.50 vs 30.25 dB)" in quality and "0.3125 bpp" in quality
-    assert "agree with the base decode's on 100.0 %" in full
-    assert others == "ASR at the other scales: 512px: 60.0 % (control 20.0 %); 224px: 25.0 % (control 0.0 %)."
+    assert "agree with the base decode's on 100.0 % (8/8)" in full
+    assert others == ("ASR at the other scales: 512px (8 images): 60.0 % (3/5) [23.1-88.2] (control 20.0 % (1/5) "
+                      "[3.6-62.4]; not distinguishable from noise); 224px (8 images): 25.0 % (1/4) [4.6-69.9] "
+                      "(control 0.0 % (0/4) [0.0-49.0]; not distinguishable from noise).")
 
 
 def test_headline_says_the_asr_is_undefined_when_the_base_gets_nothing_right():
@@ -325,7 +355,8 @@ def test_headline_says_the_asr_is_undefined_when_the_base_gets_nothing_right():
     sentences = headline_sentences(result)
     assert "the target gets no base decode right: the ASR is undefined (n/a)" in sentences[0]
     assert "0.0 %" not in sentences[0] and "nan" not in " ".join(sentences).lower()
-    assert sentences[-1] == "ASR at the other scales: 512px: n/a (control n/a); 224px: n/a (control n/a)."
+    assert sentences[-1] == ("ASR at the other scales: 512px (8 images): n/a (0 to count) (control n/a (0 to count); "
+                             "n/a); 224px (8 images): n/a (0 to count) (control n/a (0 to count); n/a).")
 
 
 def test_headline_without_a_measured_downsampling_prints_no_nan():
@@ -387,12 +418,12 @@ def test_report_page_has_one_image_per_plot_and_per_gallery_cell(report):
                                            "training_curves"]
     cells = 6 * 3
     assert page.count("<img") == len(run.plots) + cells
-    pngs, jpegs = data_uris(page, "image/png"), data_uris(page, "image/jpeg")
-    assert len(pngs) == len(run.plots) and len(jpegs) == cells
-    assert [base64.b64decode(u) for u in pngs] == [p.png for p in run.plots]  # each plot as drawn
-    for u in jpegs:
+    pngs = data_uris(page, "image/png")
+    assert len(pngs) == len(run.plots) + cells and not data_uris(page, "image/jpeg")  # lossless, all of them
+    assert [base64.b64decode(u) for u in pngs[:len(run.plots)]] == [p.png for p in run.plots]  # each plot as drawn
+    for u in pngs[len(run.plots):]:
         im = Image.open(io.BytesIO(base64.b64decode(u)))
-        assert im.format == "JPEG" and max(im.size) <= G.THUMB
+        assert im.format == "PNG" and max(im.size) <= G.THUMB
     # the numbers each plot draws are printed under it
     assert html.escape(json.dumps(run.plots[0].data, indent=1)) in page
 
@@ -404,7 +435,7 @@ def test_report_page_is_self_contained_and_small(report):
     refs = re.findall(r"""(?:src|href)\s*=\s*['"]?([^'" >]*)""", page, flags=re.I)
     assert refs and all(r.startswith("data:") for r in refs)
     assert "http" not in "".join(refs) and "url(" not in page
-    assert len(path.read_bytes()) < 500_000  # 4 plots and 3 rows of 6 JPEG cells: well under 1 MB
+    assert len(path.read_bytes()) < 2_500_000  # 4 plots and 3 rows of 6 PNG cells (lossless costs bytes)
 
 
 def test_report_refuses_to_overwrite_without_force(report, tmp_path):
@@ -445,7 +476,7 @@ def test_report_of_a_result_the_base_gets_nothing_right(tmp_path):
     words = re.sub(r"<pre>.*?</pre>|<img [^>]*>", "", page, flags=re.S)  # images and the plots' raw numbers aside
     assert "nan" not in words.lower()
     assert not re.search(r"(?<![\d.])0\.0 %", words)  # n/a in the headline and the tables, never 0 %
-    assert "<td>n/a (n/a)</td>" in words  # the robustness table
+    assert "<td class=num>n/a (0 to count)</td>" in words or "<td>n/a (0 to count)</td>" in words  # the tables
     (back,) = load_results(tmp_path / "r")
     assert math.isnan(back.main.classification.asr)
 
@@ -460,11 +491,14 @@ def test_report_over_several_adapters_has_rate_distortion_and_bd(tmp_path):
     runs = [ReportRun(r.meta["name"], r) for r in results]
     page = write_report(tmp_path / "rd", runs).read_text()
     assert "<h2>Rate-distortion</h2>" in page
-    assert "<td>encrypted</td><td class=num>" in page and "-2.000" in page  # BD-PSNR of the encrypted version
-    assert page.count("<h2>") == 4 + 1  # one section per adapter, then rate-distortion
+    assert "<td class=num>8 images at whole (samples)</td><td>encrypted</td><td class=num>" in page
+    assert "-2.000" in page  # BD-PSNR of the encrypted version
+    assert page.count("<h2>") == 4 + 2  # one section per adapter, the runs side by side, rate-distortion
+    assert "the intervals overlap: the two are not distinguishable" in page  # every run flips 7 of the same 8
     assert len(load_results(tmp_path / "rd")) == 4
     two = write_report(tmp_path / "rd2", runs[:2]).read_text()
-    assert "<h2>Rate-distortion</h2>" in two and "n/a" in two  # a curve, no Bjontegaard deltas from 2 points
+    rd_part = two[two.index("<h2>Rate-distortion</h2>"):]
+    assert "BD-rate" not in rd_part and "which no image set here has" in rd_part  # a curve, no deltas from 2 points
 
 
 def test_running_mean_of_the_training_curves():
@@ -479,3 +513,51 @@ def test_running_mean_of_the_training_curves():
     plot = P.training_curves(long_log)
     assert plot.data["encryption"] == [[10 * i, float(i % 2)] for i in range(40)]  # the logged values, unsmoothed
     open_png(plot.png)
+
+
+def _counted(name: str, photos: dict) -> EvalResult:
+    """A result at 512px whose per-image rows say, per photo, (right on the base, flipped, flipped by the noise)."""
+    r = make_result(name=name)
+    r.per_image = [{"scale": "512px", "name": n, "base_right": b, "encrypted_right": b and not f,
+                    "control_right": b and not c} for n, (b, f, c) in photos.items()]
+    right = [v for v in photos.values() if v[0]]
+    r.scales["512px"].classification.n_base_right = len(right)
+    r.scales["512px"].classification.asr = sum(v[1] for v in right) / len(right)
+    r.scales["512px"].n_images = len(photos)
+    return r
+
+
+def test_two_runs_are_compared_on_the_images_both_saw():
+    """The demo's shipped adapter saw 20 photos, your adapter 14 of them: the two are compared on those 14, from
+    the per-image rows, with counts, and called indistinguishable where the intervals overlap."""
+    from psic_adapter import demo
+    from psic_adapter.eval import table as T
+
+    shipped = {f"p{i}": (True, i < 8, i == 0) for i in range(20)}  # flips 8 of 20: p0..p7
+    yours = {f"p{i}": (True, i in (6, 7, 8, 9), False) for i in range(6, 20)}  # 14 photos, flips 4
+    a, b = _counted("shipped", shipped), _counted("yours", yours)
+    lines = T.compare_runs([a, b], ["shipped", "yours"])
+    line = next(x for x in lines if x.startswith("512px"))
+    # on p6..p19 the shipped adapter flips p6, p7 (2 of 14), yours 4 of 14
+    assert line == ("512px, on the 14 images both were measured on: shipped 14.3 % (2/14) [4.0-39.9], yours "
+                    "28.6 % (4/14) [11.7-54.6]: the intervals overlap: the two are not distinguishable")
+    assert T.counts_on(a, "512px", {"p0", "p1", "p19"}) == (2, 1, 3)
+    text = demo.closing_text([a, b], ["shipped", "yours"])
+    assert line in text and T.RULE in text and "vs noise" in text
+
+
+def test_the_demo_times_the_fits_first_steps_and_says_how_long():
+    from psic_adapter import demo
+
+    said = []
+
+    class Trainer:
+        def step(self, batch):
+            return {"loss": float(batch)}
+
+    trainer = Trainer()
+    clock = demo.StepClock(trainer, steps=100, probe=3, say=said.append)
+    assert trainer.step is clock
+    assert [trainer.step(k) for k in range(5)] == [{"loss": float(k)} for k in range(5)]
+    assert len(clock.times) == 5 and len(said) == 1  # said once, after the third step
+    assert said[0].startswith("the fit's first 3 steps: ") and "the other 97 steps take about" in said[0]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("demo", help="the whole job offline: codec, key, adapter, bitstream, report "
-                                    "(about 6 minutes on 2 cores)")
+    p = sub.add_parser("demo", help="the whole job offline: codec, key, adapter, bitstream, report (minutes: "
+                                    "it says how long before each part)")
     p.add_argument("--out", default="psic-demo", help="output folder (default: psic-demo)")
     p.add_argument("--codec", default="bmshj2018-hyperprior",
                    help="the codec's registry name, or 'zoo' to download CompressAI's bmshj2018-hyperprior "
@@ -14,7 +14,7 @@ def add_parser(sub) -> None:
     p.add_argument("--checkpoint", nargs="+", metavar="FILE", help="use these codec weights instead of the shipped ones")
     p.add_argument("--steps", type=int,
                    help="steps of your own adapter's fit (default 100: minutes; the shipped adapter took 1500)")
-    p.add_argument("--no-fit", action="store_true", help="show the shipped adapter only (under 3 minutes)")
+    p.add_argument("--no-fit", action="store_true", help="show the shipped adapter only (no fit)")
     p.add_argument("--quick", action="store_true", help="a seconds-long smoke run (meaningless numbers)")
     p.add_argument("--force", action="store_true", help="reuse a non-empty output folder")
     p.set_defaults(func=run)

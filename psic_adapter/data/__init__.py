@@ -19,9 +19,9 @@ The datasets:
   (``image``/``caption``, open_clip's ``filepath``/``title``, or ``path``/``text``).
 * :class:`ImageFolderPrompts` -- an ImageFolder tree; the text is a prompt made
   from the class name (ImageNet synset folders get readable names).
-* :class:`SamplePhotos` -- nine real photos bundled with scikit-image,
+* :class:`SamplePhotos` -- twenty real photos bundled with scikit-image,
   scikit-learn and matplotlib, with hand-written captions and a fixed
-  train/test split; no download needed.
+  train/test/extra split; no download needed.
 
 :func:`build_dataset` picks one from a spec string, :func:`make_loader` wraps
 one in a seeded DataLoader.
@@ -41,12 +41,13 @@ from .common import DEFAULT_PROMPT, IMAGE_EXTENSIONS, DataWarning, ItemDataset, 
 from .folders import ImageFolderPrompts, PlainImages, folder_kind
 from .imagenet import imagenet_class_name, imagenet_class_names, imagenet_index
 from .loader import collate, make_loader
-from .samples import SAMPLE_PHOTOS, TEST_PHOTOS, TRAIN_PHOTOS, SamplePhoto, SamplePhotos, repeats_for, sample_names, sample_photo
+from .samples import EXTRA_PHOTOS, SAMPLE_PHOTOS, TEST_PHOTOS, TRAIN_PHOTOS, SamplePhoto, SamplePhotos, repeats_for, sample_names, sample_photo
 from .transforms import CenterCrop, Compose, RandomCrop, RandomHorizontalFlip, eval_transform, train_transform
 
 __all__ = [
     "IMAGE_EXTENSIONS", "DEFAULT_PROMPT", "DataWarning", "ItemDataset", "CaptionFolder", "CaptionCSV",
     "ImageFolderPrompts", "PlainImages", "SamplePhoto", "SAMPLE_PHOTOS", "TRAIN_PHOTOS", "TEST_PHOTOS",
+    "EXTRA_PHOTOS",
     "SamplePhotos", "sample_photo", "sample_names", "repeats_for", "imagenet_class_name", "imagenet_class_names",
     "imagenet_index", "RandomCrop", "CenterCrop", "RandomHorizontalFlip", "Compose", "train_transform",
     "eval_transform", "build_dataset", "collate", "make_loader",
@@ -73,11 +74,12 @@ def build_dataset(
     ``split="train"`` uses :func:`train_transform` (random ``crop`` + flip);
     ``"test"``/``"val"``/``"all"`` use :func:`eval_transform` (centre ``crop``).
     For folders and CSVs the split only picks the transform; for the sample
-    photos it also picks the photos (``"val"`` means ``"test"``), and the test
-    crops are centre crops. ``repeats`` only applies to the sample photos.
+    photos it also picks the photos (``"val"`` means ``"test"``; ``"extra"`` and
+    ``"heldout"`` are theirs: :data:`~.samples.SPLITS`), and crops of photos
+    never trained on are centre crops. ``repeats`` only applies to the sample photos.
     """
-    if split not in ("train", "test", "val", "all"):
-        raise ConfigError(f"split must be 'train', 'test', 'val' or 'all', not {split!r}")
+    if split not in ("train", "test", "val", "all", "extra", "heldout"):
+        raise ConfigError(f"split must be 'train', 'test', 'val', 'extra', 'heldout' or 'all', not {split!r}")
     training = split == "train"
     if isinstance(spec, str) and spec.strip().lower() == "samples":
         sample_split = "test" if split == "val" else split
@@ -87,7 +89,7 @@ def build_dataset(
             transform=RandomHorizontalFlip() if training else None,
             seed=seed,
             repeats=repeats,
-            center_crop=sample_split == "test",
+            center_crop=sample_split in ("test", "extra", "heldout"),
         )
     transform = train_transform(crop) if training else eval_transform(crop)
     path = Path(spec).expanduser()

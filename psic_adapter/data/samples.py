@@ -1,4 +1,11 @@
-"""Nine real photos bundled with scikit-image, scikit-learn and matplotlib: data with no download."""
+"""Twenty real photos bundled with scikit-image, scikit-learn and matplotlib: data with no download.
+
+Nine are the classic sample photos (6 ``train``, 3 ``test``); eleven more (``extra``) are the other real
+photographs scikit-image ships (a cameraman, coins, the moon, textures, a page, a retina, a tissue sample),
+many of them grey: never trained on, they give evaluations of the shipped adapter and of the demo's fit
+more photos than three (``heldout`` = ``test`` + ``extra``, fourteen photos). The synthetic images
+scikit-image also ships (a chessboard, a colour wheel, a logo, a phantom, a horse's silhouette) are left out.
+"""
 
 from __future__ import annotations
 
@@ -27,7 +34,7 @@ class SamplePhoto:
     word: str  # an ImageNet-ish object word
     imagenet_index: int  # nearest ImageNet-1k class, -1 where ImageNet has none
     source: str  # where the pixels come from
-    split: str  # "train" or "test"
+    split: str  # "train", "test" or "extra"
 
 
 # Fixed split: the three test photos (a cup, a vehicle, a person) are never
@@ -51,19 +58,50 @@ SAMPLE_PHOTOS: Tuple[SamplePhoto, ...] = (
                 "skimage.data.stereo_motorcycle (left view)", "test"),
     SamplePhoto("grace_hopper", "a portrait of an old woman in a navy uniform in front of an American flag",
                 "military uniform", 652, "matplotlib sample_data/grace_hopper.jpg", "test"),
+    # extra: never trained on, for measuring (no ImageNet label claimed: "right" is the target's answer on the
+    # original photo)
+    SamplePhoto("camera", "a black and white photo of a man with a camera on a tripod in a park", "camera", -1,
+                "skimage.data.camera", "extra"),
+    SamplePhoto("coins", "a black and white photo of old coins on a dark background", "coin", -1,
+                "skimage.data.coins", "extra"),
+    SamplePhoto("moon", "a black and white photo of the surface of the moon", "moon", -1, "skimage.data.moon",
+                "extra"),
+    SamplePhoto("brick", "a black and white photo of a brick wall", "brick wall", -1, "skimage.data.brick", "extra"),
+    SamplePhoto("grass", "a black and white photo of grass", "grass", -1, "skimage.data.grass", "extra"),
+    SamplePhoto("gravel", "a black and white photo of gravel", "gravel", -1, "skimage.data.gravel", "extra"),
+    SamplePhoto("page", "a black and white photo of a printed page of text", "page", -1, "skimage.data.page",
+                "extra"),
+    SamplePhoto("text", "a black and white photo of handwritten formulas on paper", "handwriting", -1,
+                "skimage.data.text", "extra"),
+    SamplePhoto("clock", "a black and white photo of a wall clock, blurred by motion", "clock", -1,
+                "skimage.data.clock (clock_motion.png)", "extra"),
+    SamplePhoto("retina", "a colour photo of the retina of a human eye", "retina", -1, "skimage.data.retina",
+                "extra"),
+    SamplePhoto("ihc", "a microscope photo of stained human tissue", "tissue", -1,
+                "skimage.data.immunohistochemistry", "extra"),
 )
 _PHOTO_BY_NAME: Dict[str, SamplePhoto] = {p.name: p for p in SAMPLE_PHOTOS}
 TRAIN_PHOTOS: Tuple[str, ...] = tuple(p.name for p in SAMPLE_PHOTOS if p.split == "train")
 TEST_PHOTOS: Tuple[str, ...] = tuple(p.name for p in SAMPLE_PHOTOS if p.split == "test")
+EXTRA_PHOTOS: Tuple[str, ...] = tuple(p.name for p in SAMPLE_PHOTOS if p.split == "extra")
+#: the splits of the sample photos: "heldout" is every photo `--data samples` never trains on
+SPLITS = {"train": ("train",), "test": ("test",), "extra": ("extra",), "heldout": ("test", "extra"),
+          "all": ("train", "test", "extra")}
+_SKIMAGE = {"astronaut": "astronaut", "chelsea": "chelsea", "rocket": "rocket", "hubble_deep_field": "hubble_deep_field",
+            "coffee": "coffee", "camera": "camera", "coins": "coins", "moon": "moon", "brick": "brick",
+            "grass": "grass", "gravel": "gravel", "page": "page", "text": "text", "clock": "clock",
+            "retina": "retina", "ihc": "immunohistochemistry"}
 
 
 def _read_sample_array(name: str) -> np.ndarray:
-    if name in ("astronaut", "chelsea", "rocket", "hubble_deep_field", "coffee", "motorcycle"):
+    if name == "motorcycle":
         import skimage.data
 
-        if name == "motorcycle":
-            return skimage.data.stereo_motorcycle()[0]  # (left, right, disparity): the left view
-        return getattr(skimage.data, name)()
+        return skimage.data.stereo_motorcycle()[0]  # (left, right, disparity): the left view
+    if name in _SKIMAGE:
+        import skimage.data
+
+        return getattr(skimage.data, _SKIMAGE[name])()
     # The files are read where the packages keep them (importing sklearn.datasets
     # costs seconds); their public loaders are the fallback.
     if name in ("china", "flower"):
@@ -111,10 +149,10 @@ def _photo_available(name: str) -> bool:
 
 
 def sample_names(split: str = "all") -> List[str]:
-    """The sample photos of a split that load here (china/flower need scikit-learn)."""
-    if split not in ("train", "test", "all"):
-        raise ConfigError(f"split must be 'train', 'test' or 'all', not {split!r}")
-    names = [p.name for p in SAMPLE_PHOTOS if split == "all" or p.split == split]
+    """The sample photos of a split (:data:`SPLITS`) that load here (china/flower need scikit-learn)."""
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+    names = [p.name for p in SAMPLE_PHOTOS if p.split in SPLITS[split]]
     return [n for n in names if _photo_available(n)]
 
 
@@ -135,7 +173,8 @@ class SamplePhotos(Dataset):
     """The bundled real photos (see :data:`SAMPLE_PHOTOS`), with no download.
 
     ``split`` is ``"train"`` (6 photos), ``"test"`` (3 photos never used for
-    training: coffee, motorcycle, grace_hopper) or ``"all"``. Items carry the
+    training: coffee, motorcycle, grace_hopper), ``"extra"`` (11 more never used
+    for training), ``"heldout"`` (test + extra) or ``"all"``. Items carry the
     photo's caption as ``text``, its nearest ImageNet-1k class as ``label``
     (-1 where there is none), and ``"sample:<name>"`` as ``path``.
 

@@ -110,6 +110,7 @@ class ScaleResult:
     scale: str
     description: str = ""
     n_images: int = 0
+    n_photos: int = 0  # the photos the images come from (crops: fewer than the images; 0: as many as the images)
     bpp: Dict[str, Stat] = field(default_factory=dict)  # per version
     quality: Dict[str, Dict[str, Stat]] = field(default_factory=dict)  # version -> psnr / ms_ssim
     downsampling: Stat = field(default_factory=Stat)  # the factor the target's preprocessing applied
@@ -122,10 +123,28 @@ class ScaleResult:
         q = self.quality.get(version)
         return q["psnr"].mean if q and "psnr" in q else NAN
 
+    @property
+    def photos(self) -> int:
+        """How many photos the images come from (crops of 2 photos are 2 photos, whatever their number)."""
+        return self.n_photos or self.n_images
+
+    @property
+    def crops(self) -> bool:
+        """Whether the images are crops of fewer (or as many) photos."""
+        return self.scale == "crops" or self.photos != self.n_images
+
+    @property
+    def images_text(self) -> str:
+        """``"20 images"``, or ``"64 crops of 20 photos"`` where the images are crops."""
+        if self.crops:
+            return f"{self.n_images} crops of {self.photos} photo{'s' if self.photos != 1 else ''}"
+        return f"{self.n_images} image{'s' if self.n_images != 1 else ''}"
+
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "ScaleResult":
         return cls(
             scale=d["scale"], description=d.get("description", ""), n_images=int(d.get("n_images") or 0),
+            n_photos=int(d.get("n_photos") or 0),
             bpp={k: Stat.from_dict(v) for k, v in (d.get("bpp") or {}).items()},
             quality={v: {m: Stat.from_dict(s) for m, s in q.items()} for v, q in (d.get("quality") or {}).items()},
             downsampling=Stat.from_dict(d.get("downsampling") or {}),

@@ -43,7 +43,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, show
 from . import metrics as M
 from .attacks import whitebox, wrong_keys
 from .protocol import PSICDecoder, VersionDecoder
@@ -92,6 +92,18 @@ class EvalConfig:
     prompt: str = "a photo of a {}."
     seed: int = 0
 
+    def __post_init__(self):
+        """Counts are what the user said: ``crops=0`` is an error (it ran 96), ``wrong_keys=-1`` too (it skipped
+        the check); 0 wrong keys or attack steps skips that check, as documented."""
+        for name, least in (("crop", 16), ("crops", 1), ("wrong_keys", 0), ("attack_steps", 0), ("attack_images", 1),
+                            ("grid_images", 0)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < least:
+                raise ConfigError(f"{name} must be an integer >= {least}, not {show(v)}")
+        if isinstance(self.attack_lr, bool) or not isinstance(self.attack_lr, (int, float)) \
+                or not 0 < self.attack_lr < float("inf"):
+            raise ConfigError(f"attack_lr must be a positive number, not {show(self.attack_lr)}")
+
 
 @dataclass
 class Sample:
@@ -99,6 +111,7 @@ class Sample:
     image: Tensor  # 1x3xHxW in [0, 1]
     text: str = ""
     label: int = -1
+    photo: str = ""  # which photo this image is a crop of (an identity, not for display); "" for whole photos
 
 
 @dataclass
@@ -119,12 +132,13 @@ def load_samples(spec: str, crop: Optional[int] = None, count: Optional[int] = N
     ImageFolder trees of synset or class-name folders), else -1 ("right" is then
     the target's answer on the original). ``crop`` (older use): ``count`` seeded
     random crops instead, unlabeled. ``split="all"`` takes every sample photo (the train ones too: for
-    adapters that never trained on them); folders and CSVs are read whole either way.
+    adapters that never trained on them), ``"heldout"`` the fourteen that ``--data samples`` never trains
+    on; folders and CSVs are read whole either way.
     """
     from ..data import ImageFolderPrompts, build_dataset
 
-    if split not in ("test", "val", "all"):
-        raise ConfigError(f"evaluation images are the 'test' ('val') or 'all' split, not {split!r}")
+    if split not in ("test", "val", "all", "extra", "heldout"):
+        raise ConfigError(f"evaluation images are the 'test' ('val'), 'extra', 'heldout' or 'all' split, not {split!r}")
     ds = build_dataset(spec, crop=None, split=split, seed=seed)
     n = len(ds) if count is None or crop is not None else min(count, len(ds))
     mapping = getattr(ds, "imagenet_index", None) if isinstance(ds, ImageFolderPrompts) else None
@@ -156,11 +170,13 @@ def crops_of(samples: Sequence[Sample], size: int, count: int, seed: int = 0) ->
     g = torch.Generator().manual_seed(seed + 1)
     out = []
     for i in range(count):
-        s = usable[i % len(usable)]
+        j = i % len(usable)
+        s = usable[j]
         h, w = s.image.shape[-2:]
         top = int(torch.randint(0, h - size + 1, (), generator=g))
         left = int(torch.randint(0, w - size + 1, (), generator=g))
-        out.append(Sample(f"{s.name}#{i}", s.image[..., top: top + size, left: left + size].contiguous(), s.text, -1))
+        out.append(Sample(f"{s.name}#{i}", s.image[..., top: top + size, left: left + size].contiguous(), s.text, -1,
+                          photo=s.photo or f"{j}:{s.name}"))  # an identity: two photos may share a name
     return out
 
 
@@ -173,16 +189,77 @@ def at_scale(samples: Sequence[Sample], scale: str, config: EvalConfig) -> List[
         return list(samples)
     if kind == "crops":
         return crops_of(samples, config.crop, config.crops, config.seed)
-    return [Sample(s.name, resize_longer_side(s.image, size), s.text, s.label) for s in samples]
+    return [Sample(s.name, resize_longer_side(s.image, size), s.text, s.label, photo=s.photo) for s in samples]
 
 
-def describe_scale(scale: str, config: EvalConfig) -> str:
+def describe_scale(scale: str, config: EvalConfig, photos: Optional[int] = None) -> str:
     kind, size = parse_scale(scale)
     if kind == "native":
         return "whole images at their own size"
     if kind == "crops":
-        return f"{config.crops} random {config.crop}x{config.crop} crops at native resolution"
+        of = f" of {photos} photo{'s' if photos != 1 else ''}" if photos else ""
+        return f"{config.crops} random {config.crop}x{config.crop} crops{of} at native resolution"
     return f"whole images resized to a longer side of {size} px"
+
+
+#: what each piece of an evaluation costs, in decodes of the same pixels (``decoder.decode``: encode, the base
+#: decode, the encrypted one), measured with the shipped codec and EfficientNet-Lite0 on a 2-core CPU: an image
+#: with its predictions and quality (1.4), the codec perturbation (it codes the base, encrypted and control
+#: decodes again: 2.5), any other perturbation (0.1), a wrong key (one synthesis: 0.4), a white-box step on a
+#: 256 x 256 patch (forward and backward: 1.3)
+COST = {"image": 1.4, "codec": 2.5, "perturbation": 0.1, "wrong_key": 0.4, "whitebox": 1.3}
+
+
+def estimate_seconds(samples: Sequence[Sample], config: EvalConfig, seconds_per_megapixel: float,
+                     conditions: bool = True) -> float:
+    """How long :meth:`Evaluator.run` will take on ``samples``, from the measured time of one decode
+    (``seconds_per_megapixel``, :meth:`Evaluator.seconds_per_megapixel`) and :data:`COST`: an estimate,
+    good to a factor of about 1.5, for saying before long work how long it will be."""
+    scales = [scale_key(s) for s in config.scales]
+    primary = scale_key(config.primary) if config.primary else scales[0]
+    robust = None if config.robustness_scales is None else {scale_key(r) for r in config.robustness_scales}
+    per_image = COST["image"] + sum(COST["codec"] if p == "codec" else COST["perturbation"]
+                                    for p in config.perturbations)
+    total = 0.0
+    for scale in scales:
+        kind, size = parse_scale(scale)
+        if kind == "crops":
+            usable = [s for s in samples if min(s.image.shape[-2:]) >= config.crop]
+            mp = config.crops * config.crop ** 2 / 1e6 if usable else 0.0
+        elif kind == "long":
+            mp = sum(size ** 2 * min(s.image.shape[-2:]) / max(s.image.shape[-2:]) for s in samples) / 1e6
+        else:
+            mp = sum(s.image.shape[-2] * s.image.shape[-1] for s in samples) / 1e6
+        rob = robust is None or scale in robust
+        total += mp * (per_image if rob else COST["image"])
+        if scale == primary and conditions:
+            total += mp * COST["wrong_key"] * config.wrong_keys
+            n = len(samples) if kind != "crops" else config.crops
+            total += COST["whitebox"] * config.attack_steps * min(config.attack_images, n) * 256 ** 2 / 1e6
+    return total * seconds_per_megapixel
+
+
+def describe_work(samples: Sequence[Sample], config: EvalConfig) -> str:
+    """What an evaluation will measure, in a line: the images per scale, wrong keys, the white-box attack."""
+    parts = []
+    for scale in config.scales:
+        kind, size = parse_scale(scale)
+        if kind == "crops":
+            usable = sum(1 for s in samples if min(s.image.shape[-2:]) >= config.crop)
+            parts.append(f"{config.crops} crops of {usable} photos")
+        else:
+            parts.append(f"{len(samples)} images at {scale_key(scale)}")
+    extra = [f"{len(config.perturbations)} perturbations"] if config.perturbations else []
+    if config.wrong_keys:
+        extra.append(f"{config.wrong_keys} wrong keys")
+    if config.attack_steps:
+        extra.append(f"a {config.attack_steps}-step white-box attack")
+    return "; ".join(parts) + (f" ({', '.join(extra)})" if extra else "")
+
+
+def minutes(seconds: float) -> str:
+    """``about 40 s`` / ``about 7 minutes``."""
+    return f"about {seconds:.0f} s" if seconds < 90 else f"about {seconds / 60:.0f} minutes"
 
 
 def target_class_names(target, config: EvalConfig) -> List[str]:
@@ -275,6 +352,23 @@ class Evaluator:
 
     def label_name(self, index: int) -> str:
         return self.class_names[index] if 0 <= index < len(self.class_names) else str(index)
+
+    def seconds_per_megapixel(self, samples: Sequence[Sample], side: int = 384) -> float:
+        """One decode of a ``side`` x ``side`` crop of the largest sample, timed here (after one warm-up of a small
+        crop): what :func:`estimate_seconds` scales."""
+        import time
+
+        x = max(samples, key=lambda s: s.image.shape[-2] * s.image.shape[-1]).image
+        x = x[..., :side, :side]
+        self.decoder.decode(x[..., :64, :64])
+        t = time.perf_counter()
+        self.decoder.decode(x)
+        return (time.perf_counter() - t) / (x.shape[-2] * x.shape[-1] / 1e6)
+
+    def estimate(self, samples: Sequence[Sample]) -> float:
+        """Seconds :meth:`run` will take on ``samples`` (:func:`estimate_seconds`, one decode measured here)."""
+        return estimate_seconds(samples, self.cfg, self.seconds_per_megapixel(samples),
+                                conditions=self.decoder.has_conditions)
 
     def downsampling(self, x: Tensor) -> float:
         """The factor by which the target's preprocessing shrinks an image of ``x``'s size."""
@@ -382,15 +476,17 @@ class Evaluator:
         else:
             labels, label_source = t["original"], "the target's answer on the original image"
         cls = classification_of(t, labels, versions, label_source)
-        for row, right in zip(rows, (t["base"] == labels).tolist()):
-            row["base_right"] = bool(right)
+        for v in ("base", "encrypted", "control"):  # per image, so that a subset's ASR can be counted again
+            for row, right in zip(rows, (t[v] == labels).tolist()):
+                row[f"{v}_right"] = bool(right)
         rob = {}
         for pname, pp in pert_preds.items():
             pb, pe, pc = (torch.tensor(pp[v]) for v in ("base", "encrypted", "control"))
             rob[pname] = Robustness(M.classification_asr(pb, pe, labels), M.classification_asr(pb, pc, labels),
                                     int((pb == labels).sum()))
+        photos = len({s.photo for s in samples if s.photo}) + sum(1 for s in samples if not s.photo)
         res = ScaleResult(
-            scale=scale, description=describe_scale(scale, self.cfg), n_images=len(samples),
+            scale=scale, description=describe_scale(scale, self.cfg, photos), n_images=len(samples), n_photos=photos,
             bpp={v: Stat.of(b) for v, b in bpp.items()},
             quality={v: {k: Stat.of(vals) for k, vals in q.items()} for v, q in quality.items()},
             downsampling=Stat.of(factors), classification=cls, robustness=rob,

@@ -48,11 +48,9 @@ def load_card_results(metrics: Union[PathLike, Mapping[str, Any], EvalResult]) -
     return load_results(path)
 
 
-def _fmt(v: Any, digits: int = 2, pct: bool = False) -> str:
+def _fmt(v: Any, digits: int = 2) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "n/a"
-    if pct:
-        return f"{100 * v:.1f} %"
     if isinstance(v, float):
         return f"{v:.{digits}f}"
     return str(v).replace("|", "\\|").replace("\n", " ")
@@ -60,20 +58,23 @@ def _fmt(v: Any, digits: int = 2, pct: bool = False) -> str:
 
 def metrics_rows(results: List[EvalResult]) -> Dict[str, Any]:
     """What the card's evaluation section shows: per result and scale, the headline numbers."""
+    from ..eval import table
+
     rows = []
     for r in results:
         for key, s in r.scales.items():
             c = s.classification
+            asr, control, verdict = table.asr_cells(c.asr, c.control_asr, c.n_base_right)
             rows.append({
-                "run": _fmt(r.meta.get("name", r.method)), "scale": _fmt(key), "images": s.n_images,
+                "run": _fmt(r.meta.get("name", r.method)), "scale": _fmt(key), "images": table.images(s),
                 "bpp": _fmt(s.bpp["encrypted"].mean, 4) if "encrypted" in s.bpp else "n/a",
                 "psnr_base": _fmt(s.psnr("base")), "psnr_full": _fmt(s.psnr("full")),
-                "psnr_encrypted": _fmt(s.psnr("encrypted")), "asr": _fmt(c.asr, pct=True),
-                "control": _fmt(c.control_asr, pct=True), "right": c.n_base_right,
+                "psnr_encrypted": _fmt(s.psnr("encrypted")), "asr": asr, "control": control, "verdict": verdict,
+                "right": c.n_base_right,
             })
     first = results[0]
     return {"rows": rows, "target": first.target, "data": first.meta.get("data"),
-            "key_given": first.meta.get("key_given")}
+            "key_given": first.meta.get("key_given"), "rule": table.RULE}
 
 
 def _weights_facts(directory: Path) -> Dict[str, Any]:

@@ -1,6 +1,7 @@
 """Image rows that show what changed: original, base, full, encrypted, the difference amplified, a zoom.
 
-Cells are small JPEG thumbnails (a longer side of 320 px), not megabytes of PNG.
+Cells are PNG thumbnails (a longer side of 320 px): lossless, so that what a person compares between
+the decodes is the decodes, not JPEG's artefacts.
 The difference is ``encrypted - base`` around mid-grey, scaled so that its 99th
 percentile reaches the edge of the range (the factor is printed); the zoom is
 the 64 x 64 patch where the difference is largest, base above encrypted,
@@ -25,7 +26,7 @@ PATCH = 64
 @dataclass
 class Cell:
     label: str
-    jpeg: bytes
+    png: bytes
 
 
 def _rgb(x: Tensor) -> np.ndarray:
@@ -35,8 +36,8 @@ def _rgb(x: Tensor) -> np.ndarray:
     return (t.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
-def jpeg_thumbnail(x: Tensor, longer: int = THUMB, quality: int = 85, nearest: bool = False) -> bytes:
-    """A ``1x3xHxW`` / ``3xHxW`` image in [0, 1] as JPEG bytes, at most ``longer`` px on its longer side."""
+def thumbnail(x: Tensor, longer: int = THUMB, nearest: bool = False) -> bytes:
+    """A ``1x3xHxW`` / ``3xHxW`` image in [0, 1] as PNG bytes, at most ``longer`` px on its longer side."""
     from PIL import Image
 
     im = Image.fromarray(_rgb(x))
@@ -45,7 +46,7 @@ def jpeg_thumbnail(x: Tensor, longer: int = THUMB, quality: int = 85, nearest: b
         size = (max(1, round(im.size[0] * scale)), max(1, round(im.size[1] * scale)))
         im = im.resize(size, Image.NEAREST if nearest else Image.LANCZOS)
     buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=quality)
+    im.save(buf, format="PNG", optimize=True)
     return buf.getvalue()
 
 
@@ -73,19 +74,19 @@ def gallery_row(row) -> List[Cell]:
     """The cells of one :class:`~psic_adapter.eval.runner.GalleryRow`."""
     imgs: Dict[str, Tensor] = row.images
     answers, psnr = row.answers, row.psnr
-    cells = [Cell(f"original: {answers.get('original', '?')}", jpeg_thumbnail(imgs["original"]))]
+    cells = [Cell(f"original: {answers.get('original', '?')}", thumbnail(imgs["original"]))]
     for v in ("base", "full", "encrypted"):
         if v in imgs:
             same = v == "full" and imgs["full"] is imgs["base"]
             note = " (= base, bit for bit)" if same else ""
             cells.append(Cell(f"{v}: {answers.get(v, '?')}, {psnr.get(v, float('nan')):.2f} dB{note}",
-                              jpeg_thumbnail(imgs[v])))
+                              thumbnail(imgs[v])))
     diff, k = amplified_difference(imgs["encrypted"], imgs["base"])
-    cells.append(Cell(f"encrypted - base, x{k:.0f}", jpeg_thumbnail(diff)))
+    cells.append(Cell(f"encrypted - base, x{k:.0f}", thumbnail(diff)))
     top, left = largest_change_patch(imgs["encrypted"], imgs["base"])
     s = min(PATCH, *imgs["base"].shape[-2:])
     patch = torch.cat([imgs["base"][..., top: top + s, left: left + s], imgs["encrypted"][..., top: top + s, left: left + s]],
                       dim=-2)
     cells.append(Cell(f"zoom at ({left}, {top}): base above, encrypted below",
-                      jpeg_thumbnail(patch, longer=4 * s, quality=92, nearest=True)))
+                      thumbnail(patch, longer=4 * s, nearest=True)))
     return cells

@@ -47,55 +47,103 @@ def _pct(v: float) -> float:
     return float("nan") if v is None or (isinstance(v, float) and math.isnan(v)) else 100.0 * v
 
 
-def _bars(ax, labels: Sequence[str], series: Dict[str, List[float]], ylabel: str) -> None:
+def _interval(v: float, n: int) -> List[float]:
+    """The Wilson 95 % interval of the rate ``v`` of ``n``, in percent (NaN where undefined)."""
+    from ..metrics import count_of_rate, wilson_interval
+
+    if v is None or (isinstance(v, float) and math.isnan(v)) or n <= 0:
+        return [float("nan"), float("nan")]
+    lo, hi = wilson_interval(count_of_rate(v, n), n)
+    return [100.0 * lo, 100.0 * hi]
+
+
+def _bars(ax, labels: Sequence[str], series: Dict[str, List[float]], ylabel: str,
+          intervals: Optional[Dict[str, List[List[float]]]] = None,
+          counts: Optional[Dict[str, List[str]]] = None) -> None:
+    """Grouped bars; ``intervals`` (per series, ``[low, high]`` per bar) drawn as error bars, ``counts`` (``k/n``)
+    written on the bars."""
     import numpy as np
 
     x = np.arange(len(labels))
     width = 0.8 / max(1, len(series))
     for k, (name, values) in enumerate(series.items()):
         vals = [0.0 if math.isnan(v) else v for v in values]
-        bars = ax.bar(x + (k - (len(series) - 1) / 2) * width, vals, width, label=name,
-                      color=COLORS.get(name.split()[0], None))
-        for b, v in zip(bars, values):
-            ax.text(b.get_x() + b.get_width() / 2, b.get_height() + 1, "n/a" if math.isnan(v) else f"{v:.0f}",
-                    ha="center", va="bottom", fontsize=7)
+        xs = x + (k - (len(series) - 1) / 2) * width
+        bars = ax.bar(xs, vals, width, label=name, color=COLORS.get(name.split()[0], None))
+        tops = list(vals)
+        if intervals and name in intervals:
+            ci = intervals[name]
+            lo = [0.0 if math.isnan(c[0]) else v - c[0] for v, c in zip(vals, ci)]
+            hi = [0.0 if math.isnan(c[1]) else c[1] - v for v, c in zip(vals, ci)]
+            ax.errorbar(xs, vals, yerr=[lo, hi], fmt="none", ecolor="#333", elinewidth=0.8, capsize=2)
+            tops = [max(v, c[1]) if not math.isnan(c[1]) else v for v, c in zip(vals, ci)]
+        for j, (b, v) in enumerate(zip(bars, values)):
+            text = "n/a" if math.isnan(v) else f"{v:.0f}"
+            if counts and name in counts and not math.isnan(v):
+                text += f"\n{counts[name][j]}"
+            ax.text(b.get_x() + b.get_width() / 2, tops[j] + 1, text, ha="center", va="bottom", fontsize=6)
     ax.set_xticks(x)
     ax.set_xticklabels(labels, fontsize=8)
     ax.set_ylabel(ylabel)
-    ax.set_ylim(0, 105)
-    ax.legend(fontsize=8, frameon=False)
+    ax.set_ylim(0, 118)
+    ax.legend(fontsize=7, frameon=False, loc="upper right")
     ax.grid(axis="y", alpha=0.3)
 
 
+def _asr_series(pairs) -> Dict[str, Any]:
+    """The encrypted and control series of (asr, control, n) triples: values, intervals and counts."""
+    from ..metrics import count_of_rate
+
+    enc = [_pct(a) for a, _, _ in pairs]
+    ctl = [_pct(c) for _, c, _ in pairs]
+    return {
+        "asr": enc, "control": ctl, "n": [n for _, _, n in pairs],
+        "asr_ci": [_interval(a, n) for a, _, n in pairs], "control_ci": [_interval(c, n) for _, c, n in pairs],
+        "asr_counts": [f"{count_of_rate(a, n)}/{n}" for a, _, n in pairs],
+        "control_counts": [f"{count_of_rate(c, n)}/{n}" for _, c, n in pairs],
+    }
+
+
+def _asr_plot(ax, labels, d) -> None:
+    enc_name, ctl_name = "encrypted", "control (same-energy noise)"
+    _bars(ax, labels, {enc_name: d["asr"], ctl_name: d["control"]}, "ASR (%), Wilson 95 % interval",
+          intervals={enc_name: d["asr_ci"], ctl_name: d["control_ci"]},
+          counts={enc_name: d["asr_counts"], ctl_name: d["control_counts"]})
+
+
 def asr_by_scale(result: EvalResult) -> Plot:
-    """ASR of the encrypted version and of the control at each evaluation scale."""
-    labels, enc, ctl = [], [], []
+    """ASR of the encrypted version and of the control at each evaluation scale, with counts and intervals."""
+    labels, pairs = [], []
     for key, s in result.scales.items():
-        labels.append(f"{key}\n({s.downsampling.mean:.1f}x)" if s.downsampling.n else key)
-        enc.append(_pct(s.classification.asr))
-        ctl.append(_pct(s.classification.control_asr))
-    fig = _figure(5.2, 3.0)
+        down = f" ({s.downsampling.mean:.1f}x)" if s.downsampling.n else ""
+        labels.append(f"{key}{down}\n{s.images_text}".replace(" of ", "\nof "))
+        c = s.classification
+        pairs.append((c.asr, c.control_asr, c.n_base_right))
+    d = _asr_series(pairs)
+    fig = _figure(5.2, 3.2)
     ax = fig.add_subplot(111)
-    _bars(ax, labels, {"encrypted": enc, "control (same-energy noise)": ctl}, "ASR (%)")
-    ax.set_title("ASR per scale (the target's downsampling below)", fontsize=9)
-    return Plot("asr_by_scale", "ASR per evaluation scale, with the control", _png(fig),
-                {"scales": list(result.scales), "asr": enc, "control": ctl})
+    _asr_plot(ax, labels, d)
+    ax.set_title("ASR per scale (k/n: flipped / right on the base decode)", fontsize=9)
+    return Plot("asr_by_scale", "ASR per evaluation scale, with the control, counts and Wilson 95 % intervals",
+                _png(fig), {"scales": list(result.scales), **d})
 
 
 def asr_by_perturbation(result: EvalResult) -> Optional[Plot]:
-    """ASR and control after each perturbation, at the primary scale (clean first)."""
+    """ASR and control after each perturbation, at the primary scale (clean first), with counts and intervals."""
     m = result.main
     if not m.robustness:
         return None
     labels = ["clean"] + list(m.robustness)
-    enc = [_pct(m.classification.asr)] + [_pct(r.asr) for r in m.robustness.values()]
-    ctl = [_pct(m.classification.control_asr)] + [_pct(r.control_asr) for r in m.robustness.values()]
-    fig = _figure(5.2, 3.0)
+    c = m.classification
+    pairs = [(c.asr, c.control_asr, c.n_base_right)] + [(r.asr, r.control_asr, r.n_base_right)
+                                                         for r in m.robustness.values()]
+    d = _asr_series(pairs)
+    fig = _figure(5.2, 3.2)
     ax = fig.add_subplot(111)
-    _bars(ax, labels, {"encrypted": enc, "control (same-energy noise)": ctl}, "ASR (%)")
-    ax.set_title(f"ASR after processing ({m.scale})", fontsize=9)
-    return Plot("asr_by_perturbation", f"ASR after processing of the served image, at {m.scale}", _png(fig),
-                {"scale": m.scale, "perturbations": labels, "asr": enc, "control": ctl})
+    _asr_plot(ax, labels, d)
+    ax.set_title(f"ASR after processing ({m.scale}, {m.images_text})", fontsize=9)
+    return Plot("asr_by_perturbation", f"ASR after processing of the served image, at {m.scale}, with counts and "
+                "Wilson 95 % intervals", _png(fig), {"scale": m.scale, "perturbations": labels, **d})
 
 
 def psnr_per_image(result: EvalResult) -> Plot:
@@ -181,23 +229,35 @@ def training_curves(records: Sequence[Dict[str, Any]]) -> Optional[Plot]:
                 {k: [list(p) for p in v] for k, v in series.items()})
 
 
-def rate_distortion(points: Dict[str, List[Dict[str, float]]]) -> Optional[Plot]:
-    """PSNR and MS-SSIM against bpp per version, over several adapters (qualities).
+def rate_distortion(points: Dict[str, Dict[str, List[Dict[str, float]]]]) -> Optional[Plot]:
+    """PSNR and MS-SSIM against bpp: one curve per image set and version, each point labelled with its run.
 
-    ``points``: version -> ``[{"bpp", "psnr", "ms_ssim", "label"}]`` sorted by bpp.
+    ``points``: image set -> version -> ``[{"bpp", "psnr", "ms_ssim", "label"}]`` sorted by bpp
+    (:func:`~psic_adapter.eval.report.rd.rd_points`). Points of different image sets are never joined.
+    None with fewer than two points in all.
     """
-    if not points or max(len(p) for p in points.values()) < 2:
+    runs = sum(max((len(pts) for pts in curves.values()), default=0) for curves in points.values())
+    if runs < 2:
         return None
-    fig = _figure(7.4, 3.0)
+    markers, styles = "osD^v<>", ["-", "--", ":", "-."]
+    fig = _figure(7.6, 3.4)
     for k, metric in enumerate(("psnr", "ms_ssim")):
         ax = fig.add_subplot(1, 2, k + 1)
-        for v, pts in points.items():
-            ax.plot([p["bpp"] for p in pts], [p[metric] for p in pts], marker="o", ms=3.5, lw=1, label=v,
-                    color=COLORS.get(v))
+        for j, (set_label, curves) in enumerate(points.items()):
+            for v, pts in curves.items():
+                xs, ys = [p["bpp"] for p in pts], [p[metric] for p in pts]
+                ax.plot(xs, ys, marker=markers[j % len(markers)], ms=4, lw=1, ls=styles[j % len(styles)],
+                        color=COLORS.get(v), label=f"{v}: {set_label}")
+                if v == "encrypted" or len(curves) == 1:  # one label per point of the set, under the lowest
+                    for p, x, y in zip(pts, xs, ys):
+                        ax.annotate(p.get("label", ""), (x, y), textcoords="offset points", xytext=(4, -9),
+                                    fontsize=6, color="#333")
         ax.set_xlabel("bpp (real bytes)")
         ax.set_ylabel({"psnr": "PSNR (dB)", "ms_ssim": "MS-SSIM"}[metric])
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, frameon=False)
-    fig.suptitle("rate-distortion", fontsize=9)
-    return Plot("rate_distortion", "Rate-distortion of each version over the adapters given", _png(fig),
-                {v: [dict(p) for p in pts] for v, pts in points.items()})
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=6, frameon=False, loc="lower center", ncol=1,
+               bbox_to_anchor=(0.5, -0.02 - 0.045 * len(labels)))
+    fig.suptitle("rate-distortion, one curve per image set (points: the runs)", fontsize=9)
+    return Plot("rate_distortion", "Rate-distortion of each version, one curve per image set", _png(fig),
+                {s: {v: [dict(p) for p in pts] for v, pts in curves.items()} for s, curves in points.items()})
