@@ -42,7 +42,9 @@ def add_parser(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=30, help="caption task: caption length limit")
     p.add_argument("--split", help="celeba: train | val | test (default) | all; caption: a file of image names "
                    "(Flickr_8k.devImages.txt) or a Karpathy JSON split")
-    p.add_argument("--wrong-keys", type=int, default=100)
+    p.add_argument("--wrong-keys", type=int, default=10,
+                   help="random wrong-key conditions fed to the network at the primary scale (default 10: each one "
+                        "decodes every image of that scale again)")
     p.add_argument("--attack-steps", type=int, default=50, help="white-box attacker's steps (0: skip)")
     p.add_argument("--attack-images", type=int, default=16)
     p.add_argument("--no-robustness", action="store_true", help="skip JPEG / resize / blur / codec re-encoding")
@@ -82,7 +84,7 @@ def run(args) -> int:
     from ..eval import table
     from ..eval.protocol import PSICDecoder
     from ..eval.report import ReportRun, write_report
-    from ..eval.runner import Evaluator, load_samples
+    from ..eval.runner import Evaluator, describe_work, load_samples, minutes
     from ..targets import build_target
 
     if args.task != "classify":
@@ -102,6 +104,8 @@ def run(args) -> int:
         meta = {"name": name, "adapter": str(adapter), "data": [str(d) for d in args.data], "key_given": key is not None,
                 "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()}}
         ev = Evaluator(PSICDecoder(model, key), target, config=cfg)
+        print(f"{name}: {describe_work(samples, cfg)}: {minutes(ev.estimate(samples))} on this machine (from one "
+              "decode timed here)", flush=True)
         result = ev.run(samples, meta=meta)
         runs.append(ReportRun(name, result, ev.gallery, run_log(adapter)))
         print(table.summary(result, name))
