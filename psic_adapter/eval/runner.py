@@ -81,7 +81,7 @@ class EvalConfig:
     primary: Optional[str] = None  # scale of the headline, wrong keys, attack and gallery (default: first)
     crop: int = 224
     crops: int = 96  # crops of the "crops" scale, spread over the images
-    wrong_keys: int = 100
+    wrong_keys: int = 10
     attack_steps: int = 50
     attack_lr: float = 0.05
     attack_images: int = 16
