@@ -29,6 +29,13 @@ def show_line(text: str, limit: Optional[int] = 300) -> str:
     return text if limit is None or len(text) <= limit else text[:limit] + "..."
 
 
+def describe_os_error(exc: OSError) -> str:
+    """A file-system failure as one line: the file(s) it names and the system's reason."""
+    names = [str(f) for f in (exc.filename, getattr(exc, "filename2", None)) if f]
+    reason = exc.strerror or str(exc) or exc.__class__.__name__
+    return f"{' -> '.join(names)}: {reason}" if names else reason
+
+
 class PSICError(Exception):
     """Base class of the errors that a user's input can cause.
 
