@@ -46,7 +46,7 @@ from ..errors import ConfigError, PSICError, show, show_names
 
 KeyLike = Union[str, bytes]
 
-#: scrypt with N=2**14, r=8, p=1 costs ~16 MiB and ~50 ms per guess.
+#: scrypt with N=2**14, r=8, p=1 costs ~16 MiB and ~50 ms per guess (a loaded config may ask for up to 16x that).
 DEFAULT_KDF: Dict[str, object] = {"name": "scrypt", "n": 2**14, "r": 8, "p": 1, "dklen": 32}
 PBKDF2_KDF: Dict[str, object] = {"name": "pbkdf2_sha256", "iterations": 600_000, "dklen": 32}
 
@@ -58,6 +58,9 @@ _ENCRYPTED_LABEL = b"psic-adapter encrypted condition v1"
 #: the least KDF cost a config may ask for (a loaded config cannot make a key cheaper to guess)
 MIN_SCRYPT_N = 2**14
 MAX_SCRYPT_N = 2**20
+#: the most memory (and so time: both grow with n * r * p) one scrypt derivation of a loaded config may ask for:
+#: 128 * r * n * p bytes, 256 MiB (16x the default's, about a second); a config is untrusted input
+MAX_SCRYPT_BYTES = 256 << 20
 MIN_PBKDF2_ITERATIONS = 600_000
 MAX_PBKDF2_ITERATIONS = 10_000_000
 
@@ -81,8 +84,11 @@ def check_kdf(kdf) -> Dict[str, object]:
         n = _kdf_int("kdf n", kdf["n"], MIN_SCRYPT_N, MAX_SCRYPT_N)
         if n & (n - 1):
             raise ConfigError(f"kdf n must be a power of two, not {n}")
-        _kdf_int("kdf r", kdf["r"], 8, 32)
-        _kdf_int("kdf p", kdf["p"], 1, 16)
+        r = _kdf_int("kdf r", kdf["r"], 8, 32)
+        p = _kdf_int("kdf p", kdf["p"], 1, 16)
+        if scrypt_cost(n, r, p) > MAX_SCRYPT_BYTES:
+            raise ConfigError(f"kdf scrypt n={n}, r={r}, p={p} asks for {scrypt_cost(n, r, p) >> 20} MiB and as much "
+                              f"time per key (128*r*n*p bytes): more than {MAX_SCRYPT_BYTES >> 20} MiB")
     elif name == "pbkdf2_sha256":
         known = {"name", "iterations", "dklen"}
         for k in ("iterations", "dklen"):
@@ -97,6 +103,16 @@ def check_kdf(kdf) -> Dict[str, object]:
         raise ConfigError(f"unknown kdf field(s): {show_names(extra)}")
     return kdf
 
+
+
+def scrypt_cost(n: int, r: int, p: int) -> int:
+    """Bytes that bound one scrypt derivation's memory, and its time with them: ``128 * r * n * p``."""
+    return 128 * r * n * p
+
+
+def scrypt_maxmem(n: int, r: int, p: int) -> int:
+    """The ``maxmem`` to give ``hashlib.scrypt``: what it allocates (``128 * r * (n + p + 2)``) with room to spare."""
+    return 128 * r * (n + p + 2) + (1 << 20)
 
 
 def default_kdf() -> Dict[str, object]:
@@ -154,7 +170,10 @@ def derive_material(key: KeyLike, salt: str, kdf: Dict[str, object]) -> bytes:
         if not hasattr(hashlib, "scrypt"):
             raise PSICError("this adapter uses scrypt, which this Python's hashlib lacks")
         n, r, p = int(kdf["n"]), int(kdf["r"]), int(kdf["p"])
-        return hashlib.scrypt(key_b, salt=salt_b, n=n, r=r, p=p, maxmem=256 * n * r + (1 << 24), dklen=dklen)
+        try:
+            return hashlib.scrypt(key_b, salt=salt_b, n=n, r=r, p=p, maxmem=scrypt_maxmem(n, r, p), dklen=dklen)
+        except (ValueError, MemoryError) as exc:  # the bounds above keep this from happening
+            raise PSICError(f"the key derivation (scrypt n={n}, r={r}, p={p}) failed: {exc}") from None
     if name == "pbkdf2_sha256":
         return hashlib.pbkdf2_hmac("sha256", key_b, salt_b, int(kdf["iterations"]), dklen=dklen)
     raise ConfigError(f"unknown KDF {name!r} (known: scrypt, pbkdf2_sha256)")
