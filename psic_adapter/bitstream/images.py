@@ -1,7 +1,9 @@
 """Reading and writing images as tensors, and padding them for a codec.
 
 Codecs work on RGB tensors in [0, 1]. Real files are grey, RGB or RGBA, 8- or
-16-bit PNG, or JPEG: :func:`load_image` turns any of them into a ``1x3xHxW``
+16-bit PNG, or JPEG (a camera's EXIF orientation applied, at any bit depth; 32-bit
+integer and float images are read as 16-bit where their values fit, [0, 65535] and
+[0, 1], and refused otherwise): :func:`load_image` turns any of them into a ``1x3xHxW``
 float tensor plus an :class:`ImageInfo` that :func:`save_image` uses to write the
 decode back in the original layout (grey stays grey, the alpha plane is put
 back, 16-bit stays 16-bit).
@@ -111,31 +113,80 @@ def _read_png16(path: Path) -> Optional[np.ndarray]:
     return arr
 
 
+#: EXIF orientation (tag 0x0112) -> the numpy steps that show the photo as it is seen (as PIL's exif_transpose)
+_ORIENT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def _exif_orientation(path: Path) -> int:
+    """The EXIF orientation of an image file (1: as stored), read by PIL."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        try:
+            value = im.getexif().get(0x0112, 1)
+        except Exception:  # noqa: BLE001 - a broken EXIF block: the image as stored, as PIL's exif_transpose does
+            return 1
+    return value if value in _ORIENT else 1
+
+
+def _wide_pixels(im, path: Path) -> np.ndarray:
+    """A 32-bit integer ("I") or float ("F") image as uint16, when its values fit 16 bits ([0, 65535], or [0, 1]
+    for floats); any other range is an :class:`ImageError` (it was wrapped modulo 65536, or read as black)."""
+    arr = np.asarray(im)
+    if im.mode == "I":
+        lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+        if lo < 0 or hi > 65535:
+            raise ImageError(f"{path}: 32-bit integer pixels from {lo} to {hi}: only 8- and 16-bit images are "
+                             "supported (convert it to a 16-bit PNG)")
+        return arr.astype(np.uint16)
+    if not np.isfinite(arr).all():
+        raise ImageError(f"{path}: floating-point pixels that are not finite (NaN or infinite)")
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if lo < 0 or hi > 1:
+        raise ImageError(f"{path}: floating-point pixels from {lo:g} to {hi:g}: only values in [0, 1] are read "
+                         "(as 16-bit); convert it to a 16-bit PNG")
+    return np.round(arr.astype(np.float64) * 65535).astype(np.uint16)
+
+
 def read_array(path: PathLike) -> np.ndarray:
-    """An image file as an HxW or HxWxC uint8/uint16 array, nothing converted."""
+    """An image file as an HxW or HxWxC uint8/uint16 array, as it is seen (EXIF orientation applied)."""
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: no such image file")
     try:
         arr = _read_png16(path)
-        if arr is None:
+        if arr is not None:  # a camera's orientation tag counts for 16-bit PNGs too
+            orientation = _exif_orientation(path)
+            if orientation != 1:
+                arr = np.ascontiguousarray(_ORIENT[orientation](arr))
+        else:
             from PIL import Image, ImageOps
 
             with Image.open(path) as raw:
                 check_pixels(raw.width, raw.height, str(path))
                 raw.load()
                 im = ImageOps.exif_transpose(raw)  # a camera's orientation tag: the photo as it is seen
-                if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                if im.mode in ("I;16", "I;16B", "I;16L"):
                     arr = np.asarray(im).astype(np.uint16)
+                elif im.mode in ("I", "F"):
+                    arr = _wide_pixels(im, path)
                 elif im.mode in ("L", "RGB", "RGBA"):
                     arr = np.asarray(im)
                 elif im.mode == "LA":
                     arr = np.asarray(im.convert("RGBA"))
                 elif im.mode in ("P", "PA"):
                     arr = np.asarray(im.convert("RGBA" if "transparency" in im.info or im.mode == "PA" else "RGB"))
-                else:  # CMYK, YCbCr, 1, F ...
+                else:  # CMYK, YCbCr, 1 ...
                     arr = np.asarray(im.convert("RGB"))
-        elif arr.shape[2] == 2:  # grey + alpha, 16-bit
+        if arr.ndim == 3 and arr.shape[2] == 2:  # grey + alpha, 16-bit
             g, a = arr[..., 0], arr[..., 1]
             arr = np.stack([g, g, g, a], axis=-1)
     except ImageError:
