@@ -69,7 +69,8 @@ def read_state_dict(path: PathLike, error: Type[PSICError] = PSICError) -> Dict[
 
 def describe_mismatch(own: Dict[str, torch.Tensor], state: Dict[str, torch.Tensor], ignore=()) -> str:
     """One short line on what keeps ``state`` from loading strictly where ``own`` is ("" when it fits):
-    missing, unexpected, mis-shaped and non-float tensors, counted, with a few names. Keys ending in
+    missing, unexpected, mis-shaped, non-float (or integer of another type) and non-finite tensors, counted,
+    with a few names (a NaN or integer weight would otherwise hang the entropy coder). Keys ending in
     ``ignore`` are not compared for shape (e.g. entropy tables that a codec resizes itself)."""
     common = sorted(set(own) & set(state))
     groups = [
@@ -78,6 +79,9 @@ def describe_mismatch(own: Dict[str, torch.Tensor], state: Dict[str, torch.Tenso
         ("of another shape", [f"{k} {tuple(state[k].shape)} for {tuple(own[k].shape)}" for k in common
                               if tuple(state[k].shape) != tuple(own[k].shape) and not k.endswith(tuple(ignore))]),
         ("not floating point", [k for k in common if own[k].is_floating_point() and not state[k].is_floating_point()]),
+        ("of another type", [f"{k} {state[k].dtype} for {own[k].dtype}" for k in common
+                             if not own[k].is_floating_point() and state[k].dtype != own[k].dtype]),
+        ("not finite", [k for k in common if state[k].is_floating_point() and not bool(torch.isfinite(state[k]).all())]),
     ]
     parts = []
     for what, names in groups:

@@ -120,19 +120,44 @@ def load_codec(
             try:
                 codec = cls.from_state_dict(state)
             except Exception:  # CompressAI reads the sizes off named tensors: a KeyError for others
-                raise PSICError(f"the checkpoint does not fit {name}: "
-                                f"{describe_mismatch(build_codec_like(cls), state)}") from None
+                like = build_codec_like(cls)
+                filled = with_empty_tables(state, like)
+                try:
+                    if len(filled) == len(state):  # not a matter of missing entropy tables
+                        raise KeyError
+                    codec = cls.from_state_dict(filled)
+                    state = filled
+                except Exception:  # noqa: BLE001 - as above
+                    raise PSICError(f"the checkpoint does not fit {name}: {describe_mismatch(like, state)}") from None
         else:
             codec = build_codec(name, quality, **dims)
+            state = with_empty_tables(state, codec)
             try:
                 codec.load_state_dict(state)
-            except RuntimeError:
+            except (RuntimeError, KeyError, ValueError):
                 raise PSICError(f"the checkpoint does not fit {name} quality {quality}: "
                                 f"{describe_mismatch(codec, state)}") from None
+        problem = tensor_problems(codec, state)  # NaN weights, integer tensors in float places ...
+        if problem:
+            raise PSICError(f"the checkpoint's tensors cannot code images: {problem}")
     else:
         codec = build_codec(name, quality, pretrained=pretrained, metric=metric, **dims)
     codec = codec.to(device)
     return prepare_for_coding(codec)
+
+
+def with_empty_tables(state: Dict[str, torch.Tensor], codec: Optional[nn.Module]) -> Dict[str, torch.Tensor]:
+    """``state`` with an empty tensor for each entropy table it lacks that ``codec`` has: older CompressAI
+    checkpoints hold no tables, and :func:`prepare_for_coding` then computes them (``update()``)."""
+    from .fingerprint import TABLE_BUFFERS
+
+    if codec is None:
+        return state
+    filled = dict(state)
+    for k, v in codec.state_dict().items():
+        if k not in filled and k.rsplit(".", 1)[-1] in (*TABLE_BUFFERS, "scale_table"):
+            filled[k] = torch.empty(0, dtype=v.dtype)
+    return filled
 
 
 def build_codec_like(cls) -> Optional[nn.Module]:
@@ -148,12 +173,18 @@ def build_codec_like(cls) -> Optional[nn.Module]:
 
 def describe_mismatch(codec: Optional[nn.Module], state: Dict[str, torch.Tensor]) -> str:
     """One short line on how a checkpoint's tensors differ from ``codec``'s (the entropy tables resize themselves)."""
-    from ..weights import describe_mismatch as describe
-
     if codec is None:
         return f"none of its {len(state)} tensors are this codec's"
-    return describe(codec.state_dict(), state, ignore=("_quantized_cdf", "_offset", "_cdf_length")) or \
-        "its tensors do not load"
+    return tensor_problems(codec, state) or "its tensors do not load"
+
+
+def tensor_problems(codec: nn.Module, state: Dict[str, torch.Tensor]) -> str:
+    """What is wrong with ``state`` for ``codec`` ("" when nothing): :func:`psic_adapter.weights.describe_mismatch`,
+    the entropy tables' shapes aside (they resize themselves)."""
+    from ..weights import describe_mismatch as describe
+    from .fingerprint import TABLE_BUFFERS
+
+    return describe(codec.state_dict(), state, ignore=(*TABLE_BUFFERS, "scale_table"))
 
 
 def synthesis_transform(codec: nn.Module) -> nn.Module:

@@ -14,7 +14,8 @@ from typing import Iterable
 
 from torch import nn
 
-_TABLE_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length")
+#: the entropy coder's CDF tables: buffers that ``update()`` derives from the parameters
+TABLE_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length")
 
 
 def _hash_tensors(named: Iterable, digest) -> None:
@@ -37,7 +38,7 @@ def fingerprint(codec: nn.Module) -> str:
 def entropy_tables_hash(codec: nn.Module) -> str:
     """SHA-256 of the entropy coder's CDF tables (the buffers ``update()`` derives): hex."""
     d = hashlib.sha256(b"psic tables v1\0")
-    named = [(n, b) for n, b in codec.named_buffers() if n.rsplit(".", 1)[-1] in _TABLE_BUFFERS]
+    named = [(n, b) for n, b in codec.named_buffers() if n.rsplit(".", 1)[-1] in TABLE_BUFFERS]
     _hash_tensors(sorted(named, key=lambda kv: kv[0]), d)
     return d.hexdigest()
 
