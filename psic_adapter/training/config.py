@@ -21,10 +21,11 @@ Explicit settings always win over a recipe's.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-from ..errors import ConfigError
+from ..errors import ConfigError, show
 from .objectives import OBJECTIVES, eot_mode
 
 #: CompressAI's MSE lambdas by zoo quality (paper: "lambda ... to obtain models at different levels")
@@ -130,9 +131,10 @@ class TrainConfig:
             raise ConfigError(f"schedule must be 'alternate' or 'joint', not {self.schedule!r}")
         if self.amp not in ("auto", "bf16", "off") or self.channels_last not in ("auto", "on", "off"):
             raise ConfigError("amp must be auto|bf16|off and channels_last auto|on|off")
-        for name in ("steps", "batch_size", "crop"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name} must be at least 1")
+        self._check_numbers()
+        for name in ("steps", "batch_size", "crop", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, not {getattr(self, name)!r}")
         if self.budget_db is not None and (self.stage != 2 or self.budget_db <= 0):
             raise ConfigError("budget_db is a positive number of dB, for stage 2 (its reference is the base decode)")
         if self.budget_control not in BUDGET_CONTROLS:
@@ -143,14 +145,13 @@ class TrainConfig:
             raise ConfigError("budget_target_db is a positive number of dB")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"lr_schedule must be one of {LR_SCHEDULES}, not {self.lr_schedule!r}")
-        for name in ("dual_lr", "warmup"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and v == v and 0 <= v < float("inf")):
-                raise ConfigError(f"{name} must be a finite number >= 0, not {v!r}")
+        for name in ("lr", "adapter_lr", "aux_lr"):  # Adam's step is the learning rate: above 1 it only diverges
+            if getattr(self, name) is not None and getattr(self, name) > 1:
+                raise ConfigError(f"{name} must be at most 1, not {getattr(self, name)!r}")
         if self.warmup >= 1:
             raise ConfigError("warmup is a fraction of the steps, below 1")
         for name in ("val_every", "val_images", "val_size"):
-            if int(getattr(self, name)) < (0 if name == "val_every" else 1):
+            if getattr(self, name) < (0 if name == "val_every" else 1):
                 raise ConfigError(f"{name} must be {'>= 0' if name == 'val_every' else 'at least 1'}")
         if self.val_every and not self.val_data:
             raise ConfigError("val_every needs val_data (the photos to read the validation ASR on)")
@@ -166,6 +167,23 @@ class TrainConfig:
             raise ConfigError("train_sizes must be at least the smallest view size")
         if self.batch_size < 2 and self.objective in ("uaeo", "authors"):
             raise ConfigError("the UAEO objective compares captions within a batch: use batch_size >= 2")
+
+    def _check_numbers(self) -> None:
+        """Every number (learning rates, weights, counts, sizes; each entry of a tuple) is finite and >= 0, and a
+        count is an integer: a NaN learning rate trained a NaN adapter, and saved it, with exit status 0."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            for v in value if isinstance(value, tuple) else (value,):
+                if v is None or isinstance(v, str):
+                    continue
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    if isinstance(f.default, bool):
+                        continue
+                    raise ConfigError(f"{f.name} must be a number, not {show(v)}")
+                if not math.isfinite(v) or v < 0:
+                    raise ConfigError(f"{f.name} must be a finite number >= 0, not {show(v)}")
+                if isinstance(f.default, int) and not isinstance(f.default, bool) and not isinstance(v, int):
+                    raise ConfigError(f"{f.name} is a count: an integer, not {show(v)}")
 
     # resolved defaults -------------------------------------------------------
     def resolved_lr(self) -> float:

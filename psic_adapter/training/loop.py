@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError, OverwriteError, PSICError
+from ..errors import ConfigError, OverwriteError, PSICError, show
 from .config import RESUMABLE_CHANGES
 
 PathLike = Union[str, os.PathLike]
@@ -194,17 +194,34 @@ class TrainingLoop:
         state = load_state(path)
         try:
             self._check_same_recipe(state.get("train_config"), path)
+            progress = self._check_progress(state, path)
             self.load_checkpoint_state(state, path)
             _set_rng_state(state["rng"])
-            self.step_count = int(state["step"])
-            self.epoch = int(state["epoch"])
-            self.batch_in_epoch = int(state["batch_in_epoch"])
+            self.step_count, self.epoch, self.batch_in_epoch = progress
         except PSICError:
             raise
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
             raise PSICError(f"{path}: this checkpoint does not fit the run ({exc.__class__.__name__}: "
                             f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
         self._trim_log(self.step_count)
+
+    def _check_progress(self, state: Dict[str, Any], path: Path):
+        """``(step, epoch, batch_in_epoch)`` of a checkpoint: counts, consistent with each other and with the
+        scheduler's own count, and not past ``steps`` (a planted count would skip the training, exit 0)."""
+        counts = [state["step"], state["epoch"], state["batch_in_epoch"]]
+        for name, v in zip(("step", "epoch", "batch_in_epoch"), counts):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise PSICError(f"{path}: its {name} {show(v)} is not a count: not a checkpoint of this run")
+        step, epoch, batch_in_epoch = counts
+        scheduler = state.get("scheduler")
+        done = scheduler.get("last_epoch") if isinstance(scheduler, dict) else step
+        if epoch > step or batch_in_epoch > step or done != step:
+            raise PSICError(f"{path}: its counts disagree (step {step}, epoch {epoch}, batch {batch_in_epoch}, "
+                            f"scheduler {show(done)}): the checkpoint was edited or is corrupted")
+        if step > self.cfg.steps:
+            raise PSICError(f"{path}: the checkpoint is at step {step}, past the {self.cfg.steps} steps asked for: "
+                            "give --steps above it to go on training")
+        return step, epoch, batch_in_epoch
 
     def _check_same_recipe(self, saved, path: Path) -> None:
         """A resumed run keeps its recipe: only :data:`RESUMABLE_CHANGES` may differ."""
@@ -220,8 +237,12 @@ class TrainingLoop:
 
     def _trim_log(self, step: int) -> None:
         """Drop log records past the checkpoint's step (they are about to be redone), so that none repeats."""
-        log = self.out_dir / "log.jsonl"
-        if not self.is_main or not log.is_file():
+        from ..fileio import atomic_write_text, regular_or_absent
+
+        if not self.is_main:
+            return
+        log = regular_or_absent(self.out_dir / "log.jsonl", "training log")  # never read or rewritten through a link
+        if not log.is_file():
             return
         kept = []
         for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
@@ -231,8 +252,6 @@ class TrainingLoop:
                 continue  # a line cut by the interruption
             if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
                 kept.append(line)
-        from ..fileio import atomic_write_text
-
         atomic_write_text(log, "".join(k + "\n" for k in kept), force=True)
 
     # ---- data and log
@@ -263,22 +282,31 @@ class TrainingLoop:
         if not self.is_main:
             return
         if self._log_fh is None:
-            self._log_fh = open(self.out_dir / "log.jsonl", "a")
+            from ..fileio import open_append
+
+            self._log_fh = open_append(self.out_dir / "log.jsonl", "training log")  # never through a link
         self._log_fh.write(json.dumps(record) + "\n")
         self._log_fh.flush()
 
     def prepare_out_dir(self, resume: bool = False, force: bool = False) -> None:
         if not self.is_main:
             return
+        from ..fileio import regular_or_absent
+
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise PSICError(f"{self.out_dir} is a file: --out is the run's folder")
         done = self.out_dir.joinpath(*self.done_marker)
         if not resume and done.exists() and not force:
             raise OverwriteError(f"{done.parent} exists (use --force to overwrite, or --resume)")
-        log = self.out_dir / "log.jsonl"
+        log = regular_or_absent(self.out_dir / "log.jsonl", "training log")  # a link would write elsewhere
         if not resume and log.exists():
             if not force:
                 raise OverwriteError(f"{log} exists (use --force to start over, or --resume)")
             log.unlink()
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PSICError(f"{self.out_dir}: cannot make the run's folder ({exc.strerror})") from None
 
     # ---- the loop
     def train(self, resume: bool = False, force: bool = False) -> Dict[str, Any]:
@@ -303,6 +331,11 @@ class TrainingLoop:
             while self.step_count < cfg.steps:
                 batch = next(batches)
                 last = self.step(batch)
+                loss = last.get("loss")
+                if isinstance(loss, float) and not math.isfinite(loss):  # the weights are gone: save none of them
+                    raise PSICError(f"the loss became {loss} at step {self.step_count}: training stopped, nothing "
+                                    "saved from this step (lower the learning rates, or resume from the last "
+                                    "checkpoint)")
                 seen += batch["image"].shape[0] * self.world
                 bar.update(1)
                 if self.step_count % cfg.log_every == 0 or self.step_count == cfg.steps:

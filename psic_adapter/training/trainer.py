@@ -417,6 +417,10 @@ class Trainer(TrainingLoop):
         if not self.is_main:
             return result
         cfg = self.model.config
+        bad = [k for k, v in self.model.adapter_state_dict().items() if v.is_floating_point() and not v.isfinite().all()]
+        if bad:
+            raise PSICError(f"training left non-finite adapter weights ({', '.join(bad[:3])}): nothing saved (lower the "
+                            "learning rates)")
         if self.trains_codec:
             if self.cfg.stage == 1:  # the entropy model trained: its tables follow it
                 self.model.base.update(force=True)
