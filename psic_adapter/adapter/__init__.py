@@ -6,6 +6,7 @@
 * :mod:`.keys` -- the key rule, the KDF, key -> condition;
 * :mod:`.keyring` -- a model's owner conditions and derived-key cache;
 * :mod:`.model` -- :class:`PSICModel`, :func:`wrap_model`, :func:`load_adapter`;
+* :mod:`.files` -- an adapter folder's files, checked without a codec;
 * :mod:`.pretrained` -- adapters on disk and on a hub.
 """
 

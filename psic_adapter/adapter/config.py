@@ -218,6 +218,7 @@ class PSICConfig:
             if not isinstance(v, dict):
                 raise ConfigError(f"{name} must be a JSON object")
             _json_depth(v)
+        self._check_base_model()
         if self.library_version is not None and not (isinstance(self.library_version, str)
                                                      and len(self.library_version) <= 64):
             raise ConfigError("library_version must be a short string")
@@ -226,6 +227,30 @@ class PSICConfig:
             if n > MAX_PARAMETERS:
                 raise ConfigError(f"this adapter would have {n:,} parameters (more than {MAX_PARAMETERS:,}): "
                                   "not a PSIC adapter")
+
+    def _check_base_model(self) -> None:
+        """What a fitted adapter says of its base codec is what building that codec reads: the architecture and
+        the fingerprint are there, and every known fact has its type (a crafted ``"base_model": {}`` otherwise
+        surfaced as an AttributeError deep in the codec registry)."""
+        info = self.base_model
+        if self.is_bound:
+            missing = [k for k in ("architecture", "fingerprint") if k not in info]
+            if missing:
+                raise ConfigError(f"base_model lacks {' and '.join(missing)}: this fitted adapter does not say "
+                                  "which codec it fits")
+        arch = info.get("architecture")
+        if arch is not None and not (isinstance(arch, str) and 0 < len(arch) <= 64):
+            raise ConfigError(f"base_model architecture must be a codec name, not {show(arch)}")
+        if info.get("fingerprint") is not None:
+            _check_hex("base_model fingerprint", info["fingerprint"], 64, 64)
+        if info.get("quality") is not None:
+            _int_in("base_model quality", info["quality"], 0, 64)
+        for k in ("N", "M"):
+            if info.get(k) is not None:
+                _int_in(f"base_model {k}", info[k], 1, MAX_CHANNELS)
+        for k in ("class", "checkpoint"):
+            if info.get(k) is not None and not (isinstance(info[k], str) and len(info[k]) <= MAX_TEXT):
+                raise ConfigError(f"base_model {k} must be a string, not {show(info[k])}")
 
     def num_parameters(self) -> int:
         """The adapter's parameter count, from the config alone (checked before anything is allocated)."""

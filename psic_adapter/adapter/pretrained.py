@@ -6,7 +6,7 @@ and ``adapter_model.safetensors`` (the CLTG tensors); the ``"default"`` adapter
 key is never written. A folder or a hub download is untrusted: the config is
 bounded (:meth:`PSICConfig.validate`) before anything is allocated, the weights
 file's size is checked against the config, and tensors that do not fit are
-named in a one-line error.
+named in a one-line error (:mod:`.files`).
 
 :class:`PretrainedMixin` gives :class:`~.model.PSICModel` these methods without
 this module importing the model.
@@ -25,9 +25,10 @@ from torch import Tensor, nn
 
 from .. import __version__
 from ..errors import ConfigError, FingerprintMismatchError, OverwriteError
-from ..fileio import atomic_write
+from ..fileio import atomic_write, check_output
 from ..weights import describe_mismatch
 from .config import CONFIG_NAME, WEIGHTS_NAME, PSICConfig, check_adapter_name
+from .files import check_adapter_files, read_adapter_weights
 from .keys import KeyLike
 
 PathLike = Union[str, os.PathLike]
@@ -74,23 +75,6 @@ def resolve_adapter_dir(path: PathLike, revision: Optional[str] = None) -> Path:
 def state_mismatch(module: nn.Module, state: Dict[str, Tensor]) -> str:
     """What keeps ``state`` from loading strictly into ``module`` ("" when it fits), naming the tensors."""
     return describe_mismatch(module.state_dict(), state)
-
-
-def read_adapter_weights(weights: Path, config: PSICConfig) -> Dict[str, Tensor]:
-    """The tensors of ``adapter_model.safetensors``, after checking its size against the config."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    if not weights.is_file():
-        raise ConfigError(f"{weights.parent}: {WEIGHTS_NAME} is missing")
-    expected = config.num_parameters() if config.injection_points else 0
-    if weights.stat().st_size > 8 * expected + (1 << 20):
-        raise ConfigError(f"{weights}: {weights.stat().st_size} bytes, far more than an adapter of "
-                          f"{expected:,} parameters needs")
-    try:
-        return load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ConfigError(f"{weights}: cannot read adapter weights ({exc})") from None
 
 
 def save_adapters(model, save_directory: PathLike, adapter_names: Optional[Sequence[str]] = None,
@@ -186,26 +170,25 @@ class PretrainedMixin:
 
 
 def change_adapter_key(path: PathLike, out: PathLike, old_key: KeyLike, new_key: KeyLike,
-                       force: bool = False) -> Path:
+                       force: bool = False, inputs=()) -> Path:
     """Copy the adapter folder ``path`` to ``out`` with ``new_key`` as its owner's key
     (:func:`.keys.rekey_config`: only for ``full_version="base"`` adapters; the ``.psic``
     files made for it still decode). The tensors are copied byte for byte after the
-    usual checks. ``out == path`` rewrites the config in place and needs ``force``."""
+    usual checks. ``out == path`` rewrites the config in place and needs ``force``;
+    ``inputs`` (the key files) are never written over."""
     from .keys import rekey_config
 
     src = resolve_adapter_dir(path)
-    config = PSICConfig.load(src)
-    read_adapter_weights(src / WEIGHTS_NAME, config)  # an unreadable adapter is refused before anything is written
+    config, _ = check_adapter_files(src)  # an unreadable adapter is refused before anything is written
     new, _ = rekey_config(config, old_key, new_key)
     dst = Path(out)
     same = dst.exists() and dst.resolve() == src.resolve()
-    if not force:
-        for fn in (CONFIG_NAME, WEIGHTS_NAME):
-            if (dst / fn).exists():
-                raise OverwriteError(f"{dst / fn} exists (pass force=True to overwrite)")
+    for fn in (CONFIG_NAME, WEIGHTS_NAME):  # both checked before anything is written; never a key file
+        check_output(dst / fn, force=force, inputs=inputs)
     if not same:
-        atomic_write(dst / WEIGHTS_NAME, (src / WEIGHTS_NAME).read_bytes(), force=True)  # size checked above
-    atomic_write(dst / CONFIG_NAME, new.to_json_string().encode(), force=True)
+        atomic_write(dst / WEIGHTS_NAME, (src / WEIGHTS_NAME).read_bytes(), force=True,  # size checked above
+                     inputs=inputs)
+    atomic_write(dst / CONFIG_NAME, new.to_json_string().encode(), force=True, inputs=inputs)
     return dst
 
 

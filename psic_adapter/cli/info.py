@@ -44,27 +44,26 @@ def file_info(path) -> Dict[str, Any]:
 
 
 def adapter_info(path) -> Dict[str, Any]:
-    """The facts of an adapter folder, from its checked config and its weights' header."""
-    from ..adapter.config import WEIGHTS_NAME, PSICConfig
+    """The facts of an adapter folder, from its checked config and weights (missing, unreadable or
+    misfitting weights are an error, not a description)."""
+    import re
+
+    from safetensors import safe_open
+
+    from ..adapter.config import WEIGHTS_NAME
+    from ..adapter.files import check_adapter_files
     from ..codec import SHIPPED_CODEC
     from ..hub.card import training_rows
 
-    cfg = PSICConfig.load(path)
+    cfg, state = check_adapter_files(path)
     base = cfg.base_model
     training = {r["label"]: r["value"] for r in training_rows(cfg.training)} if cfg.training else {}
     shipped = bool(SHIPPED_CODEC["fingerprint"]) and base.get("fingerprint") == SHIPPED_CODEC["fingerprint"]
-    params = None
-    weights = Path(path) / WEIGHTS_NAME
-    fingerprint = None
-    if weights.is_file():
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(weights), framework="pt") as f:
-                fingerprint = (f.metadata() or {}).get("adapter_fingerprint")
-                params = sum(int(_prod(f.get_slice(k).get_shape())) for k in f.keys())
-        except Exception:  # noqa: BLE001 - shown as unknown; loading the adapter names the problem
-            params = None
+    params = sum(t.numel() for t in state.values())
+    with safe_open(str(Path(path) / WEIGHTS_NAME), framework="pt") as f:  # read once already: a safetensors file
+        fingerprint = (f.metadata() or {}).get("adapter_fingerprint")
+    if not (isinstance(fingerprint, str) and re.fullmatch(r"[0-9a-f]{16}", fingerprint)):
+        fingerprint = "not recorded"
     return {
         "kind": "adapter folder",
         "folder": str(path),
@@ -75,7 +74,7 @@ def adapter_info(path) -> Dict[str, Any]:
         "full version": ("the base codec's decode, bit for bit" if cfg.full_version == "base"
                          else "decoded with the owner's condition"),
         "injection points": ", ".join(f"{p['module']} ({p['channels']} ch)" for p in cfg.injection_points),
-        "parameters": params if params is not None else cfg.num_parameters(),
+        "parameters": params,
         "adapter fingerprint": fingerprint,
         "base codec": f"{base.get('architecture')}" + ("" if base.get("quality") is None else f" quality {base['quality']}"),
         "base fingerprint": base.get("fingerprint"),
@@ -84,13 +83,6 @@ def adapter_info(path) -> Dict[str, Any]:
         "kdf": cfg.kdf.get("name"),
         **({f"trained: {k}": v for k, v in training.items()} if training else {"trained": "no training record"}),
     }
-
-
-def _prod(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
 
 
 def render(info: Dict[str, Any]) -> str:

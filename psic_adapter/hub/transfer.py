@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
-from ..adapter.config import CONFIG_NAME, WEIGHTS_NAME, PSICConfig
+from ..adapter.config import CONFIG_NAME, MAX_CONFIG_BYTES, WEIGHTS_NAME, PSICConfig
+from ..adapter.files import check_adapter_files, max_weights_bytes
 from ..errors import PSICError
+from ..fileio import read_limited
 from .card import CARD_NAME, DEFAULT_LICENSE, load_card_results, write_model_card
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -143,7 +144,11 @@ def snapshot(repo_id: str, revision: Optional[str] = None, token: Optional[str] 
 
 # --------------------------------------------------------------------- pushing
 def stage_adapter(model_or_dir, folder: Path, scratch: Path, adapter_name: Optional[str]) -> None:
-    """Copy exactly the adapter's two files into ``folder`` (a model is saved into ``scratch`` first)."""
+    """Copy exactly the adapter's two files into ``folder`` (a model is saved into ``scratch`` first).
+
+    A folder's files must be regular files (a symbolic link is refused, never followed: a link to the
+    key would publish the key) and a valid, fitted adapter (:func:`check_adapter_files`); the copies
+    are checked again, so that what is uploaded is what was checked."""
     if hasattr(model_or_dir, "save_pretrained") and hasattr(model_or_dir, "resolve_adapter_name"):
         name = model_or_dir.resolve_adapter_name(adapter_name)
         model_or_dir.save_pretrained(scratch, adapter_names=[name])
@@ -159,11 +164,12 @@ def stage_adapter(model_or_dir, folder: Path, scratch: Path, adapter_name: Optio
             raise PSICError(f"{src}: no {CONFIG_NAME} here: not an adapter folder{hint}")
         if not (src / WEIGHTS_NAME).is_file():
             raise PSICError(f"{src}: {WEIGHTS_NAME} is missing")
-        if not PSICConfig.load(src).is_bound:
-            raise PSICError(f"{src}: the adapter config is not fitted to a codec (save it with save_pretrained)")
+    config, _ = check_adapter_files(src, regular=True)
     folder.mkdir(parents=True, exist_ok=True)
-    for fn in (CONFIG_NAME, WEIGHTS_NAME):
-        shutil.copyfile(src / fn, folder / fn)
+    limits = {CONFIG_NAME: MAX_CONFIG_BYTES, WEIGHTS_NAME: max_weights_bytes(config)}
+    for fn, limit in limits.items():  # the bytes of the regular files checked, never through a link
+        (folder / fn).write_bytes(read_limited(src / fn, limit, what="adapter file", regular=True))
+    check_adapter_files(folder)
 
 
 def push_to_hub(model_or_dir, repo_id: str, *, private: bool = False, token: Optional[str] = None,

@@ -1,0 +1,67 @@
+"""An adapter folder's two files, read and checked without a codec.
+
+``adapter_config.json`` is bounded by :class:`~.config.PSICConfig` before anything is
+allocated; ``adapter_model.safetensors`` is size-checked against the config, read by
+safetensors (never unpickled), and each tensor's name, shape, type and finiteness is
+checked against the CLTG modules the config describes. :mod:`.pretrained` loads
+adapters through these; ``psic info`` and ``psic push`` check a folder with them
+before describing or publishing it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, Tuple, Union
+
+from torch import Tensor
+
+from ..errors import ConfigError
+from ..fileio import regular_or_absent
+from ..weights import describe_mismatch
+from .config import CONFIG_NAME, WEIGHTS_NAME, PSICConfig
+
+PathLike = Union[str, os.PathLike]
+
+
+def max_weights_bytes(config: PSICConfig) -> int:
+    """The most bytes a weights file of this config may have (8 per parameter, a MiB of header)."""
+    expected = config.num_parameters() if config.injection_points else 0
+    return 8 * expected + (1 << 20)
+
+
+def read_adapter_weights(weights: Path, config: PSICConfig) -> Dict[str, Tensor]:
+    """The tensors of ``adapter_model.safetensors``, after checking its size against the config."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not weights.is_file():
+        raise ConfigError(f"{weights.parent}: {WEIGHTS_NAME} is missing")
+    if weights.stat().st_size > max_weights_bytes(config):
+        raise ConfigError(f"{weights}: {weights.stat().st_size} bytes, far more than an adapter of "
+                          f"{config.num_parameters() if config.injection_points else 0:,} parameters needs")
+    try:
+        return load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ConfigError(f"{weights}: cannot read adapter weights ({exc})") from None
+
+
+def check_adapter_files(directory: PathLike, regular: bool = False) -> Tuple[PSICConfig, Dict[str, Tensor]]:
+    """The config and the tensors of a fitted adapter folder, after every check that needs no codec (see the
+    module docstring). ``regular``: both files regular, not symbolic links (what ``psic push`` publishes)."""
+    from .cltg import build_cltg
+
+    directory = Path(directory)
+    if regular:
+        for fn in (CONFIG_NAME, WEIGHTS_NAME):
+            regular_or_absent(directory / fn, "adapter file")
+    config = PSICConfig.load(directory)
+    if not config.is_bound:
+        raise ConfigError(f"{directory}: the adapter config is not fitted to a codec (save it with save_pretrained)")
+    weights = directory / WEIGHTS_NAME
+    state = read_adapter_weights(weights, config)
+    own = build_cltg(config, [p["channels"] for p in config.injection_points]).state_dict()
+    problem = describe_mismatch(own, state)
+    if problem:
+        raise ConfigError(f"{weights}: tensors do not fit the adapter config: {problem}")
+    return config, state
