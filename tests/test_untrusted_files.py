@@ -202,7 +202,7 @@ def _format1(data: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("which", ["rgb", "rgba"])
-def test_a_format_1_file_still_decodes(which, codec, rgb_file, rgba_file, tmp_path):
+def test_a_format_1_file_still_decodes_when_asked(which, codec, rgb_file, rgba_file, tmp_path):
     from PIL import Image
 
     data = rgb_file if which == "rgb" else rgba_file
@@ -213,7 +213,8 @@ def test_a_format_1_file_still_decodes(which, codec, rgb_file, rgba_file, tmp_pa
     _, header, _ = container.read(tmp_path / "old.psic")
     assert header.version == 1 and header.latent_check is None
     coding.decode_file(tmp_path / "new.psic", tmp_path / "new.png", codec)
-    coding.decode_file(tmp_path / "old.psic", tmp_path / "old.png", codec)
+    with pytest.warns(coding.UncheckedFormatWarning, match="no latent checksum"):
+        coding.decode_file(tmp_path / "old.psic", tmp_path / "old.png", codec, allow_format_1=True)
     with Image.open(tmp_path / "new.png") as a, Image.open(tmp_path / "old.png") as b:
         assert a.size == b.size and np.array_equal(np.asarray(a), np.asarray(b))
 

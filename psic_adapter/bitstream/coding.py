@@ -73,7 +73,11 @@ def _is_wrapped(model: nn.Module) -> bool:
 
 @torch.no_grad()
 def encode(model: nn.Module, x: torch.Tensor) -> Dict[str, Any]:
-    """``x`` [1, 3, H, W] in [0, 1] -> the codec's ``compress`` output on padded ``x`` (+ ``"size"``)."""
+    """``x`` [1, 3, H, W] in [0, 1] -> the codec's ``compress`` output on padded ``x`` (+ ``"size"``).
+
+    A size that a ``.psic`` file cannot hold (:func:`container.check_size`: the padded image within the pixel
+    limit, sides at most 65536) is refused before anything is coded."""
+    container.check_size(int(x.shape[-2]), int(x.shape[-1]))
     xp, size = pad_to_multiple(x, PAD_MULTIPLE)
     out = model.compress(xp)
     return {"strings": out["strings"], "shape": out["shape"], "size": size}
@@ -206,20 +210,23 @@ def _psic_name(dst: Path, force: bool) -> None:
 
 
 def encode_file(src: PathLike, dst: PathLike, model: nn.Module, codec_name: Optional[str] = None,
-                quality: Optional[int] = None, force: bool = False) -> EncodeResult:
+                quality: Optional[int] = None, force: bool = False, inputs=()) -> EncodeResult:
     """Compress an image file into a ``.psic`` file.
 
     ``model`` is a codec or a :class:`~psic_adapter.PSICModel`; with an adapter the
     file records the adapter's fingerprint (the bitstream is the same either way).
-    The output must not be the input, must be named ``.psic`` unless ``force``,
-    and an existing one needs ``force``; it is written atomically.
+    The output must not be the input (nor one of ``inputs``, the other files the
+    caller read: the checkpoint, the adapter), must be named ``.psic`` unless
+    ``force``, and an existing one needs ``force``; it is written atomically.
     """
     from ..fileio import check_output
 
     dst = Path(dst)
-    check_output(dst, force=force, inputs=[src])
+    inputs = [src, *inputs]
+    check_output(dst, force=force, inputs=inputs)
     _psic_name(dst, force)
     x, info = load_image(src)
+    container.check_size(info.height, info.width, str(src))  # what its own decoder will accept
     base = _base(model)
     enc = encode(model, x)
     y_hat = _latent_of(model, enc["strings"], enc["shape"])
@@ -240,7 +247,11 @@ def encode_file(src: PathLike, dst: PathLike, model: nn.Module, codec_name: Opti
         latent_check=latent_check(y_hat),
     )
     data = container.pack(enc["strings"], enc["shape"], header, alpha=alpha)
-    container.write(dst, data, force=force, inputs=[src])
+    try:
+        container.unpack(data)  # a file its own decoder reads back, or nothing written
+    except ContainerError as exc:
+        raise ContainerError(f"{src} cannot be stored as a .psic file: {exc}") from None
+    container.write(dst, data, force=force, inputs=inputs)
     return EncodeResult(dst, len(data), count_bytes(enc["strings"]), info.height, info.width)
 
 
@@ -272,21 +283,40 @@ def _check_adapter(src, header: container.ContainerHeader, model: nn.Module) -> 
         raise FingerprintMismatchError(f"{src} was made for adapter {want}, not {have}")
 
 
+class UncheckedFormatWarning(UserWarning):
+    """A format-1 ``.psic`` file is being decoded: it has no latent checksum."""
+
+
 def decode_file(src: PathLike, dst: PathLike, model: nn.Module, key: Optional[KeyLike] = None,
-                plain: bool = False, force: bool = False) -> Dict[str, Any]:
+                plain: bool = False, force: bool = False, inputs=(), allow_format_1: bool = False) -> Dict[str, Any]:
     """Decode a ``.psic`` file into an image file (PNG keeps 16-bit, grey and alpha).
 
     With an adapter the default is the encrypted version, the owner's ``key``
     gives the full one; a key that is not the owner's is a
     :class:`~psic_adapter.errors.KeyMismatchError` and nothing is written.
     ``plain=True`` decodes with the base codec alone (which is the full image:
-    see docs/threat-model.md).
+    see docs/threat-model.md). The output is never ``src`` nor one of ``inputs``
+    (the key file, the checkpoint ...), ``force`` or not.
+
+    Files of container format 1 (psic-adapter 0.1) carry no latent checksum: a
+    corrupted payload (or a format-2 file whose version byte was set to 1) would
+    decode to a wrong image without an error. They are refused unless
+    ``allow_format_1`` (``psic decompress --allow-format-1``), which decodes them
+    with an :class:`UncheckedFormatWarning`.
     """
     from ..fileio import check_output
 
     dst = Path(dst)
-    check_output(dst, force=force, inputs=[src])
+    inputs = [src, *inputs]
+    check_output(dst, force=force, inputs=inputs)
     enc, header, alpha = container.read(src)
+    if header.latent_check is None:  # format 1: nothing tells a corrupted payload from the image
+        unchecked = (f"{src} is a format-1 .psic file (psic-adapter 0.1): it has no latent checksum, so a corrupted "
+                     "payload decodes to a wrong image without an error")
+        if not allow_format_1:
+            raise ContainerError(f"{unchecked}; re-encode the original image, or pass --allow-format-1 "
+                                 "(allow_format_1=True) to decode it unchecked")
+        warnings.warn(f"{unchecked}: decoding it unchecked (--allow-format-1)", UncheckedFormatWarning, stacklevel=2)
     wrapped = _is_wrapped(model)
     if plain and key is not None:
         raise PSICError("--plain decodes with the base codec alone, which takes no key")
@@ -321,6 +351,6 @@ def decode_file(src: PathLike, dst: PathLike, model: nn.Module, key: Optional[Ke
         else:
             x_hat = model.g_s(y_hat)
         x_hat = _finite(crop_to(x_hat, (header.height, header.width))).clamp(0, 1)
-    save_image(x_hat, dst, info, force=force, inputs=[src])
+    save_image(x_hat, dst, info, force=force, inputs=inputs)
     version = "plain" if not wrapped else ("full" if key is not None else "encrypted")
     return {"path": dst, "version": version, "key_matched": True if key is not None else None, "header": header}

@@ -24,7 +24,9 @@ fingerprints) and, after entropy decoding, the latent checksum. The CRC only
 tells accidental corruption; a file crafted with a recomputed CRC must still
 fail one of those checks or decode to what its header says.
 
-Format 1 (psic-adapter 0.1) files are still read; they have no latent checksum.
+Format 1 (psic-adapter 0.1) files are still read (``psic info`` describes them);
+they have no latent checksum, so :func:`psic_adapter.bitstream.coding.decode_file`
+refuses to decode them unless asked to (``--allow-format-1``), and then warns.
 """
 
 from __future__ import annotations
@@ -57,6 +59,22 @@ MAX_FILE_BYTES = 1 << 31
 def padded_size(height: int, width: int, multiple: int = PAD_MULTIPLE) -> Tuple[int, int]:
     """The size an image of ``height x width`` is padded to before coding."""
     return (-(-height // multiple) * multiple, -(-width // multiple) * multiple)
+
+
+def check_size(height: int, width: int, what: str = "the image") -> None:
+    """A size a ``.psic`` file can hold, checked before coding and when reading: sides at most
+    :data:`MAX_SIDE`, and the image *padded* to :data:`PAD_MULTIPLE` (what the codec codes and a decoder
+    allocates: a 1 x 2,000,000 image is 64 x 2,000,000 once padded) within the pixel limit."""
+    from .images import max_pixels
+
+    for name, v in (("height", height), ("width", width)):
+        if not 1 <= v <= MAX_SIDE:
+            raise ContainerError(f"{what} has a {name} of {v:,} px: a .psic file holds sides of 1 to {MAX_SIDE:,} px")
+    ph, pw = padded_size(height, width)
+    if ph * pw > max_pixels():
+        raise ContainerError(f"{what} is {width}x{height}, {pw}x{ph} = {pw * ph:,} pixels once padded to a multiple "
+                             f"of {PAD_MULTIPLE} for the codec: more than the pixel limit ({max_pixels():,}; set "
+                             "PSIC_MAX_PIXELS to allow more)")
 
 
 @dataclass
@@ -210,8 +228,6 @@ def _check_shape(shape, depth: int = 0) -> None:
 
 def check_header(header: ContainerHeader, payload_len: int) -> None:
     """Field types, ranges and mutual consistency (the checksum only proves the bytes are intact)."""
-    from .images import max_pixels
-
     if not isinstance(header.codec, str) or not 0 < len(header.codec) <= 64:
         raise _bad("codec", header.codec)
     if header.quality is not None and (not _count(header.quality) or not 0 <= header.quality <= 64):
@@ -220,9 +236,7 @@ def check_header(header: ContainerHeader, payload_len: int) -> None:
         v = getattr(header, name)
         if not _count(v) or not 1 <= v <= MAX_SIDE:
             raise _bad(name, v)
-    if header.height * header.width > max_pixels():
-        raise ContainerError(f"the file's image is {header.width}x{header.height}, more than the pixel limit "
-                             f"({max_pixels()}; set PSIC_MAX_PIXELS to allow more)")
+    check_size(header.height, header.width, "the file's image")
     if header.mode not in ("L", "RGB", "RGBA"):
         raise _bad("mode", header.mode)
     if not _count(header.bit_depth) or header.bit_depth not in (8, 16):
@@ -271,6 +285,8 @@ def unpack(data: bytes) -> Tuple[Dict[str, Any], ContainerHeader, bytes]:
     """The file's bytes -> (``{"strings", "shape"}``, header, alpha bytes), every field checked."""
     if not data:
         raise ContainerError("the file is empty")
+    if len(data) > MAX_FILE_BYTES:
+        raise ContainerError(f"larger than {MAX_FILE_BYTES} bytes: not a .psic file")
     if len(data) < len(MAGIC) and MAGIC.startswith(data):
         raise ContainerError("the file is truncated (shorter than its fixed header)")
     if data[:4] != MAGIC:

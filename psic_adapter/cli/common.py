@@ -35,6 +35,26 @@ def read_key(args) -> Optional[bytes]:
     return None
 
 
+def input_files(args, *files) -> list:
+    """Every file the command reads: ``files`` (its INPUT), the key files, the checkpoint (a folder's shards),
+    the adapter's files. An output is never one of them, ``--force`` or not (:func:`psic_adapter.fileio.check_output`)."""
+    from pathlib import Path
+
+    from ..adapter.config import CONFIG_NAME, WEIGHTS_NAME
+
+    paths = [Path(f) for f in files if f is not None]
+    paths += [Path(getattr(args, k)) for k in ("key_file", "new_key_file") if getattr(args, k, None)]
+    checkpoint = getattr(args, "checkpoint", None)
+    for item in ([] if wants_shipped(checkpoint) else checkpoint or []):
+        p = Path(item)
+        paths += sorted(p.glob("*.safetensors")) if p.is_dir() else [p]
+    adapter = getattr(args, "adapter", None)
+    if isinstance(adapter, str) and Path(adapter).is_dir():
+        a = Path(adapter)
+        paths += [a / CONFIG_NAME, a / WEIGHTS_NAME, a.parent / "codec.safetensors"]
+    return paths
+
+
 def wants_shipped(checkpoint: Optional[Sequence[str]]) -> bool:
     from ..codec.shipped import is_shipped_checkpoint
 

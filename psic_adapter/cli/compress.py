@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import adapter_codec, add_codec_args, codec_name_and_quality, load_codec, with_adapter
+from .common import adapter_codec, add_codec_args, codec_name_and_quality, input_files, load_codec, with_adapter
 
 
 def add_parser(sub) -> None:
@@ -11,7 +11,7 @@ def add_parser(sub) -> None:
     p.add_argument("output", help=".psic file to write")
     add_codec_args(p)
     p.add_argument("--adapter", metavar="DIR", help="adapter the file is meant for (recorded; bitstream unchanged)")
-    p.add_argument("--force", action="store_true", help="overwrite OUTPUT (never the input)")
+    p.add_argument("--force", action="store_true", help="overwrite OUTPUT (never one of the inputs: the image, the checkpoint, the adapter)")
     p.set_defaults(func=run)
 
 
@@ -24,7 +24,8 @@ def run(args) -> int:
         name, quality = codec_name_and_quality(args)
         codec = load_codec(name, quality, args.checkpoint)
     model = with_adapter(codec, args.adapter)
-    res = encode_file(args.input, args.output, model, codec_name=name, quality=quality, force=args.force)
+    res = encode_file(args.input, args.output, model, codec_name=name, quality=quality, force=args.force,
+                      inputs=input_files(args))
     print(f"{res.path}: {res.width}x{res.height}, {res.file_bytes} bytes, {res.bpp:.4f} bpp (bitstream), "
           f"{res.file_bpp:.4f} bpp (file)")
     return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import add_key_args, read_key
+from .common import add_key_args, input_files, read_key
 
 
 def add_parser(sub) -> None:
@@ -23,7 +23,8 @@ def run(args) -> int:
     old = read_key(args)
     if old is None:
         raise PSICError("give the adapter's current key (--key-file or --key-env)")
-    out = change_adapter_key(args.adapter_dir, args.output, old, read_key_file(args.new_key_file), force=args.force)
+    out = change_adapter_key(args.adapter_dir, args.output, old, read_key_file(args.new_key_file), force=args.force,
+                             inputs=input_files(args))
     print(f"{out}: the adapter now opens with the key in {args.new_key_file}; its .psic files still decode, "
           "and the old key no longer gives the full version")
     return 0
