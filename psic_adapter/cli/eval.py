@@ -71,9 +71,10 @@ def run_log(adapter: str):
 def _config(args):
     from ..eval.runner import DEFAULT_SCALES, EvalConfig
 
-    scales = args.scales or (["crops"] if args.crop else list(DEFAULT_SCALES))
-    return EvalConfig(scales=scales, primary=args.primary, crop=args.crop or 224,
-                      crops=args.crops or (args.count if args.crop and args.count else 96),
+    scales = args.scales or (["crops"] if args.crop is not None else list(DEFAULT_SCALES))
+    crops = args.crops if args.crops is not None else (args.count if args.crop is not None and args.count else 96)
+    return EvalConfig(scales=scales, primary=args.primary, crop=args.crop if args.crop is not None else 224,
+                      crops=crops,  # 0 is an error (EvalConfig), never the default
                       wrong_keys=args.wrong_keys, attack_steps=args.attack_steps, attack_images=args.attack_images,
                       perturbations=() if args.no_robustness else EvalConfig.perturbations,
                       robustness_scales=args.robustness_scales, seed=args.seed)
@@ -82,21 +83,24 @@ def _config(args):
 def run(args) -> int:
     from ..adapter import codec_for_adapter, load_adapter
     from ..eval import table
+    from ..errors import ConfigError
     from ..eval.protocol import PSICDecoder
     from ..eval.report import ReportRun, write_report
     from ..eval.runner import Evaluator, describe_work, load_samples, minutes
     from ..targets import build_target
 
+    if args.count is not None and args.count < 1:  # 0 is not "all"
+        raise ConfigError(f"--count must be at least 1, not {args.count}")
     if args.task != "classify":
         return run_task(args)
     if not args.target:
         args.parser.error("the following arguments are required: --target")
+    cfg = _config(args)  # the numbers checked before anything is loaded
     key = read_key(args)
     target = build_target(args.target, weights=args.target_weights, device=device_of(args.device))
     samples = [s for spec in args.data for s in load_samples(spec, seed=args.seed)]
-    if args.count and not (args.crop and not args.scales):
+    if args.count and not (args.crop is not None and not args.scales):
         samples = samples[: args.count]
-    cfg = _config(args)
     runs = []
     for adapter in args.adapter:
         model = load_adapter(codec_for_adapter(adapter, args.checkpoint), adapter)  # entropy coding on the CPU
@@ -133,7 +137,7 @@ def run_task(args) -> int:
             "imagenet": "an ImageFolder of ImageNet synset folders, or of any classes",
             "celeba": "CelebA's folder: list_attr_celeba.txt + img_align_celeba/",
             "caption": "the folder of the images to caption"}[task] + ")")
-    if args.crop or args.scales:
+    if args.crop is not None or args.scales:
         raise ConfigError("--crop and --scales apply to --task classify only (the other tasks take whole images)")
     if task == "caption" and not args.captioner:
         raise ConfigError("--task caption needs --captioner NAME_OR_PATH (e.g. Salesforce/blip-image-captioning-base)")
