@@ -251,8 +251,11 @@ def test_info_on_an_adapter_folder(owner, capsys):
 
 def test_keygen_makes_a_private_key_file(tmp_path, capsys):
     path = tmp_path / "owner.key"
-    rc, _, err = run(capsys, "keygen", path)
+    rc, out, err = run(capsys, "keygen", path)
     assert rc == 0, err
+    # it says what the key does and does not do: it is no cipher, the bitstream decodes in full with --plain
+    # (test_full_version checks that claim: the plain decode is the full version, bit for bit)
+    assert "not a cipher" in out and "--plain" in out and "lost" not in out
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     key = path.read_text().strip()
     assert len(key) == 64 and int(key, 16) >= 0

@@ -121,3 +121,11 @@ def test_import_and_help_stay_fast_and_light():
     assert out == "False"
     res = subprocess.run([sys.executable, "-m", "psic_adapter.cli", "--help"], capture_output=True, text=True)
     assert res.returncode == 0 and "compress" in res.stdout and "info" in res.stdout
+    # `psic --help` lists every command, train's line too, and loads no torch (train's options would)
+    code = ("import sys\nfrom psic_adapter.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('TORCH', 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("TORCH False") and "fit an adapter" in out and "demo" in out
+    train = subprocess.run([sys.executable, "-m", "psic_adapter.cli", "train", "--help"], capture_output=True,
+                           text=True)
+    assert train.returncode == 0 and "--budget-db" in train.stdout  # a command's own help has its options

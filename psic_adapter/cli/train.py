@@ -27,6 +27,10 @@ def _arg_type(tp):
     return tp, None
 
 
+#: the command's line in `psic --help`, which lists it without building its options (they load torch)
+HELP = "fit an adapter (stage 2) or train codec + adapter (stage 1)"
+
+
 def add_train_config_flags(p: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field with help; every default None (the recipe and the dataclass decide)."""
     from ..training import TrainConfig
@@ -68,7 +72,7 @@ def train_config_overrides(args) -> dict:
 def add_parser(sub) -> None:
     from ..training import RECIPES
 
-    p = sub.add_parser("train", help="fit an adapter (stage 2) or train codec + adapter (stage 1)")
+    p = sub.add_parser("train", help=HELP)
     add_codec_args(p, device=True)
     p.add_argument("--recipe", choices=list(RECIPES),
                    help="named defaults: robust (holds at the scale of use; the default of --stage 2 --adapter-only) "
