@@ -350,7 +350,7 @@ def test_format_1_adapters_keep_their_conditions(codec, tmp_path):
 
 
 def test_config_errors(tmp_path):
-    with pytest.raises(ConfigError, match="unknown adapter config field.*: colour"):
+    with pytest.raises(ConfigError, match="unknown adapter config field.*: 'colour'"):
         PSICConfig.from_dict({**Conditioned().to_dict(), "colour": "blue"})
     with pytest.raises(ConfigError, match=rf"format {FORMAT_VERSION + 1} is newer.*upgrade"):
         PSICConfig.from_dict({**Conditioned().to_dict(), "format_version": FORMAT_VERSION + 1})
