@@ -169,8 +169,10 @@ def run_demo(out_dir: PathLike = "psic-demo", config: Optional[DemoConfig] = Non
         ev = Evaluator(PSICDecoder(model, key), target, config=eval_cfg, progress=False)
         _say(f"measuring {name} on {len(samples)} sample photos it never trained on: {describe_work(samples, eval_cfg)}"
              f"; {minutes(ev.estimate(samples))} here (estimated from one decode timed now)")
-        result = ev.run(samples, meta={"name": name, "data": [f"samples ({split}: {len(samples)} photos)"],
+        t = time.perf_counter()
+        result = ev.run(samples, meta={"name": name, "data": [f"samples, {split}"],
                                        "key_given": True})
+        _say(f"measured {name} in {minutes(time.perf_counter() - t)}")
         runs.append(ReportRun(name, result, ev.gallery, log))
         print(table.summary(result, name), flush=True)
 
@@ -237,8 +239,10 @@ def closing_text(results, names) -> str:
 
     lines = [table.runs_table(results, names), ""]
     lines += [f"- {x}" for x in table.compare_runs(results, names)]
+    right = [r.main.classification.n_base_right for r in results if r.main.classification.n_base_right]
+    flip = (f" Here one flip moves a {results[0].main.scale} ASR by {100 / min(right):.0f} to {100 / max(right):.0f} "
+            "points." if right else "")
     lines += ["", "ASR (k/n): of the n images the target gets right from the base decode, the k the encrypted version "
               "flips; control: the same for noise of the same energy; [95% CI]: the Wilson score interval. "
-              f"Read: {table.RULE}. With a few photos one flip moves a whole-photo ASR by 5 to 10 points; "
-              "docs/results.md measures the recipe on more photos."]
+              f"Read: {table.RULE}.{flip} docs/results.md measures the recipe on more photos."]
     return "\n".join(lines)

@@ -151,6 +151,10 @@ def _names(result: EvalResult, scale: str, counted: bool = False) -> set:
             if r.get("scale") == scale and (not counted or "encrypted_right" in r)}
 
 
+def _photos(result: EvalResult, scale: str) -> int:
+    return result.scales[scale].photos
+
+
 def compare_runs(results: Sequence[EvalResult], names: Sequence[str]) -> List[str]:
     """Per scale two runs share, on the images both were measured on: each ASR with its count, and whether the
     two can be told apart (whether their Wilson 95 % intervals overlap)."""
@@ -161,11 +165,14 @@ def compare_runs(results: Sequence[EvalResult], names: Sequence[str]) -> List[st
                 if key not in results[j].scales:
                     continue
                 every_a, every_b = _names(results[i], key), _names(results[j], key)
-                if every_a and every_a == every_b:  # the same images: the scale's own numbers
+                crops = results[i].scales[key].crops or results[j].scales[key].crops
+                if every_a and every_a == every_b and not (crops and _photos(results[i], key) != _photos(
+                        results[j], key)):  # the same images: the scale's own numbers
                     ca, cb = results[i].scales[key].classification, results[j].scales[key].classification
                     (a, na), (b, nb), count = (ca.asr, ca.n_base_right), (cb.asr, cb.n_base_right), len(every_a)
                 else:
-                    shared = _names(results[i], key, True) & _names(results[j], key, True)
+                    # crops of other photo lists are other crops, whatever their names: never matched
+                    shared = set() if crops else _names(results[i], key, True) & _names(results[j], key, True)
                     if not shared:
                         out.append(f"{key}: {names[i]} and {names[j]} were measured on other images here: "
                                    "not compared")

@@ -59,7 +59,10 @@ td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .rowname{font-size:13px;font-weight:600;margin-top:14px}
 details{margin:6px 0}summary{cursor:pointer;color:#333}
 @media (max-width:760px){main{padding:14px 10px 40px}h1{font-size:21px}.big{font-size:16px}
-.rows{grid-template-columns:repeat(2,minmax(0,1fr))}table{font-size:12px}td.num{white-space:normal}}
+.rows{grid-template-columns:repeat(2,minmax(0,1fr))}
+table,tbody,tr,td{display:block;width:100%}thead{display:none}tr{border:1px solid #ddd;margin:0 0 8px;background:#fff}
+td,td.num{border:0;border-bottom:1px solid #eee;text-align:left;white-space:normal;padding:2px 8px}
+td::before{content:attr(data-label) ": ";font-weight:600;color:#444}}
 """
 
 
@@ -135,9 +138,9 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     out = ["<div class=scroll><table><thead><tr>", *[f"<th>{_e(h)}</th>" for h in header], "</tr></thead><tbody>"]
     for row in rows:
         out.append("<tr>")
-        for v in row:
+        for h, v in zip(header, row):  # data-label: on a phone each row is a card of "header: value" lines
             num = isinstance(v, (int, float)) or (isinstance(v, str) and v[:1].isdigit())
-            out.append(f"<td{' class=num' if num else ''}>{_e(v)}</td>")
+            out.append(f"<td{' class=num' if num else ''} data-label='{_e(h)}'>{_e(v)}</td>")
         out.append("</tr>")
     out.append("</tbody></table></div>")
     return "".join(out)

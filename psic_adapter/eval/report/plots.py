@@ -240,24 +240,27 @@ def rate_distortion(points: Dict[str, Dict[str, List[Dict[str, float]]]]) -> Opt
     if runs < 2:
         return None
     markers, styles = "osD^v<>", ["-", "--", ":", "-."]
-    fig = _figure(7.6, 3.4)
+    fig = _figure(7.6, 3.6)
     for k, metric in enumerate(("psnr", "ms_ssim")):
         ax = fig.add_subplot(1, 2, k + 1)
         for j, (set_label, curves) in enumerate(points.items()):
             for v, pts in curves.items():
                 xs, ys = [p["bpp"] for p in pts], [p[metric] for p in pts]
-                ax.plot(xs, ys, marker=markers[j % len(markers)], ms=4, lw=1, ls=styles[j % len(styles)],
+                ax.plot(xs, ys, marker=markers[j % len(markers)], ms=5, lw=1, ls=styles[j % len(styles)],
                         color=COLORS.get(v), label=f"{v}: {set_label}")
-                if v == "encrypted" or len(curves) == 1:  # one label per point of the set, under the lowest
+                if v == "encrypted" or len(curves) == 1:  # each run's name once, at its encrypted point
                     for p, x, y in zip(pts, xs, ys):
-                        ax.annotate(p.get("label", ""), (x, y), textcoords="offset points", xytext=(4, -9),
-                                    fontsize=6, color="#333")
-        ax.set_xlabel("bpp (real bytes)")
-        ax.set_ylabel({"psnr": "PSNR (dB)", "ms_ssim": "MS-SSIM"}[metric])
+                        ax.annotate(p.get("label", ""), (x, y), textcoords="offset points", xytext=(0, -11),
+                                    ha="center", fontsize=7, color="#333")
+        ax.margins(x=0.25, y=0.2)
+        ax.set_xlabel("bpp (real bytes)", fontsize=8)
+        ax.set_ylabel({"psnr": "PSNR (dB)", "ms_ssim": "MS-SSIM"}[metric], fontsize=8)
+        ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     handles, labels = fig.axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=6, frameon=False, loc="lower center", ncol=1,
-               bbox_to_anchor=(0.5, -0.02 - 0.045 * len(labels)))
+    fig.legend(handles, labels, fontsize=7, frameon=False, loc="upper center", ncol=1,
+               bbox_to_anchor=(0.5, 0.0))
     fig.suptitle("rate-distortion, one curve per image set (points: the runs)", fontsize=9)
     return Plot("rate_distortion", "Rate-distortion of each version, one curve per image set", _png(fig),
                 {s: {v: [dict(p) for p in pts] for v, pts in curves.items()} for s, curves in points.items()})
