@@ -168,7 +168,7 @@ def run_demo(out_dir: PathLike = "psic-demo", config: Optional[DemoConfig] = Non
                               grid_images=3, seed=cfg.seed)
         ev = Evaluator(PSICDecoder(model, key), target, config=eval_cfg, progress=False)
         _say(f"measuring {name} on {len(samples)} sample photos it never trained on: {describe_work(samples, eval_cfg)}"
-             f"; {minutes(ev.estimate(samples))} here (estimated from one decode timed now)")
+             f"; {minutes(ev.estimate(samples))} here (estimated from decodes timed now)")
         t = time.perf_counter()
         result = ev.run(samples, meta={"name": name, "data": [f"samples, {split}"],
                                        "key_given": True})

@@ -108,8 +108,8 @@ def run(args) -> int:
         meta = {"name": name, "adapter": str(adapter), "data": [str(d) for d in args.data], "key_given": key is not None,
                 "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()}}
         ev = Evaluator(PSICDecoder(model, key), target, config=cfg)
-        print(f"{name}: {describe_work(samples, cfg)}: {minutes(ev.estimate(samples))} on this machine (from one "
-              "decode timed here)", flush=True)
+        print(f"{name}: {describe_work(samples, cfg)}: {minutes(ev.estimate(samples))} on this machine (from "
+              "decodes timed here)", flush=True)
         result = ev.run(samples, meta=meta)
         runs.append(ReportRun(name, result, ev.gallery, run_log(adapter)))
         print(table.summary(result, name))

@@ -212,9 +212,9 @@ COST = {"image": 1.4, "codec": 2.5, "perturbation": 0.1, "wrong_key": 0.4, "whit
 
 def estimate_seconds(samples: Sequence[Sample], config: EvalConfig, seconds_per_megapixel: float,
                      conditions: bool = True) -> float:
-    """How long :meth:`Evaluator.run` will take on ``samples``, from the measured time of one decode
+    """How long :meth:`Evaluator.run` will take on ``samples``, from the measured time of a decode
     (``seconds_per_megapixel``, :meth:`Evaluator.seconds_per_megapixel`) and :data:`COST`: an estimate,
-    good to a factor of about 1.5, for saying before long work how long it will be."""
+    good to a factor of about 2 on a busy machine, for saying before long work how long it will be."""
     scales = [scale_key(s) for s in config.scales]
     primary = scale_key(config.primary) if config.primary else scales[0]
     robust = None if config.robustness_scales is None else {scale_key(r) for r in config.robustness_scales}
@@ -353,20 +353,24 @@ class Evaluator:
     def label_name(self, index: int) -> str:
         return self.class_names[index] if 0 <= index < len(self.class_names) else str(index)
 
-    def seconds_per_megapixel(self, samples: Sequence[Sample], side: int = 384) -> float:
-        """One decode of a ``side`` x ``side`` crop of the largest sample, timed here (after one warm-up of a small
-        crop): what :func:`estimate_seconds` scales."""
+    def seconds_per_megapixel(self, samples: Sequence[Sample], side: int = 256, repeats: int = 3) -> float:
+        """The median of ``repeats`` decodes of a ``side`` x ``side`` crop of the largest sample, timed here (after
+        one warm-up of a small crop), per megapixel: what :func:`estimate_seconds` scales."""
+        import statistics
         import time
 
         x = max(samples, key=lambda s: s.image.shape[-2] * s.image.shape[-1]).image
         x = x[..., :side, :side]
         self.decoder.decode(x[..., :64, :64])
-        t = time.perf_counter()
-        self.decoder.decode(x)
-        return (time.perf_counter() - t) / (x.shape[-2] * x.shape[-1] / 1e6)
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            self.decoder.decode(x)
+            times.append(time.perf_counter() - t)
+        return statistics.median(times) / (x.shape[-2] * x.shape[-1] / 1e6)
 
     def estimate(self, samples: Sequence[Sample]) -> float:
-        """Seconds :meth:`run` will take on ``samples`` (:func:`estimate_seconds`, one decode measured here)."""
+        """Seconds :meth:`run` will take on ``samples`` (:func:`estimate_seconds`, decodes timed here)."""
         return estimate_seconds(samples, self.cfg, self.seconds_per_megapixel(samples),
                                 conditions=self.decoder.has_conditions)
 

@@ -300,8 +300,8 @@ def render(runs: Sequence[ReportRun], title: str = "PSIC evaluation", command: O
         if run.gallery:
             parts.append(f"<h3>What changed ({_e(r.main.scale)})</h3>" + _gallery_html(run.gallery))
             parts.append("<p class=muted>Lossless PNG cells. At 2x zoom (the last cell) the encrypted version can "
-                         "show a faint regular grid, a trace of the decoder's upsampling strides that the "
-                         "adapter's change follows: a person who looks closely can see it.</p>")
+                         "show a faint regular grid (likely from the decoder's strided upsampling, where the "
+                         "adapter acts): a person who looks closely can see it.</p>")
     if len(runs) > 1:
         lines = T.compare_runs([run.result for run in runs], [run.name for run in runs])
         if lines:
