@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(REPO))
     from psic_adapter.baselines.bavaft import BAvAFT, BAvAFTConfig, BAvAFTDecoder, BAvAFTTrainConfig, load_bavaft, \
         train_bavaft
-    from psic_adapter.cli.common import load_codec
+    from psic_adapter.workflows import load_codec
     from psic_adapter.data import build_dataset, repeats_for
     from psic_adapter.errors import OverwriteError
     from psic_adapter.eval import table

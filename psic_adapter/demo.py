@@ -25,38 +25,43 @@ decode timed here, the fit from its first steps.
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence
 
 from .errors import OverwriteError, PSICError
-
-PathLike = Union[str, os.PathLike]
+from .fileio import PathLike
+from .options import opt
 
 
 @dataclass
 class DemoConfig:
-    codec: str = "bmshj2018-hyperprior"
-    quality: int = 3
-    checkpoint: Optional[Sequence[PathLike]] = None
-    zoo: bool = False  # download CompressAI's codec instead of the shipped one
-    shipped_adapter: bool = True
-    fit: bool = True
-    steps: int = 100  # fresh adapter, robust recipe (docs/benchmarks.md: the demo's time on two CPUs)
-    batch: int = 8
-    scales: Sequence[str] = ("long512", "crops")
-    crops: int = 48  # per measurement
-    shipped_photos: str = "all"  # the sample photos the shipped adapter is measured on (it trained on none)
-    fit_photos: str = "heldout"  # those your adapter is measured on (every one it did not train on)
-    probe_steps: int = 3  # the fit's first steps, timed for its estimate
-    perturbations: Sequence[str] = ("jpeg75", "resize0.5", "codec")
-    wrong_keys: int = 10
-    target: str = "efficientnet-lite0"
-    seed: int = 0
-    extra: Dict[str, Any] = field(default_factory=dict)
+    """What ``psic demo`` does (each field's help is its flag's, so the command and the API share a default)."""
+
+    codec: str = opt("bmshj2018-hyperprior", "the codec's registry name (this one at quality 3 ships with "
+                                             "psic-adapter), or 'zoo' to download CompressAI's bmshj2018-hyperprior")
+    quality: int = opt(3, "the codec's quality")
+    checkpoint: Optional[Sequence[str]] = opt(None, "use these codec weights instead of the shipped ones",
+                                              metavar="FILE")
+    zoo: bool = opt(False, "download CompressAI's codec instead of the shipped one (psic demo: --codec zoo)",
+                    cli=False)
+    shipped_adapter: bool = opt(True, "show the adapter shipped with psic-adapter", cli=False)
+    fit: bool = opt(True, "show the shipped adapter only (no fit)", flag="--no-fit")
+    steps: int = opt(100, "steps of your own adapter's fit (minutes; the shipped adapter took 1500)")
+    batch: int = opt(8, "images per step of the fit", cli=False)
+    scales: Sequence[str] = opt(("long512", "crops"), "the scales measured", cli=False)
+    crops: int = opt(48, "crops per measurement", cli=False)
+    shipped_photos: str = opt("all", "the sample photos the shipped adapter is measured on (it trained on none)",
+                              cli=False)
+    fit_photos: str = opt("heldout", "those your adapter is measured on (every one it did not train on)", cli=False)
+    probe_steps: int = opt(3, "the fit's first steps, timed for its estimate", cli=False)
+    perturbations: Sequence[str] = opt(("jpeg75", "resize0.5", "codec"), "what served images meet", cli=False)
+    wrong_keys: int = opt(10, "wrong keys tried on each adapter", cli=False)
+    target: str = opt("efficientnet-lite0", "the target the adapters mislead", cli=False)
+    seed: int = opt(0, "seed of the measurement and the fit", cli=False)
+    extra: Dict[str, Any] = field(default_factory=dict)  # more TrainConfig settings of the fit
 
 
 def _say(msg: str) -> None:
@@ -126,23 +131,20 @@ def get_codec(cfg: DemoConfig):
 
 
 def run_demo(out_dir: PathLike = "psic-demo", config: Optional[DemoConfig] = None, force: bool = False) -> Dict[str, Any]:
-    """Run the demo; returns the results and the paths written."""
+    """Run the demo; returns the results and the paths written. A short script over :mod:`psic_adapter.workflows`."""
     import torch
 
-    from .adapter import fingerprint_matches, load_adapter, wrap_model
-    from .adapter.pretrained import DEMO_ADAPTER, DEMO_KEY, PublicKeyWarning
-    from .adapter.config import PSICConfig
+    from . import workflows as wf
+    from .adapter import fingerprint_matches, load_adapter
     from .adapter.keys import generate_key, read_key_file, write_key_file
-    from .bitstream.coding import decode_file, encode_file
+    from .adapter.pretrained import DEMO_ADAPTER, DEMO_KEY, PublicKeyWarning
     from .bitstream.images import save_image
     from .data import SamplePhotos, sample_photo
-    from .eval import table
+    from .eval.config import EvalConfig
     from .eval.protocol import PSICDecoder
-    from .eval.report import ReportRun, write_report
-    from .eval.runner import EvalConfig, Evaluator, describe_work, load_samples, minutes
+    from .eval.report import write_report
+    from .eval.runner import minutes
     from .targets import build_target
-    from .training import TrainConfig, Trainer
-    from .training.config import recipe_settings
 
     cfg = config or DemoConfig()
     out = Path(out_dir)
@@ -159,28 +161,23 @@ def run_demo(out_dir: PathLike = "psic-demo", config: Optional[DemoConfig] = Non
     _say(f"target: {target.name} (real ImageNet weights, offline)")
     photo, _ = sample_photo("grace_hopper")
     example = save_image(photo, out / "example.png", force=True)
-    runs: List[ReportRun] = []
+    eval_cfg = EvalConfig(scales=list(cfg.scales), crops=cfg.crops, wrong_keys=cfg.wrong_keys, attack_steps=0,
+                          perturbations=tuple(cfg.perturbations), robustness_scales=[cfg.scales[0]], grid_images=3,
+                          seed=cfg.seed)
+    runs = []
 
     def measure(model, key, name: str, split: str, log=None) -> None:
-        samples = load_samples("samples", seed=cfg.seed, split=split)
-        eval_cfg = EvalConfig(scales=list(cfg.scales), crops=cfg.crops, wrong_keys=cfg.wrong_keys, attack_steps=0,
-                              perturbations=tuple(cfg.perturbations), robustness_scales=[cfg.scales[0]],
-                              grid_images=3, seed=cfg.seed)
-        ev = Evaluator(PSICDecoder(model, key), target, config=eval_cfg, progress=False)
-        _say(f"measuring {name} on {len(samples)} sample photos it never trained on: {describe_work(samples, eval_cfg)}"
-             f"; {minutes(ev.estimate(samples))} here (estimated from decodes timed now)")
-        t = time.perf_counter()
-        result = ev.run(samples, meta={"name": name, "data": [f"samples, {split}"],
-                                       "key_given": True})
-        _say(f"measured {name} in {minutes(time.perf_counter() - t)}")
-        runs.append(ReportRun(name, result, ev.gallery, log))
-        print(table.summary(result, name), flush=True)
+        samples = wf.evaluation_samples(["samples"], seed=cfg.seed, split=split)
+        _say(f"measuring {name} on {len(samples)} sample photos it never trained on")
+        runs.append(wf.evaluate(PSICDecoder(model, key), target, samples, eval_cfg, name, log=log, progress=False,
+                                meta={"data": [f"samples, {split}"], "key_given": True}, say=_say,
+                                show=lambda text: print(text, flush=True)))
 
     def two_decodings(model, key, stem: str) -> None:
         psic = out / f"{stem}.psic"
-        enc = encode_file(example, psic, model, codec_name=cfg.codec, quality=cfg.quality, force=True)
-        decode_file(psic, out / f"{stem}_encrypted.png", model, force=True)
-        decode_file(psic, out / f"{stem}_full.png", model, key=key, force=True)
+        enc = wf.protect_file(example, psic, model=model, codec=cfg.codec, quality=cfg.quality, force=True)
+        wf.open_file(psic, out / f"{stem}_encrypted.png", model=model, force=True)
+        wf.open_file(psic, out / f"{stem}_full.png", model=model, key=key, force=True)
         _say(f"{psic.name}: {enc.bpp:.3f} bpp, one bitstream -> {stem}_encrypted.png (no key), {stem}_full.png (key)")
 
     # 1. the shipped adapter, where it fits this codec
@@ -202,23 +199,21 @@ def run_demo(out_dir: PathLike = "psic-demo", config: Optional[DemoConfig] = Non
         key = generate_key()
         key_path = write_key_file(out / "owner.key", key, force=True)
         _say(f"part 2: your own adapter: a new owner key in {key_path} (keep it: it decodes the full version)")
-        recipe = recipe_settings("robust")
-        model = wrap_model(codec, PSICConfig(**recipe["adapter"]), key=key, quality=cfg.quality)
-        train_cfg = TrainConfig.from_recipe("robust", **{"steps": cfg.steps, "batch_size": cfg.batch, "seed": cfg.seed,
-                                                         "log_every": 10, "train_sizes": (384, 512), **cfg.extra})
+        recipe = wf.Recipe.named("robust", **{"steps": cfg.steps, "batch_size": cfg.batch, "seed": cfg.seed,
+                                              "log_every": 10, "train_sizes": (384, 512), **cfg.extra})
         data = SamplePhotos("train")
-        _say(f"fitting it: the robust recipe, {train_cfg.steps} steps on the {len(data)} bundled training photos "
+        _say(f"fitting it: the robust recipe, {recipe.train.steps} steps on the {len(data)} bundled training photos "
              f"against {target.name} (enough to see the fit work, not to protect; the shipped adapter "
              f"took 1500 steps on 200 photos). Its first steps are timed for an estimate; docs/benchmarks.md has "
              f"a step's time on other CPUs")
-        trainer = Trainer(model, target, data, train_cfg, out / "adapter-run", quality=cfg.quality, device="cpu",
-                          recipe={"recipe": "robust", "codec": cfg.codec, "quality": cfg.quality,
-                                  "codec_source": source, "data": "samples (train photos)"})
-        StepClock(trainer, train_cfg.steps, cfg.probe_steps)
         t_fit = time.perf_counter()
-        res = trainer.train(force=True)
+        res = wf.fit(recipe, wf.BaseCodec(codec, cfg.codec, cfg.quality), target, data, out / "adapter-run",
+                     key=key, device="cpu", force=True,
+                     info={"codec": cfg.codec, "quality": cfg.quality, "codec_source": source,
+                           "data": "samples (train photos)"},
+                     prepare=lambda trainer: StepClock(trainer, recipe.train.steps, cfg.probe_steps))
         _say(f"the fit took {minutes(time.perf_counter() - t_fit)}")
-        model = load_adapter(model.unwrap(), res["adapter"])
+        model = load_adapter(res["model"].unwrap(), res["adapter"])
         two_decodings(model, key, "example")
         measure(model, key, "your adapter", cfg.fit_photos, log=out / "adapter-run" / "log.jsonl")
 

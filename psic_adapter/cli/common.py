@@ -1,9 +1,11 @@
-"""What several commands share: the base-codec and key arguments, and reading them."""
+"""What several commands share: the base-codec and key arguments, reading the key, the files a command reads.
+
+Assembling the parts is :mod:`psic_adapter.workflows`'s job."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Optional, Sequence
+from typing import Optional
 
 
 def add_codec_args(p: argparse.ArgumentParser, device: bool = False) -> None:
@@ -41,6 +43,7 @@ def input_files(args, *files) -> list:
     from pathlib import Path
 
     from ..adapter.config import CONFIG_NAME, WEIGHTS_NAME
+    from ..workflows import wants_shipped
 
     paths = [Path(f) for f in files if f is not None]
     paths += [Path(getattr(args, k)) for k in ("key_file", "new_key_file") if getattr(args, k, None)]
@@ -53,55 +56,3 @@ def input_files(args, *files) -> list:
         a = Path(adapter)
         paths += [a / CONFIG_NAME, a / WEIGHTS_NAME, a.parent / "codec.safetensors"]
     return paths
-
-
-def wants_shipped(checkpoint: Optional[Sequence[str]]) -> bool:
-    from ..codec.shipped import is_shipped_checkpoint
-
-    return bool(checkpoint) and len(checkpoint) == 1 and is_shipped_checkpoint(checkpoint[0])
-
-
-def codec_name_and_quality(args):
-    """(name, quality) from the flags; the shipped codec's when ``--checkpoint shipped`` and no --codec."""
-    from ..codec import SHIPPED_CODEC
-    from ..errors import ConfigError
-
-    if getattr(args, "codec", None):
-        return args.codec, args.quality
-    if wants_shipped(getattr(args, "checkpoint", None)):
-        return SHIPPED_CODEC["name"], SHIPPED_CODEC["quality"]
-    raise ConfigError("give --codec NAME (and --quality), --checkpoint shipped for the codec psic-adapter ships, "
-                      "or --adapter DIR to use the codec the adapter fits")
-
-
-def load_codec(name: str, quality, checkpoint, device: str = "cpu"):
-    """A codec from the flags: ``--checkpoint shipped``, checkpoint files, or the zoo (a download)."""
-    from ..codec import load_codec as load
-
-    return load(name, quality=quality, checkpoint=checkpoint, pretrained=checkpoint is None, device=device)
-
-
-def adapter_codec(adapter: str, checkpoint=None, device: str = "cpu"):
-    """``(codec, name, quality)``: the codec an adapter fits (``--checkpoint`` a candidate, checked)."""
-    from ..adapter import codec_for_adapter
-    from ..adapter.config import PSICConfig
-    from ..adapter.pretrained import resolve_adapter_dir
-
-    info = PSICConfig.load(resolve_adapter_dir(adapter)).base_model
-    return codec_for_adapter(adapter, checkpoint, device=device), info.get("architecture"), info.get("quality")
-
-
-def with_adapter(codec, adapter: Optional[str], key=None, trainable: bool = False):
-    if not adapter:
-        return codec
-    from ..adapter import load_adapter
-
-    return load_adapter(codec, adapter, key=key, is_trainable=trainable)
-
-
-def device_of(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name

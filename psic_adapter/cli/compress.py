@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import adapter_codec, add_codec_args, codec_name_and_quality, input_files, load_codec, with_adapter
+from .common import add_codec_args, input_files
 
 
 def add_parser(sub) -> None:
@@ -16,16 +16,10 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..bitstream.coding import encode_file
+    from ..workflows import protect_file
 
-    if args.adapter and not args.codec:  # the codec the adapter fits
-        codec, name, quality = adapter_codec(args.adapter, args.checkpoint)
-    else:
-        name, quality = codec_name_and_quality(args)
-        codec = load_codec(name, quality, args.checkpoint)
-    model = with_adapter(codec, args.adapter)
-    res = encode_file(args.input, args.output, model, codec_name=name, quality=quality, force=args.force,
-                      inputs=input_files(args))
+    res = protect_file(args.input, args.output, adapter=args.adapter, codec=args.codec, quality=args.quality,
+                       checkpoint=args.checkpoint, force=args.force, inputs=input_files(args))
     print(f"{res.path}: {res.width}x{res.height}, {res.file_bytes} bytes, {res.bpp:.4f} bpp (bitstream), "
           f"{res.file_bpp:.4f} bpp (file)")
     return 0

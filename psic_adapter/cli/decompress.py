@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import add_key_args, input_files, read_key, with_adapter
+from .common import add_key_args, input_files, read_key
 
 
 def add_parser(sub) -> None:
@@ -23,35 +23,12 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def codec_for_file(header, checkpoint, adapter=None):
-    """The base codec a file was made with: with an adapter, the codec it fits (a codec.safetensors
-    beside it, written where training changed the decoder, --checkpoint, or the shipped codec, the
-    first whose fingerprint is the adapter's); else its --checkpoint;
-    the shipped codec when it is the file's; else the zoo's (a download)."""
-    from ..codec import SHIPPED_CODEC
-    from .common import load_codec
-
-    if adapter:
-        from ..adapter import codec_for_adapter
-
-        return codec_for_adapter(adapter, checkpoint)
-    if not checkpoint and SHIPPED_CODEC["fingerprint"] and header.base_fingerprint == SHIPPED_CODEC["fingerprint"][:32]:
-        checkpoint = ["shipped"]
-    return load_codec(header.codec, header.quality, checkpoint)
-
-
 def run(args) -> int:
-    from ..bitstream import container
-    from ..bitstream.coding import decode_file
-    from ..fileio import check_output
+    from ..workflows import open_file
 
     inputs = input_files(args, args.input)
-    check_output(args.output, force=args.force, inputs=inputs)  # before the codec is loaded
-    _, header, _ = container.read(args.input)
-    codec = codec_for_file(header, args.checkpoint, args.adapter)  # with --plain too: the adapter's codec
-    model = codec if args.plain else with_adapter(codec, args.adapter)
-    key = read_key(args)
-    res = decode_file(args.input, args.output, model, key=key, plain=args.plain, force=args.force, inputs=inputs,
-                      allow_format_1=args.allow_format_1)
+    res, header = open_file(args.input, args.output, adapter=args.adapter, key=lambda: read_key(args), plain=args.plain,
+                            checkpoint=args.checkpoint, force=args.force, inputs=inputs,
+                            allow_format_1=args.allow_format_1)
     print(f"{res['path']}: {res['version']} version, {header.width}x{header.height}")
     return 0

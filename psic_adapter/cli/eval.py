@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from .common import add_key_args, read_key
 
-from .common import add_key_args, device_of, read_key
+
+#: the command's line in `psic --help`, which lists it without building its options
+HELP = ("measure adapters: bpp, PSNR, ASR at each scale with its control, robustness, wrong keys, white-box attack; "
+        "a table and report.html")
 
 
 def add_parser(sub) -> None:
+    from ..eval.config import EvalConfig
     from ..eval.tasks import TASKS
+    from ..options import add_config_flags
 
-    p = sub.add_parser("eval", help="measure adapters: bpp, PSNR, ASR at each scale with its control, robustness, "
-                                    "wrong keys, white-box attack; a table and report.html")
+    p = sub.add_parser("eval", help=HELP)
     p.add_argument("--adapter", nargs="+", required=True, metavar="DIR", help="adapter folder(s) or hub id(s)")
     p.add_argument("--checkpoint", nargs="+", metavar="FILE",
                    help="base codec weights (default: codec.safetensors beside the adapter, the shipped codec when "
@@ -25,14 +29,6 @@ def add_parser(sub) -> None:
     p.add_argument("--data", nargs="+", default=["samples"],
                    help="'samples' (the bundled test photos), a folder of images, a caption folder, an ImageFolder "
                         "tree or a CSV; several are evaluated together")
-    p.add_argument("--scales", nargs="+", metavar="SCALE",
-                   help="native (whole images at their size), crops (random --crop crops), or a longer side in px "
-                        "(512, 1024: whole images resized first); default: crops native 512 1024")
-    p.add_argument("--primary", metavar="SCALE", help="scale of the headline, wrong keys and attack (default: the first)")
-    p.add_argument("--robustness-scales", nargs="+", metavar="SCALE",
-                   help="scales that get the perturbations (default: every scale)")
-    p.add_argument("--crop", type=int, help="crop size of the crops scale (default 224); alone, the crops scale only")
-    p.add_argument("--crops", type=int, help="number of crops of the crops scale (default 96)")
     p.add_argument("--count", type=int, help="classify: use the first COUNT images (with --crop alone: the number of "
                    "crops); the other tasks: a seeded random draw of COUNT images")
     p.add_argument("--captions", metavar="FILE", help="caption task: reference captions (Flickr8k.token.txt, a COCO or "
@@ -42,52 +38,36 @@ def add_parser(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=30, help="caption task: caption length limit")
     p.add_argument("--split", help="celeba: train | val | test (default) | all; caption: a file of image names "
                    "(Flickr_8k.devImages.txt) or a Karpathy JSON split")
-    p.add_argument("--wrong-keys", type=int, default=10,
-                   help="random wrong-key conditions fed to the network at the primary scale (default 10: each one "
-                        "decodes every image of that scale again)")
-    p.add_argument("--attack-steps", type=int, default=50, help="white-box attacker's steps (0: skip)")
-    p.add_argument("--attack-images", type=int, default=16)
     p.add_argument("--no-robustness", action="store_true", help="skip JPEG / resize / blur / codec re-encoding")
     p.add_argument("--device", default="cpu", help="device for the target model")
-    p.add_argument("--seed", type=int, default=0)
+    add_config_flags(p.add_argument_group("what to measure (defaults: EvalConfig's)"), EvalConfig)
     p.add_argument("--out", required=True, help="report folder (metrics.json, report.html)")
     p.add_argument("--force", action="store_true", help="overwrite an existing report")
     p.set_defaults(func=run, parser=p)
 
 
-def run_name(adapter: str) -> str:
-    """A run's name: the run folder for ``RUN/adapter``, else the adapter folder's name."""
-    p = Path(adapter)
-    return p.resolve().parent.name if p.name == "adapter" else p.name
+def eval_config(args):
+    """The :class:`EvalConfig` the flags ask for: EvalConfig's defaults where a flag is not given, except that
+    ``--crop`` alone measures the crops scale only (``--count`` crops of it)."""
+    from ..eval.config import EvalConfig
+    from ..options import given
 
-
-def run_log(adapter: str):
-    """The training log beside an adapter (``RUN/log.jsonl`` for ``RUN/adapter``), or None."""
-    p = Path(adapter)
-    log = p.parent / "log.jsonl"
-    return log if p.is_dir() and log.is_file() else None
-
-
-def _config(args):
-    from ..eval.runner import DEFAULT_SCALES, EvalConfig
-
-    scales = args.scales or (["crops"] if args.crop is not None else list(DEFAULT_SCALES))
-    crops = args.crops if args.crops is not None else (args.count if args.crop is not None and args.count else 96)
-    return EvalConfig(scales=scales, primary=args.primary, crop=args.crop if args.crop is not None else 224,
-                      crops=crops,  # 0 is an error (EvalConfig), never the default
-                      wrong_keys=args.wrong_keys, attack_steps=args.attack_steps, attack_images=args.attack_images,
-                      perturbations=() if args.no_robustness else EvalConfig.perturbations,
-                      robustness_scales=args.robustness_scales, seed=args.seed)
+    settings = given(args, EvalConfig)
+    if args.crop is not None:
+        if args.scales is None:
+            settings["scales"] = ["crops"]
+        if args.crops is None and args.count:
+            settings["crops"] = args.count
+    if args.no_robustness:
+        settings["perturbations"] = ()
+    return EvalConfig(**settings)  # the numbers checked before anything is loaded (crops=0 is an error)
 
 
 def run(args) -> int:
-    from ..adapter import codec_for_adapter, load_adapter
-    from ..eval import table
     from ..errors import ConfigError
-    from ..eval.protocol import PSICDecoder
-    from ..eval.report import ReportRun, write_report
-    from ..eval.runner import Evaluator, describe_work, load_samples, minutes
+    from ..eval.report import write_report
     from ..targets import build_target
+    from ..workflows import device_of, evaluate_adapters, evaluation_samples
 
     if args.count is not None and args.count < 1:  # 0 is not "all"
         raise ConfigError(f"--count must be at least 1, not {args.count}")
@@ -95,48 +75,32 @@ def run(args) -> int:
         return run_task(args)
     if not args.target:
         args.parser.error("the following arguments are required: --target")
-    cfg = _config(args)  # the numbers checked before anything is loaded
+    cfg = eval_config(args)
     key = read_key(args)
     target = build_target(args.target, weights=args.target_weights, device=device_of(args.device))
-    samples = [s for spec in args.data for s in load_samples(spec, seed=args.seed)]
-    if args.count and not (args.crop is not None and not args.scales):
-        samples = samples[: args.count]
-    runs = []
-    for adapter in args.adapter:
-        model = load_adapter(codec_for_adapter(adapter, args.checkpoint), adapter)  # entropy coding on the CPU
-        name = run_name(adapter)
-        meta = {"name": name, "adapter": str(adapter), "data": [str(d) for d in args.data], "key_given": key is not None,
-                "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()}}
-        ev = Evaluator(PSICDecoder(model, key), target, config=cfg)
-        print(f"{name}: {describe_work(samples, cfg)}: {minutes(ev.estimate(samples))} on this machine (from "
-              "decodes timed here)", flush=True)
-        result = ev.run(samples, meta=meta)
-        runs.append(ReportRun(name, result, ev.gallery, run_log(adapter)))
-        print(table.summary(result, name))
-    html = write_report(args.out, runs, force=args.force)
-    print(f"report: {html}")
+    crops_only = args.crop is not None and not args.scales  # then --count counts crops
+    samples = evaluation_samples(args.data, seed=cfg.seed, count=None if crops_only else args.count)
+    runs = evaluate_adapters(args.adapter, target, samples, cfg, key=key, checkpoint=args.checkpoint, data=args.data,
+                             say=lambda line: print(line, flush=True))
+    print(f"report: {write_report(args.out, runs, force=args.force)}")
     return 0
 
 
 def run_task(args) -> int:
     """``psic eval --task imagenet | celeba | caption`` (:mod:`psic_adapter.eval.tasks`)."""
-    from ..adapter import codec_for_adapter, load_adapter
     from ..errors import ConfigError
-    from ..eval import table, tasks
-    from ..eval.protocol import PSICDecoder
-    from ..eval.report import ReportRun, write_report
-    from ..eval.runner import EvalConfig
+    from ..eval import tasks
+    from ..eval.config import EvalConfig
+    from ..eval.report import write_report
     from ..targets import build_target
+    from ..workflows import TASK_DATA, device_of, evaluate_task
 
     task = args.task
     if len(args.data) != 1:
         raise ConfigError(f"--task {task} takes one --data folder")
     data = args.data[0]
     if str(data).strip().lower() == "samples":
-        raise ConfigError(f"--task {task} needs --data DIR (" + {
-            "imagenet": "an ImageFolder of ImageNet synset folders, or of any classes",
-            "celeba": "CelebA's folder: list_attr_celeba.txt + img_align_celeba/",
-            "caption": "the folder of the images to caption"}[task] + ")")
+        raise ConfigError(f"--task {task} needs --data DIR ({TASK_DATA[task]})")
     if args.crop is not None or args.scales:
         raise ConfigError("--crop and --scales apply to --task classify only (the other tasks take whole images)")
     if task == "caption" and not args.captioner:
@@ -147,25 +111,10 @@ def run_task(args) -> int:
     key = read_key(args)
     judge = (tasks.HFCaptioner(args.captioner, device=device, max_new_tokens=args.max_new_tokens) if task == "caption"
              else build_target(args.target, weights=args.target_weights, device=device))
-    cfg = EvalConfig(wrong_keys=0, attack_steps=0, perturbations=(), seed=args.seed)
+    cfg = EvalConfig(wrong_keys=0, attack_steps=0, perturbations=(), seed=args.seed if args.seed is not None else 0)
     if task == "imagenet" and args.split:
         raise ConfigError("--split applies to --task celeba and caption (ImageNet folders are one split)")
-    runs = []
-    for adapter in args.adapter:
-        model = load_adapter(codec_for_adapter(adapter, args.checkpoint), adapter)
-        decoder = PSICDecoder(model, key)
-        name = run_name(adapter)
-        gallery = []
-        common = dict(config=cfg, limit=args.count, progress=True, gallery=gallery)
-        if task == "imagenet":
-            result = tasks.imagenet_zero_shot(decoder, judge, data, **common)
-        elif task == "celeba":
-            result = tasks.celeba_attributes(decoder, judge, data, split=args.split or "test", **common)
-        else:
-            result = tasks.captioning(decoder, judge, data, references=args.captions, split=args.split, **common)
-        result.meta.update({"name": name, "adapter": str(adapter), "data": str(data), "key_given": key is not None})
-        runs.append(ReportRun(name, result, gallery, run_log(adapter)))
-        print(table.summary(result, name))
-    html = write_report(args.out, runs, title=f"PSIC evaluation: {task}", force=args.force)
-    print(f"report: {html}")
+    runs = evaluate_task(task, args.adapter, judge, data, cfg, key=key, checkpoint=args.checkpoint, limit=args.count,
+                         split=args.split, captions=args.captions, say=print)
+    print(f"report: {write_report(args.out, runs, title=f'PSIC evaluation: {task}', force=args.force)}")
     return 0

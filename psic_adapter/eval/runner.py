@@ -35,7 +35,7 @@ next is decoded, so a 1024 px evaluation needs little memory.
 from __future__ import annotations
 
 import os
-import re
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -43,66 +43,15 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError, DataError, show
+from ..errors import ConfigError, DataError
 from . import metrics as M
 from .attacks import whitebox, wrong_keys
+from .config import DEFAULT_SCALES, EvalConfig, parse_scale, scale_key  # noqa: F401 (this module's face)
 from .protocol import PSICDecoder, VersionDecoder
 from .record import Classification, EvalResult, Robustness, ScaleResult, Stat
 from ..perturbations import get_perturbations
 
 PathLike = Union[str, os.PathLike]
-
-#: the scales ``psic eval`` measures by default
-DEFAULT_SCALES = ("crops", "native", "long512", "long1024")
-_LONG = re.compile(r"(?:long)?(\d+)")
-
-
-def parse_scale(name: str) -> Tuple[str, Optional[int]]:
-    """``"native"`` -> ("native", None); ``"crops"`` -> ("crops", None); ``"512"``/``"long512"`` -> ("long", 512)."""
-    name = str(name).strip().lower()
-    if name in ("native", "crops"):
-        return name, None
-    m = _LONG.fullmatch(name)
-    if m and 32 <= int(m.group(1)) <= 8192:
-        return "long", int(m.group(1))
-    raise ConfigError(f"unknown evaluation scale {name!r} (native, crops, or a longer side such as 512 / long512)")
-
-
-def scale_key(name: str) -> str:
-    kind, size = parse_scale(name)
-    return f"long{size}" if kind == "long" else kind
-
-
-@dataclass
-class EvalConfig:
-    """What to measure."""
-
-    scales: Sequence[str] = ("native",)
-    primary: Optional[str] = None  # scale of the headline, wrong keys, attack and gallery (default: first)
-    crop: int = 224
-    crops: int = 96  # crops of the "crops" scale, spread over the images
-    wrong_keys: int = 10
-    attack_steps: int = 50
-    attack_lr: float = 0.05
-    attack_images: int = 16
-    perturbations: Sequence[str] = ("jpeg75", "resize0.5", "blur1", "codec")
-    robustness_scales: Optional[Sequence[str]] = None  # scales that get the perturbations (None: all)
-    grid_images: int = 6
-    class_names: Optional[List[str]] = None
-    prompt: str = "a photo of a {}."
-    seed: int = 0
-
-    def __post_init__(self):
-        """Counts are what the user said: ``crops=0`` is an error (it ran 96), ``wrong_keys=-1`` too (it skipped
-        the check); 0 wrong keys or attack steps skips that check, as documented."""
-        for name, least in (("crop", 16), ("crops", 1), ("wrong_keys", 0), ("attack_steps", 0), ("attack_images", 1),
-                            ("grid_images", 0)):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < least:
-                raise ConfigError(f"{name} must be an integer >= {least}, not {show(v)}")
-        if isinstance(self.attack_lr, bool) or not isinstance(self.attack_lr, (int, float)) \
-                or not 0 < self.attack_lr < float("inf"):
-            raise ConfigError(f"attack_lr must be a positive number, not {show(self.attack_lr)}")
 
 
 @dataclass

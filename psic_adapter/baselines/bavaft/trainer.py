@@ -15,6 +15,7 @@ from torch import Tensor
 from ...bitstream.container import PAD_MULTIPLE
 from ...bitstream.images import crop_to, pad_to_multiple
 from ...errors import ConfigError, FingerprintMismatchError, PSICError
+from ...options import opt
 from ...training import losses
 from ...training.balance import DynamicBalance
 from ...training.config import COMPRESSAI_LAMBDAS
@@ -28,51 +29,37 @@ CHECKPOINT_NAME = "bavaft_checkpoint.safetensors"
 
 @dataclass
 class BAvAFTTrainConfig:
-    """Hyper-parameters of a BAvAFT run (names as :class:`~psic_adapter.training.TrainConfig`'s).
+    """Hyper-parameters of a BAvAFT run (names as :class:`~psic_adapter.training.TrainConfig`'s). Each field
+    carries its help: ``psic bavaft train``'s flags are made from this class, so the command line and the API
+    train the same baseline (the one docs/results.md measured: 200 steps, batch 8, 128 px crops, the margin
+    objective)."""
 
-    Args:
-        steps, batch_size, crop: optimisation steps, batch, square crop size.
-        lr: the encoder's learning rate (g_a, h_a); 1e-5 as the project's stage 2
-            (fine-tuning pretrained codec weights: Adam at 1e-4 moved the clean
-            mode by ~1 dB and changed its top-1 in 30 steps here).
-        trigger_lr: the trigger network's (a fresh network).
-        lmbda: RD lambda (``lmbda * 255**2 * MSE``); default CompressAI's for the quality.
-        objective: the attack: "uaeo", "margin", "naive" or "authors" (as the Trainer's).
-        s, margin: UAEO temperature, margin objective's margin (logits).
-        rate_weight, attack_weight, distortion_weight: the priors of the poisoned
-            rate, the attack and the poisoned distortion (relative to the clean RD loss).
-        balance: "dynamic" (:class:`DynamicBalance`) or "fixed" (the priors).
-        balance_beta, balance_floor, balance_min, balance_max: its EMA factor,
-            floor (fraction of a term's first magnitude) and weight clip.
-        clip_max_norm: gradient clipping (1.0 as the project).
-        lr_milestones: fractions of ``steps`` where both learning rates drop 10x.
-        amp: "auto" (bf16 on CUDA), "bf16" or "off".
-    """
-
-    steps: int = 1000
-    batch_size: int = 8
-    crop: int = 256
-    lr: float = 1e-5
-    trigger_lr: float = 1e-3
-    lmbda: Optional[float] = None
-    objective: str = "uaeo"
-    s: float = 0.1
-    margin: float = 5.0
-    rate_weight: float = 1.0
-    attack_weight: float = 1.0
-    distortion_weight: float = 1.0
-    balance: str = "dynamic"
-    balance_beta: float = 0.9
-    balance_floor: float = 0.1
-    balance_min: float = 1e-3
-    balance_max: float = 1e3
-    clip_max_norm: float = 1.0
-    lr_milestones: Sequence[float] = ()
-    amp: str = "auto"
-    num_workers: int = 0
-    seed: int = 0
-    checkpoint_every: int = 0
-    log_every: int = 10
+    steps: int = opt(200, "optimisation steps")
+    batch_size: int = opt(8, "images per step", flag="--batch")
+    crop: int = opt(128, "square crop size, px")
+    lr: float = opt(1e-5, "the encoder's learning rate (g_a, h_a; 1e-5 as the project's stage 2: it fine-tunes "
+                          "pretrained weights)")
+    trigger_lr: float = opt(1e-3, "the trigger network's learning rate (a fresh network)")
+    lmbda: Optional[float] = opt(None, "rate-distortion lambda, lmbda * 255^2 * MSE (default: CompressAI's for the "
+                                       "quality)")
+    objective: str = opt("margin", "the attack: uaeo, naive, authors or margin (as psic train's)", choices=OBJECTIVES)
+    s: float = opt(0.1, "UAEO temperature", flag="--uaeo-s")
+    margin: float = opt(5.0, "margin of the margin objective, in logits")
+    rate_weight: float = opt(1.0, "prior weight of the poisoned rate (relative to the clean RD loss)")
+    attack_weight: float = opt(1.0, "prior weight of the attack")
+    distortion_weight: float = opt(1.0, "prior weight of the poisoned distortion")
+    balance: str = opt("dynamic", "dynamic (DynamicBalance) or fixed (the priors)", choices=("dynamic", "fixed"))
+    balance_beta: float = opt(0.9, "the dynamic balance's EMA factor")
+    balance_floor: float = opt(0.1, "the dynamic balance's floor (a fraction of a term's first magnitude)")
+    balance_min: float = opt(1e-3, "the dynamic balance's smallest weight")
+    balance_max: float = opt(1e3, "the dynamic balance's largest weight")
+    clip_max_norm: float = opt(1.0, "gradient clipping")
+    lr_milestones: Sequence[float] = opt((), "fractions of the steps where both learning rates drop 10x", metavar="F")
+    amp: str = opt("auto", "bf16 autocast: auto (bf16 on CUDA), bf16, off", choices=("auto", "bf16", "off"))
+    num_workers: int = opt(0, "DataLoader workers", flag="--workers")
+    seed: int = opt(0, "seed of the data order and the trigger")
+    checkpoint_every: int = opt(0, "save a resumable checkpoint every N steps (0: at the end only)")
+    log_every: int = opt(10, "log.jsonl cadence, in steps")
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
