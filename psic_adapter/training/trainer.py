@@ -164,6 +164,10 @@ class Trainer(TrainingLoop):
         # budget_control="dual": the Lagrange multiplier of the mean PSNR drop (saved in checkpoints)
         self.budget_lambda = 0.0
         self.probe = None
+        if config.val_every and val_dataset is not None and getattr(target, "kind", "") == "clip" \
+                and not target.class_names:  # zero-shot CLIP decides among its class prompts
+            raise ConfigError(f"validation reads a classifier's labels: {getattr(target, 'name', 'the target')} "
+                              "has no class names (use a classifier target, or leave out val_every)")
 
     @property
     def bar_desc(self) -> str:
@@ -297,7 +301,7 @@ class Trainer(TrainingLoop):
                 terms["psnr_drop"] = drop.detach()
                 terms["budget_lambda"] = torch.tensor(self.budget_lambda)
                 loss = loss + self.budget_lambda * drop
-                self.budget_lambda = dual_ascent(self.budget_lambda, float(drop), cfg.resolved_budget_target_db(),
+                self.budget_lambda = dual_ascent(self.budget_lambda, float(drop.detach()), cfg.resolved_budget_target_db(),
                                                  cfg.dual_lr)
             elif cfg.budget_db is not None:
                 over = budget_excess(parts["encrypted"], x_ref, x, cfg.budget_db)
