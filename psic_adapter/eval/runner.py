@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import os
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -47,30 +46,13 @@ from ..errors import ConfigError, DataError
 from . import metrics as M
 from .attacks import whitebox, wrong_keys
 from .config import DEFAULT_SCALES, EvalConfig, parse_scale, scale_key  # noqa: F401 (this module's face)
+from .measure import (GalleryRow, Judge, Measurements, Sample, bar, control_of, mix_seed,  # noqa: F401
+                      photos_of, target_class_names)
 from .protocol import PSICDecoder, VersionDecoder
 from .record import Classification, EvalResult, Robustness, ScaleResult, Stat
 from ..perturbations import get_perturbations
 
 PathLike = Union[str, os.PathLike]
-
-
-@dataclass
-class Sample:
-    name: str
-    image: Tensor  # 1x3xHxW in [0, 1]
-    text: str = ""
-    label: int = -1
-    photo: str = ""  # which photo this image is a crop of (an identity, not for display); "" for whole photos
-
-
-@dataclass
-class GalleryRow:
-    """One image of the primary scale, for the report: its versions and what the target said."""
-
-    name: str
-    images: Dict[str, Tensor]  # original, base, full, encrypted (1x3xHxW)
-    answers: Dict[str, str]
-    psnr: Dict[str, float]
 
 
 def load_samples(spec: str, crop: Optional[int] = None, count: Optional[int] = None, seed: int = 0,
@@ -211,23 +193,6 @@ def minutes(seconds: float) -> str:
     return f"about {seconds:.0f} s" if seconds < 90 else f"about {seconds / 60:.0f} minutes"
 
 
-def target_class_names(target, config: EvalConfig) -> List[str]:
-    """What the top-1 indices mean: given names, the target's, or ImageNet's (CLIP zero-shot)."""
-    names = config.class_names or getattr(target, "class_names", None)
-    if not names:
-        from ..data import imagenet_class_names
-
-        names = imagenet_class_names("clip")
-    return [str(n).split(",")[0] for n in names]
-
-
-def control_of(base: Tensor, encrypted: Tensor, generator: torch.Generator) -> Tensor:
-    """The base decode plus Gaussian noise with the energy of ``encrypted - base`` (clamped to [0, 1])."""
-    sigma = float((encrypted.float() - base.float()).pow(2).mean().sqrt())
-    noise = torch.randn(base.shape, generator=generator, dtype=torch.float32)
-    return (base.float() + sigma * noise).clamp(0, 1).to(base.dtype)
-
-
 def classification_of(preds: Dict[str, Tensor], labels: Tensor, versions: Sequence[str],
                       label_source: str) -> Classification:
     """Accuracy per version, the ASR and its control, the base's right count, agreements with the base.
@@ -268,39 +233,21 @@ class Evaluator:
         self.cfg = config or EvalConfig()
         self.device = torch.device(device)
         self.progress = progress
-        self.class_names = target_class_names(target, self.cfg)
-        # CLIP decides among class prompts (zero-shot); a classifier among its own classes
-        self.prompts = None if target.kind == "classifier" else [self.cfg.prompt.format(n) for n in self.class_names]
+        self.judge = Judge(target, self.cfg)
+        self.class_names, self.prompts = self.judge.class_names, self.judge.prompts
         self.gallery: List[GalleryRow] = []
 
     # --------------------------------------------------------------- helpers
-    def bar(self, it, desc, total=None):
-        from tqdm.auto import tqdm
-
-        return tqdm(it, desc=desc, disable=not self.progress, leave=False, total=total)
-
-    @torch.no_grad()
     def predict(self, x: Tensor) -> Tensor:
         """Top-1 class of each image in ``x`` (same size batch)."""
-        return self.target.logits(x.to(self.target.device), self.prompts).argmax(-1).cpu()
+        return self.judge.predict(x)
 
     def predict_versions(self, images: Dict[str, Tensor]) -> Dict[str, int]:
-        """Top-1 of each version of one image, in one batch (a version that is another's tensor is not recomputed)."""
-        unique: List[Tensor] = []
-        where: Dict[str, int] = {}
-        for v, x in images.items():
-            for k, u in enumerate(unique):
-                if u is x:
-                    where[v] = k
-                    break
-            else:
-                where[v] = len(unique)
-                unique.append(x)
-        out = self.predict(torch.cat(unique)).tolist()
-        return {v: int(out[k]) for v, k in where.items()}
+        """Top-1 of each version of one image, in one batch (:meth:`Judge.predict_versions`)."""
+        return self.judge.predict_versions(images)
 
     def label_name(self, index: int) -> str:
-        return self.class_names[index] if 0 <= index < len(self.class_names) else str(index)
+        return self.judge.label_name(index)
 
     def seconds_per_megapixel(self, samples: Sequence[Sample], side: int = 256, repeats: int = 3) -> float:
         """The median of ``repeats`` decodes of a ``side`` x ``side`` crop of the largest sample, timed here (after
@@ -322,11 +269,6 @@ class Evaluator:
         """Seconds :meth:`run` will take on ``samples`` (:func:`estimate_seconds`, decodes timed here)."""
         return estimate_seconds(samples, self.cfg, self.seconds_per_megapixel(samples),
                                 conditions=self.decoder.has_conditions)
-
-    def downsampling(self, x: Tensor) -> float:
-        """The factor by which the target's preprocessing shrinks an image of ``x``'s size."""
-        short = int(getattr(self.target, "resize_size", None) or self.target.image_size)
-        return min(x.shape[-2:]) / short
 
     # ------------------------------------------------------------ the metrics
     def run(self, samples: Sequence[Sample], meta: Optional[Dict[str, Any]] = None) -> EvalResult:
@@ -357,68 +299,49 @@ class Evaluator:
             result.per_image.extend(rows)
             if kept:
                 originals, decoded, labels, base_pred = kept
+                attack = dict(decoder=self.decoder, judge=self.judge, config=cfg, originals=originals,
+                              decoded=decoded, labels=labels, base_pred=base_pred, progress=self.progress)
                 if cfg.wrong_keys > 0:
-                    result.wrong_keys = wrong_keys(self, originals, decoded, labels, base_pred)
+                    result.wrong_keys = wrong_keys(**attack)
                 if cfg.attack_steps > 0:
-                    result.whitebox = whitebox(self, originals, decoded, labels, base_pred)
+                    result.whitebox = whitebox(**attack)
         return result
 
     def _run_scale(self, scale: str, samples: Sequence[Sample], perts, keep: bool, gallery: bool):
         cfg = self.cfg
-        versions = list(self.decoder.versions)
+        measured = Measurements(self.decoder, cfg, scale, judge=self.target, gallery=self.gallery if gallery else [])
+        versions = measured.versions
         seen = ["original", *versions, "control"]
         preds: Dict[str, List[int]] = {v: [] for v in seen}
         pert_preds: Dict[str, Dict[str, List[int]]] = {p: {v: [] for v in ("base", "encrypted", "control")}
                                                        for p in cfg.perturbations if p in perts}
-        bpp: Dict[str, List[float]] = {v: [] for v in versions}
-        quality = {v: {"psnr": [], "ms_ssim": []} for v in versions}
-        quality["control"] = {"psnr": []}
-        factors, rows = [], []
         kept_orig, kept_dec = [], []
         features: Dict[str, List[Tensor]] = {v: [] for v in versions}
         retrieval = self._wants_retrieval(samples)
-        for i, s in enumerate(self.bar(samples, f"eval {scale}")):
-            d = self.decoder.decode(s.image)
-            g = torch.Generator().manual_seed(mix_seed(cfg.seed, scale, i))
-            images = dict(d.images)
-            images["control"] = control_of(images["base"], images["encrypted"], g)
+        for s in bar(samples, f"eval {scale}", self.progress):
+            images, d = measured.measure(s, row={"label": s.label})
+            row = measured.rows[-1]
             answers = {}
-            for v, p in self.predict_versions({"original": s.image, **images}).items():
+            for v, p in self.judge.predict_versions({"original": s.image, **images}).items():
                 preds[v].append(p)
-                answers[v] = self.label_name(p)
-            row: Dict[str, Any] = {"scale": scale, "name": s.name, "size": list(d.size), "label": s.label,
-                                   "downsampling": self.downsampling(s.image)}
-            factors.append(row["downsampling"])
-            for v in versions:
-                bpp[v].append(d.bpp[v])
-            row["bpp"] = d.bpp.get("encrypted", next(iter(d.bpp.values())))
-            for v in [*versions, "control"]:
-                ps = float(M.psnr(images[v], s.image)[0])
-                quality[v]["psnr"].append(ps)
-                row[f"psnr_{v}"] = ps
-                if v != "control":  # the control's MS-SSIM says nothing new, and costs
-                    q = float(M.ms_ssim(images[v], s.image)[0]) if images[v] is not images["base"] or v == "base" \
-                        else row["ms_ssim_base"]
-                    quality[v]["ms_ssim"].append(q)
-                    row[f"ms_ssim_{v}"] = q
+                answers[v] = self.judge.label_name(p)
             for v in seen:
                 row[f"top1_{v}"] = answers[v]
             for pname in pert_preds:
                 served = ("base", "encrypted", "control")
-                out = self.predict(perts[pname](torch.cat([images[v] for v in served])))
+                out = self.judge.predict(perts[pname](torch.cat([images[v] for v in served])))
                 for v, p in zip(served, out.tolist()):
                     pert_preds[pname][v].append(int(p))
             if retrieval:
                 with torch.no_grad():
                     for v in versions:
                         features[v].append(self.target.image_features(images[v].to(self.target.device)).float().cpu())
-            if gallery and len(self.gallery) < cfg.grid_images:
-                self.gallery.append(GalleryRow(s.name, {"original": s.image, **{v: images[v] for v in versions}},
-                                               answers, {v: row[f"psnr_{v}"] for v in versions}))
+            if gallery:
+                measured.add_gallery(s, images, answers)
             if keep:
                 kept_orig.append(s.image)
                 kept_dec.append(d)
-            rows.append(row)
+        rows = measured.rows
         t = {v: torch.tensor(p) for v, p in preds.items()}
         given = torch.tensor([s.label for s in samples])
         # dataset labels index ImageNet-1k: usable where the target decides among those 1000 classes
@@ -437,12 +360,11 @@ class Evaluator:
             pb, pe, pc = (torch.tensor(pp[v]) for v in ("base", "encrypted", "control"))
             rob[pname] = Robustness(M.classification_asr(pb, pe, labels), M.classification_asr(pb, pc, labels),
                                     int((pb == labels).sum()))
-        photos = len({s.photo for s in samples if s.photo}) + sum(1 for s in samples if not s.photo)
+        photos = photos_of(samples)
         res = ScaleResult(
             scale=scale, description=describe_scale(scale, self.cfg, photos), n_images=len(samples), n_photos=photos,
-            bpp={v: Stat.of(b) for v, b in bpp.items()},
-            quality={v: {k: Stat.of(vals) for k, vals in q.items()} for v, q in quality.items()},
-            downsampling=Stat.of(factors), classification=cls, robustness=rob,
+            bpp=measured.bpp_stats(), quality=measured.quality_stats(),
+            downsampling=Stat.of(measured.factors), classification=cls, robustness=rob,
             retrieval=self._retrieval(samples, features, versions) if retrieval else None,
         )
         kept = (kept_orig, kept_dec, labels, t["base"]) if keep else None
@@ -461,10 +383,3 @@ class Evaluator:
         out = {f"recall_{v}": M.recall_at_k(hits[v]) for v in versions}
         out["asr"] = M.retrieval_asr(hits["base"], hits["encrypted"])
         return out
-
-
-def mix_seed(seed: int, scale: str, index: int) -> int:
-    """A seed for draw ``index`` of ``scale``, the same on every platform."""
-    import hashlib
-
-    return int.from_bytes(hashlib.sha256(f"{seed}/{scale}/{index}".encode()).digest()[:8], "little") >> 1

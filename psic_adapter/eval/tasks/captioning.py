@@ -27,7 +27,7 @@ from ...data.captions import read_references
 from ...data.common import load_rgb
 from ...errors import ConfigError
 from ..record import EvalResult, Stat
-from ..runner import EvalConfig, GalleryRow, Sample
+from ..runner import EvalConfig, Sample
 from .common import TaskStream, bar, subset
 
 PathLike = Union[str, os.PathLike]
@@ -162,9 +162,7 @@ def captioning(
                 row[f"caption_{v}"] = batch_caps[v][j]
             shown = {v: f'"{batch_caps[v][j]}"' for v in shown_versions}
             shown.setdefault("original", f'"{chunk[j][1][0]}" (reference)')
-            if len(stream.gallery) < cfg.grid_images:
-                stream.gallery.append(GalleryRow(smp.name, {"original": smp.image, **{v: d[v] for v in versions}},
-                                                 shown, {v: row[f"psnr_{v}"] for v in versions}))
+            stream.add_gallery(smp, d, shown, row=row)
         refs.extend(caps for _, caps in chunk)
 
     scores = {v: caption_scores(captions[v], refs) for v in shown_versions}

@@ -19,7 +19,8 @@ from ...data import ImageFolderPrompts, imagenet_class_names
 from ...errors import ConfigError
 from .. import metrics as M
 from ..record import EvalResult
-from ..runner import EvalConfig, Evaluator, Sample, classification_of
+from ..measure import Judge
+from ..runner import EvalConfig, Sample, classification_of
 from .common import TaskStream, bar, subset
 
 PathLike = Union[str, os.PathLike]
@@ -89,7 +90,7 @@ def imagenet_zero_shot(
         label_source = f"folder index (zero-shot over the {len(names)} folder classes)"
         run_cfg = replace(cfg, class_names=names)
 
-    ev = Evaluator(decoder, target, config=run_cfg, progress=False)
+    judge = Judge(target, run_cfg)
     stream = TaskStream(decoder, cfg, task="imagenet", judge=target, gallery=gallery)
     versions = stream.versions
     order = subset(len(ds), limit, cfg.seed)
@@ -103,11 +104,11 @@ def imagenet_zero_shot(
         images = stream.decode(sample)
         row = stream.rows[-1]
         shown = {}
-        for v, p in ev.predict_versions({"original": sample.image, **images}).items():
+        for v, p in judge.predict_versions({"original": sample.image, **images}).items():
             preds[v].append(p)
-            shown[v] = ev.label_name(p)
+            shown[v] = judge.label_name(p)
             row[f"top1_{v}"] = shown[v]
-        row["label"] = ev.label_name(sample.label)
+        row["label"] = judge.label_name(sample.label)
         labels.append(sample.label)
         folder_of.append(folder)
         stream.add_gallery(sample, images, shown)
