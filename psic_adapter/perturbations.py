@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .bitstream.images import crop_to, pad_to_multiple
+from .codec.padding import crop_to, pad_to_multiple
 
 __all__ = [
     "jpeg",

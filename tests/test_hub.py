@@ -491,13 +491,20 @@ def test_model_push_to_hub_through_hfapi(owner, monkeypatch):
     for name in ("create_repo", "create_branch", "upload_folder"):
         monkeypatch.setattr(HfApi, name, lambda self, *a, _n=name, **k: getattr(api, _n)(*a, **k))
     monkeypatch.setenv("HF_TOKEN", "hf_from_env")
-    info = owner.model.push_to_hub(REPO, revision="dev", commit_message="v1", create_pr=True)
+    info = hub.push_to_hub(owner.model, REPO, revision="dev", commit_message="v1", create_pr=True)
     assert info.oid == "c" * 40
     _assert_upload(api, owner, metrics=False)
     ((_, _, br),) = api.call("create_branch")
     assert br["branch"] == "dev" and br["exist_ok"] is True
     ((_, _, up),) = api.call("upload_folder")
     assert up["revision"] == "dev" and up["create_pr"] is True and up["commit_message"] == "v1"
+
+
+def test_the_model_does_not_call_up_into_the_hub(owner):
+    """Uploading is the hub package's (it sits above the adapter package: issue 16); the model's old method says
+    where it went, before anything is uploaded."""
+    with pytest.raises(ConfigError, match=r"psic_adapter\.hub\.push_to_hub\(model"):
+        owner.model.push_to_hub(REPO)
 
 
 def test_push_of_one_adapter_of_several(owner, tmp_path):

@@ -1,8 +1,10 @@
-"""The package's structure: no import cycles, no private names across modules, lazy top-level imports.
+"""The package's structure: layers between packages, no import cycles, no private names across modules, lazy
+top-level imports.
 
 Read from the sources (AST), so that a function-level import counts as much as a
 module-level one: importing ``a.b.c`` runs ``a/__init__.py`` and ``a/b/__init__.py``
-first, so those count as imported too.
+first, so those count as imported too; and a lazy package face (``lazy_loader.attach``'s
+``submod_attrs``, the top-level ``_LAZY``) counts as importing the modules it names.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import ast
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, Set
+from typing import Dict, List, Set
 
 PACKAGE = Path(__file__).resolve().parents[1] / "psic_adapter"
 
@@ -30,6 +32,18 @@ def _with_parents(name: str, modules) -> Set[str]:
     return {".".join(parts[:i]) for i in range(1, len(parts) + 1) if ".".join(parts[:i]) in modules}
 
 
+def _lazy_names(node) -> List[str]:
+    """The submodules a lazy face names: ``lazy_loader.attach(__name__, submod_attrs={...})`` keys, ``_LAZY`` values."""
+    if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "attach":
+        for kw in node.keywords:
+            if kw.arg == "submod_attrs" and isinstance(kw.value, ast.Dict):
+                return [k.value for k in kw.value.keys if isinstance(k, ast.Constant)]
+    if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "_LAZY" for t in node.targets) \
+            and isinstance(node.value, ast.Dict):
+        return [v.value for v in node.value.values if isinstance(v, ast.Constant)]
+    return []
+
+
 def _graph() -> Dict[str, Set[str]]:
     modules = _modules()
     graph: Dict[str, Set[str]] = {}
@@ -38,6 +52,8 @@ def _graph() -> Dict[str, Set[str]]:
         package = name if is_pkg else name.rsplit(".", 1)[0]
         deps: Set[str] = set()
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            for sub in _lazy_names(node):  # a lazy face imports these when one of its names is asked for
+                deps |= _with_parents(f"{package}.{sub.lstrip('.')}", modules)
             targets = []
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
@@ -55,6 +71,42 @@ def _graph() -> Dict[str, Set[str]]:
         deps.discard(name)
         graph[name] = deps - _with_parents(name, modules)  # a module's own parents are imported before it
     return graph
+
+
+#: the packages (and top-level modules) of psic_adapter, lowest first: each imports only from layers below its
+#: own, never from its own layer or above (so no package-level cycle). The root's lazy face is above them all.
+LAYERS = [
+    ("errors", "types"),
+    ("fileio", "weights", "options"),
+    ("codec",),                            # CompressAI codecs, their checkpoints, their padding
+    ("bitstream", "adapter", "targets"),   # files <-> tensors; the adapter on a codec; the frozen targets
+    ("data", "perturbations"),
+    ("training", "eval"),
+    ("baselines", "hub"),                  # BAvAFT on the training loop and the evaluation; push and the model card
+    ("workflows",),                        # the jobs, end to end
+    ("demo",),
+    ("cli",),
+]
+
+
+def _unit(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_packages_import_only_from_layers_below():
+    layer = {unit: i for i, units in enumerate(LAYERS) for unit in units}
+    graph = _graph()
+    units = {_unit(m) for m in graph} - {""}
+    assert units <= set(layer), f"place these in LAYERS: {sorted(units - set(layer))}"
+    problems = set()
+    for module, deps in graph.items():
+        a = _unit(module)
+        for dep in deps:
+            b = _unit(dep)
+            if a and b and a != b and layer[b] >= layer[a]:
+                problems.add(f"{a} (layer {layer[a]}) imports {b} (layer {layer[b]}): {module} -> {dep}")
+    assert not problems, "imports against the layers:\n" + "\n".join(sorted(problems))
 
 
 def test_no_import_cycles():

@@ -7,7 +7,8 @@
 * :mod:`.keyring` -- a model's owner conditions and derived-key cache;
 * :mod:`.model` -- :class:`PSICModel`, :func:`wrap_model`, :func:`load_adapter`;
 * :mod:`.files` -- an adapter folder's files, checked without a codec;
-* :mod:`.pretrained` -- adapters on disk and on a hub.
+* :mod:`.download` -- adapter repositories from the Hugging Face Hub (uploading is :mod:`psic_adapter.hub`'s);
+* :mod:`.pretrained` -- adapters on disk (and hub ids, through :mod:`.download`).
 """
 
 import lazy_loader

@@ -43,8 +43,8 @@ from typing import Dict, Optional, Union
 import torch
 
 from ..errors import ConfigError, PSICError, show, show_names
+from ..types import KeyLike
 
-KeyLike = Union[str, bytes]
 
 #: scrypt with N=2**14, r=8, p=1 costs ~16 MiB and ~50 ms per guess (a loaded config may ask for up to 16x that).
 DEFAULT_KDF: Dict[str, object] = {"name": "scrypt", "n": 2**14, "r": 8, "p": 1, "dklen": 32}

@@ -33,8 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import __version__
-from ..bitstream.container import PAD_MULTIPLE
-from ..bitstream.images import crop_to, pad_to_multiple
+from ..codec.padding import PAD_MULTIPLE, crop_to, pad_to_multiple
 from ..codec import architecture_name, codec_dims, decode_latent, fingerprint
 from ..errors import ConfigError
 from .cltg import build_cltg

@@ -65,7 +65,7 @@ def resolve_adapter_dir(path: PathLike, revision: Optional[str] = None) -> Path:
         return p
     if p.exists():
         raise ConfigError(f"{p} is a file; an adapter is a folder with {CONFIG_NAME} and {WEIGHTS_NAME}")
-    from ..hub.transfer import is_hub_id, snapshot
+    from .download import is_hub_id, snapshot
 
     if is_hub_id(str(path)):
         return snapshot(str(path), revision=revision)
@@ -108,7 +108,7 @@ def save_adapters(model, save_directory: PathLike, adapter_names: Optional[Seque
 
 
 class PretrainedMixin:
-    """``save_pretrained``, ``from_pretrained``, ``load_adapter`` and ``push_to_hub`` for :class:`PSICModel`."""
+    """``save_pretrained``, ``from_pretrained`` and ``load_adapter`` for :class:`PSICModel`."""
 
     def save_pretrained(self, save_directory: PathLike, adapter_names: Optional[Sequence[str]] = None,
                         force: bool = False) -> Path:
@@ -116,10 +116,12 @@ class PretrainedMixin:
         return save_adapters(self, save_directory, adapter_names=adapter_names, force=force)
 
     def push_to_hub(self, repo_id: str, **kwargs):
-        """Upload the active adapter (or ``adapter_name=``) with a model card (:func:`psic_adapter.hub.push_to_hub`)."""
-        from ..hub.transfer import push_to_hub
+        """Moved: ``psic_adapter.hub.push_to_hub(model, repo_id, **kwargs)``. The hub package sits above this one
+        (the model card reads evaluation results), so the adapter does not call up into it."""
+        from ..errors import ConfigError
 
-        return push_to_hub(self, repo_id, **kwargs)
+        raise ConfigError(f"use psic_adapter.hub.push_to_hub(model, {repo_id!r}, ...): uploading (with its model "
+                          "card) is the hub package's")
 
     def load_adapter(self, path: PathLike, adapter_name: str = "default", **kwargs):
         """Load another saved adapter onto this model under ``adapter_name``."""

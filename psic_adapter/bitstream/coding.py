@@ -36,12 +36,12 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from ..adapter.keys import KeyLike
 from ..codec import architecture_name, codec_dims, decode_latent, entropy_tables_hash, fingerprint
 from ..errors import ContainerError, FingerprintMismatchError, KeyMismatchError, OverwriteError, PSICError
+from ..codec.padding import PAD_MULTIPLE, crop_to, pad_to_multiple, padded_size
+from ..types import KeyLike
 from . import container
-from .container import PAD_MULTIPLE, padded_size
-from .images import ImageInfo, crop_to, load_image, pad_to_multiple, save_image
+from .images import ImageInfo, load_image, save_image
 
 PathLike = Union[str, os.PathLike]
 

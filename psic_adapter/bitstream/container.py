@@ -40,6 +40,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
+from ..codec.padding import PAD_MULTIPLE, padded_size  # noqa: F401 (the codec's padding; named here too)
 from ..errors import ContainerError, show, show_names
 
 MAGIC = b"PSIC"
@@ -47,18 +48,11 @@ FORMAT_VERSION = 2
 _PREFIX = struct.Struct(">4sBI")
 _CRC = struct.Struct(">I")
 
-#: the image side a decoder pads to (g_a / h_a downsample by 16 x 4 in every CompressAI image codec)
-PAD_MULTIPLE = 64
 MAX_HEADER_BYTES = 1 << 20
 MAX_SIDE = 1 << 16
 MAX_STRINGS = 4096
 MAX_DEPTH = 8
 MAX_FILE_BYTES = 1 << 31
-
-
-def padded_size(height: int, width: int, multiple: int = PAD_MULTIPLE) -> Tuple[int, int]:
-    """The size an image of ``height x width`` is padded to before coding."""
-    return (-(-height // multiple) * multiple, -(-width // multiple) * multiple)
 
 
 def check_size(height: int, width: int, what: str = "the image") -> None:

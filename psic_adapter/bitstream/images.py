@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..codec.padding import crop_to, pad_to_multiple  # noqa: F401 (the codec's padding; named here too)
 from ..errors import ImageError
 
 PathLike = Union[str, os.PathLike]
@@ -298,24 +299,6 @@ def save_image(x: torch.Tensor, path: PathLike, info: Optional[ImageInfo] = None
                inputs=()) -> Path:
     """Write a decoded ``1x3xHxW`` tensor in the original's layout (see :class:`ImageInfo`)."""
     return save_array(tensor_to_array(x, info), path, force=force, inputs=inputs)
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int = 64) -> Tuple[torch.Tensor, Tuple[int, int]]:
-    """Pad right/bottom (replicating the border) to a multiple of ``multiple``.
-
-    Returns the padded tensor and the original (H, W) for :func:`crop_to`.
-    Replicated borders cost fewer bits than zeros and do not bleed dark edges in.
-    """
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph or pw:
-        mode = "replicate"
-        x = F.pad(x, (0, pw, 0, ph), mode=mode)
-    return x, (h, w)
-
-
-def crop_to(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    return x[..., : size[0], : size[1]]
 
 
 def resize_longer_side(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -4,142 +4,23 @@
   ``adapter_model.safetensors``) with a model card (``README.md``,
   :mod:`.card`). Nothing else is uploaded: not the key, not the base codec,
   not other files of the adapter folder.
-* :func:`snapshot` fetches an adapter repository (only its ``*.json``,
-  ``*.safetensors`` and ``README.md``) into the Hugging Face cache, or finds it
-  there; :func:`psic_adapter.load_adapter` calls it for ids like ``org/name``.
-
-``HF_HUB_OFFLINE``, ``HF_HUB_CACHE`` and ``HF_HOME`` are read when a call is
-made (huggingface_hub reads them once, at import), so setting them in a running
-process (a notebook, a test) takes effect.
+* downloading lives with the adapter (:mod:`psic_adapter.adapter.download`: :func:`snapshot`, which
+  :func:`psic_adapter.load_adapter` calls for ids like ``org/name``); this module names it too.
 """
 
 from __future__ import annotations
 
-import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
 from ..adapter.config import CONFIG_NAME, MAX_CONFIG_BYTES, WEIGHTS_NAME, PSICConfig
+from ..adapter.download import (HUB_ID, SNAPSHOT_PATTERNS, hf_errors, is_hub_id, network_errors,  # noqa: F401
+                                offline, snapshot, status_of)
 from ..adapter.files import check_adapter_files, max_weights_bytes
 from ..errors import PSICError
-from ..fileio import read_limited
+from ..fileio import PathLike, read_limited
 from .card import CARD_NAME, DEFAULT_LICENSE, load_card_results, write_model_card
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-#: what :func:`snapshot` fetches from an adapter repository
-SNAPSHOT_PATTERNS = ["*.json", "*.safetensors", CARD_NAME]
-
-PathLike = Union[str, os.PathLike]
-
-
-def is_hub_id(text: str) -> bool:
-    """``org/name`` (and not an existing local path)."""
-    return bool(_HUB_ID.match(text)) and not Path(text).exists()
-
-
-# ------------------------------------------------------------------ environment
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-
-
-def offline() -> bool:
-    """``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set, now or when huggingface_hub was imported."""
-    if _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE"):
-        return True
-    try:
-        from huggingface_hub import constants
-
-        return bool(constants.HF_HUB_OFFLINE)
-    except ImportError:  # pragma: no cover
-        return False
-
-
-def cache_dir() -> Optional[str]:
-    """The hub cache as the environment names it now (``None``: huggingface_hub's default)."""
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(var):
-            return os.path.expandvars(os.path.expanduser(os.environ[var]))
-    if os.environ.get("HF_HOME"):
-        return os.path.join(os.path.expandvars(os.path.expanduser(os.environ["HF_HOME"])), "hub")
-    return None
-
-
-def _status(exc: BaseException) -> Optional[int]:
-    response = getattr(exc, "response", None)
-    return getattr(response, "status_code", None)
-
-
-def _network_errors() -> tuple:
-    """Exception types of a failed connection, whichever HTTP client huggingface_hub uses."""
-    types = [ConnectionError, TimeoutError]
-    for mod, name in (("httpx2", "TransportError"), ("httpx", "TransportError"), ("requests", "RequestException")):
-        try:
-            types.append(getattr(__import__(mod), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(types)
-
-
-def _hf_errors():
-    """huggingface_hub's error classes (``huggingface_hub.errors``; ``.utils`` in versions before 0.23)."""
-    import types
-
-    try:
-        from huggingface_hub import errors as mod
-    except ImportError:  # pragma: no cover - old huggingface_hub
-        from huggingface_hub import utils as mod
-    names = ("HfHubHTTPError", "LocalEntryNotFoundError", "RepositoryNotFoundError", "RevisionNotFoundError",
-             "IncompleteSnapshotError")
-    return types.SimpleNamespace(**{n: getattr(mod, n, None) for n in names})
-
-
-# --------------------------------------------------------------------- loading
-def snapshot(repo_id: str, revision: Optional[str] = None, token: Optional[str] = None) -> Path:
-    """Download (or find in the local cache) an adapter repository; returns its folder.
-
-    Only the adapter's files are fetched (:data:`SNAPSHOT_PATTERNS`). ``revision``
-    is a branch, a tag or a commit hash. Offline (``HF_HUB_OFFLINE=1``) the
-    cache alone is used.
-    """
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:  # pragma: no cover - huggingface_hub is a dependency
-        raise PSICError("loading from the hub needs huggingface_hub (pip install huggingface_hub)") from None
-    errors = _hf_errors()
-    at = "" if revision is None else f" (revision {revision!r})"
-    is_offline = offline()
-    try:
-        folder = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir(), token=token,
-                                        local_files_only=is_offline, allow_patterns=list(SNAPSHOT_PATTERNS)))
-    except errors.LocalEntryNotFoundError as exc:
-        if errors.IncompleteSnapshotError is not None and isinstance(exc, errors.IncompleteSnapshotError):
-            raise PSICError(f"the cached copy of adapter {repo_id!r}{at} is incomplete and the hub cannot be reached: "
-                            "download it again with network access") from None
-        where = "HF_HUB_OFFLINE=1 is set" if is_offline else "the hub cannot be reached"
-        raise PSICError(
-            f"adapter {repo_id!r}{at} is not in the local Hugging Face cache ({cache_dir() or 'the default cache'}) "
-            f"and {where}: download it once with network access, or check the id and revision"
-        ) from None
-    except errors.RevisionNotFoundError:
-        raise PSICError(f"adapter {repo_id!r} has no revision {revision!r} on the hub") from None
-    except errors.RepositoryNotFoundError:
-        raise PSICError(
-            f"no adapter repository {repo_id!r} on the hub (or it is private or gated: "
-            "log in with `hf auth login` or set HF_TOKEN)"
-        ) from None
-    except errors.HfHubHTTPError as exc:
-        raise PSICError(f"cannot get adapter {repo_id!r}{at} from the hub (HTTP {_status(exc)}: "
-                        f"{str(exc).splitlines()[0]})") from None
-    except _network_errors() as exc:
-        raise PSICError(f"cannot reach the hub to get adapter {repo_id!r}{at} ({exc.__class__.__name__}: {exc})") from None
-    except (OSError, ValueError) as exc:
-        raise PSICError(f"cannot get adapter {repo_id!r}{at} from the hub ({exc.__class__.__name__}: {exc})") from None
-    if not (folder / CONFIG_NAME).is_file():
-        raise PSICError(f"hub repository {repo_id!r}{at} holds no {CONFIG_NAME}: it is not a PSIC adapter")
-    return folder
 
 
 # --------------------------------------------------------------------- pushing
@@ -198,7 +79,7 @@ def push_to_hub(model_or_dir, repo_id: str, *, private: bool = False, token: Opt
     Only ``adapter_config.json``, ``adapter_model.safetensors`` and ``README.md``
     are uploaded; the key never is.
     """
-    if not isinstance(repo_id, str) or not _HUB_ID.match(repo_id):
+    if not isinstance(repo_id, str) or not HUB_ID.match(repo_id):
         raise PSICError(f"{repo_id!r} is not a hub id (expected 'org/name')")
     if offline():
         raise PSICError("cannot push with HF_HUB_OFFLINE=1 set (unset it to upload)")
@@ -213,7 +94,7 @@ def push_to_hub(model_or_dir, repo_id: str, *, private: bool = False, token: Opt
             raise PSICError("pushing to the hub needs a Hugging Face token with write access: "
                             "`hf auth login`, set HF_TOKEN, or pass token= (psic push --token-env VAR)")
         api = HfApi(token=token)
-    HfHubHTTPError = _hf_errors().HfHubHTTPError  # noqa: N806
+    HfHubHTTPError = hf_errors().HfHubHTTPError  # noqa: N806
 
     with tempfile.TemporaryDirectory(prefix="psic-push-") as tmp:
         folder = Path(tmp) / "upload"
@@ -232,7 +113,7 @@ def push_to_hub(model_or_dir, repo_id: str, *, private: bool = False, token: Opt
                 commit_message=commit_message or "Upload PSIC adapter", create_pr=create_pr, allow_patterns=files,
             )
         except HfHubHTTPError as exc:
-            status = _status(exc)
+            status = status_of(exc)
             first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
             if status == 401:
                 why = "the hub refused the token (invalid or expired): `hf auth login` again or set HF_TOKEN"
@@ -241,5 +122,5 @@ def push_to_hub(model_or_dir, repo_id: str, *, private: bool = False, token: Opt
             else:
                 why = f"HTTP {status}: {first}"
             raise PSICError(f"cannot {step} on the hub: {why}") from None
-        except _network_errors() as exc:
+        except network_errors() as exc:
             raise PSICError(f"cannot reach the hub to {step} ({exc.__class__.__name__}: {exc})") from None

@@ -95,8 +95,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from ...bitstream.container import PAD_MULTIPLE
-from ...bitstream.images import crop_to, pad_to_multiple
+from ...codec.padding import PAD_MULTIPLE, crop_to, pad_to_multiple
 from ...errors import ConfigError, FingerprintMismatchError, OverwriteError, PSICError
 from .trigger import BAvAFTConfig, TriggerNet
 

@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ...bitstream.container import PAD_MULTIPLE
-from ...bitstream.images import crop_to, pad_to_multiple
+from ...codec.padding import PAD_MULTIPLE, crop_to, pad_to_multiple
 from ...errors import ConfigError, FingerprintMismatchError, PSICError
 from ...options import opt
 from ...training import losses

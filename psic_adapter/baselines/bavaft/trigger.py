@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ...bitstream.images import crop_to, pad_to_multiple
+from ...codec.padding import crop_to, pad_to_multiple
 from ...errors import ConfigError
 from .dct import RGB_TO_YCC, block_dct, block_idct, dct_matrix
 
