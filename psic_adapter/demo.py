@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from .errors import OverwriteError, PSICError
-from .fileio import PathLike
+from .types import PathLike
 from .options import opt
 
 

@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 from .errors import OverwriteError, PSICError
-
-PathLike = Union[str, os.PathLike]
+from .types import PathLike
 
 
 def _default_mode() -> int:

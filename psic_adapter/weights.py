@@ -11,15 +11,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any, Dict, Type, Union
+from typing import Any, Dict, Type
 
 import torch
 
 from .errors import PSICError
-
-PathLike = Union[str, os.PathLike]
+from .types import PathLike
 
 #: where training scripts nest the weights, in order of preference (an EMA first)
 UNWRAP_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "network")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from .errors import ConfigError
-from .fileio import PathLike
+from .types import PathLike
 
 Say = Callable[[str], None]
 

@@ -10,9 +10,8 @@ before describing or publishing it.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Dict, Tuple, Union
+from typing import Dict, Tuple
 
 from torch import Tensor
 
@@ -20,8 +19,7 @@ from ..errors import ConfigError
 from ..fileio import regular_or_absent
 from ..weights import describe_mismatch
 from .config import CONFIG_NAME, WEIGHTS_NAME, PSICConfig
-
-PathLike = Union[str, os.PathLike]
+from ..types import PathLike
 
 
 def max_weights_bytes(config: PSICConfig) -> int:

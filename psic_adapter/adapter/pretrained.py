@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from torch import Tensor, nn
 
@@ -30,8 +29,7 @@ from ..weights import describe_mismatch
 from .config import CONFIG_NAME, WEIGHTS_NAME, PSICConfig, check_adapter_name
 from .files import check_adapter_files, read_adapter_weights
 from .keys import KeyLike
-
-PathLike = Union[str, os.PathLike]
+from ..types import PathLike
 
 #: the adapter shipped for ``psic demo``: its key (``demo.key``) ships beside it, so it protects nothing
 DEMO_ADAPTER = Path(__file__).resolve().parents[1] / "assets" / "demo-adapter"

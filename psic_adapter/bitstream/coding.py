@@ -26,12 +26,11 @@ GPU (decodes of GPU encodes were seen to give NaN images).
 
 from __future__ import annotations
 
-import os
 import weakref
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -39,11 +38,9 @@ from torch import nn
 from ..codec import architecture_name, codec_dims, decode_latent, entropy_tables_hash, fingerprint
 from ..errors import ContainerError, FingerprintMismatchError, KeyMismatchError, OverwriteError, PSICError
 from ..codec.padding import PAD_MULTIPLE, crop_to, pad_to_multiple, padded_size
-from ..types import KeyLike
+from ..types import KeyLike, PathLike
 from . import container
 from .images import ImageInfo, load_image, save_image
-
-PathLike = Union[str, os.PathLike]
 
 #: projections of the decoded latent stored in a .psic file, and the tolerance of their check
 LATENT_PROJECTIONS = 4
@@ -83,7 +80,8 @@ def encode(model: nn.Module, x: torch.Tensor) -> Dict[str, Any]:
     return {"strings": out["strings"], "shape": out["shape"], "size": size}
 
 
-def _finite(x_hat: torch.Tensor) -> torch.Tensor:
+def finite_decode(x_hat: torch.Tensor) -> torch.Tensor:
+    """``x_hat``, or a :class:`ContainerError` where a decode is not finite: the one check of every decode."""
     if not torch.isfinite(x_hat).all():
         raise ContainerError(
             "the decode is not finite: the decoder did not reproduce the encoder's symbols (the file is "
@@ -102,7 +100,7 @@ def decode(model: nn.Module, enc: Dict[str, Any], size: Tuple[int, int], key: Op
         if key is not None or mode is not None or condition is not None:
             raise PSICError("a key or a mode needs an adapter")
         out = model.decompress(enc["strings"], enc["shape"])
-    return _finite(crop_to(out["x_hat"], size))
+    return finite_decode(crop_to(out["x_hat"], size))
 
 
 # ------------------------------------------------------------------ latents
@@ -350,7 +348,7 @@ def decode_file(src: PathLike, dst: PathLike, model: nn.Module, key: Optional[Ke
             x_hat = model.synthesize(y_hat, cond)
         else:
             x_hat = model.g_s(y_hat)
-        x_hat = _finite(crop_to(x_hat, (header.height, header.width))).clamp(0, 1)
+        x_hat = finite_decode(crop_to(x_hat, (header.height, header.width))).clamp(0, 1)
     save_image(x_hat, dst, info, force=force, inputs=inputs)
     version = "plain" if not wrapped else ("full" if key is not None else "encrypted")
     return {"path": dst, "version": version, "key_matched": True if key is not None else None, "header": header}

@@ -15,7 +15,7 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -23,8 +23,7 @@ import torch.nn.functional as F
 
 from ..codec.padding import crop_to, pad_to_multiple  # noqa: F401 (the codec's padding; named here too)
 from ..errors import ImageError
-
-PathLike = Union[str, os.PathLike]
+from ..types import PathLike
 
 #: the default pixel limit (width x height) of an image read or decoded: about 40 megapixels,
 #: which a CompressAI codec already needs several GB of memory to code on a CPU

@@ -15,7 +15,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
     submod_attrs={
         'build': ['build_codec', 'codec_dims', 'latent_channels', 'load_codec', 'load_shipped_codec', 'prepare_for_coding', 'synthesis_transform', 'tables_ready'],
         'registry': ['architecture_name', 'available_codecs', 'normalize_name'],
-        'checkpoint': ['read_state_dict', 'save_codec'],
+        'checkpoint': ['read_checkpoint', 'save_codec'],
         'fingerprint': ['entropy_tables_hash', 'fingerprint'],
         'latent': ['decode_latent'],
         'shipped': ['SHIPPED_CODEC', 'shipped_codec_for', 'shipped_codec_path'],

@@ -7,7 +7,6 @@ a zoo download (``pretrained=True``, needs a network), a local checkpoint
 
 from __future__ import annotations
 
-import os
 from typing import Dict, Optional, Sequence, Union
 
 import torch
@@ -15,8 +14,7 @@ from torch import nn
 
 from ..errors import ConfigError, PSICError
 from .registry import NOT_IMAGE, REGISTRY_DEFAULTS, available_codecs, compressai_registry, normalize_name
-
-PathLike = Union[str, os.PathLike]
+from ..types import PathLike
 
 def _zoo_dims(name: str, quality: int) -> Dict[str, int]:
     from compressai.zoo.image import cfgs
@@ -109,9 +107,9 @@ def load_codec(
     if isinstance(checkpoint, str) and checkpoint.strip().lower() == "shipped":
         return load_shipped_codec(name=name, quality=quality, device=device)
     if checkpoint is not None:
-        from .checkpoint import read_state_dict
+        from .checkpoint import read_checkpoint
 
-        state = read_state_dict(checkpoint)
+        state = read_checkpoint(checkpoint)
         if quality is None and not dims:
             MODELS, _ = compressai_registry()
             cls = MODELS.get(name)

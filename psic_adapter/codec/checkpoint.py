@@ -17,13 +17,13 @@ import torch
 from torch import nn
 
 from ..errors import PSICError
-from ..weights import read_tensor_file, unwrap_state_dict
+from ..weights import read_state_dict
+from ..types import PathLike
 
-PathLike = Union[str, os.PathLike]
 
-
-def read_state_dict(checkpoint: Union[PathLike, Sequence[PathLike]]) -> Dict[str, torch.Tensor]:
-    """Merge one or more checkpoint files (or a folder of safetensors shards) into one state_dict."""
+def read_checkpoint(checkpoint: Union[PathLike, Sequence[PathLike]]) -> Dict[str, torch.Tensor]:
+    """Merge one or more codec checkpoint files (or a folder of safetensors shards) into one state_dict, each read
+    by :func:`psic_adapter.weights.read_state_dict`'s rule, with CompressAI's old key names renamed."""
     paths: List[Path] = []
     items = [checkpoint] if isinstance(checkpoint, (str, os.PathLike)) else list(checkpoint)
     for item in items:
@@ -39,7 +39,7 @@ def read_state_dict(checkpoint: Union[PathLike, Sequence[PathLike]]) -> Dict[str
             raise PSICError(f"{p}: no such checkpoint file")
     state: Dict[str, torch.Tensor] = {}
     for p in paths:
-        state.update(unwrap_state_dict(read_tensor_file(p, PSICError), p, PSICError))
+        state.update(read_state_dict(p, PSICError))
     import warnings
 
     with warnings.catch_warnings():

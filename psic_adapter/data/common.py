@@ -15,8 +15,8 @@ from torch.utils.data import Dataset
 
 from ..bitstream.images import load_image
 from ..errors import ConfigError, DataError
+from ..types import PathLike
 
-PathLike = Union[str, os.PathLike]
 Size = Union[int, Tuple[int, int], Sequence[int]]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")

@@ -24,7 +24,8 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError, ContainerError
+from ..bitstream.coding import finite_decode
+from ..errors import ConfigError
 
 VERSION_NAMES = ("base", "full", "encrypted")
 
@@ -38,13 +39,6 @@ class Decoded:
     size: Tuple[int, int]
     latent: Optional[Tensor] = None  # y_hat of the bitstream (methods with conditions)
     extra: Dict[str, float] = field(default_factory=dict)
-
-
-def _finite(x: Tensor) -> Tensor:
-    if not torch.isfinite(x).all():
-        raise ContainerError("a decode is not finite: encoder and decoder disagree (entropy coding must run on "
-                             "the CPU, with the tables the encoder used)")
-    return x
 
 
 class VersionDecoder:
@@ -113,12 +107,12 @@ class PSICDecoder(VersionDecoder):
         h, w = enc["size"]
         y_hat = self.model.decode_latent(enc["strings"], enc["shape"])
         bpp = M.bpp_from_strings(enc["strings"], h * w)
-        base = _finite(self.model.synthesize(y_hat, None)).clamp(0, 1)[..., :h, :w]
+        base = finite_decode(self.model.synthesize(y_hat, None)).clamp(0, 1)[..., :h, :w]
         images = {"base": base}
-        images["encrypted"] = _finite(self.model.synthesize(y_hat, self.model.encrypted_condition())).clamp(0, 1)[..., :h, :w]
+        images["encrypted"] = finite_decode(self.model.synthesize(y_hat, self.model.encrypted_condition())).clamp(0, 1)[..., :h, :w]
         if self.key is not None:
             cond = self.model.condition_for(key=self.key)
-            images["full"] = base if cond is None else _finite(self.model.synthesize(y_hat, cond)).clamp(0, 1)[..., :h, :w]
+            images["full"] = base if cond is None else finite_decode(self.model.synthesize(y_hat, cond)).clamp(0, 1)[..., :h, :w]
         return Decoded(images=images, bpp={v: bpp for v in images}, size=(h, w), latent=y_hat)
 
     def decode_condition(self, decoded: Decoded, condition: Tensor) -> Tensor:

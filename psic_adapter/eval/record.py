@@ -24,15 +24,14 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional
 
 from ..errors import PSICError
+from ..types import PathLike
 
 SCHEMA_VERSION = 2
 METRICS_NAME = "metrics.json"
 NAN = float("nan")
-
-PathLike = Union[str, os.PathLike]
 
 
 def _num(v: Any) -> float:

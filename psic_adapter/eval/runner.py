@@ -34,10 +34,8 @@ next is decoded, so a 1024 px evaluation needs little memory.
 
 from __future__ import annotations
 
-import os
-
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -51,8 +49,7 @@ from .measure import (GalleryRow, Judge, Measurements, Sample, bar, control_of, 
 from .protocol import PSICDecoder, VersionDecoder
 from .record import Classification, EvalResult, Robustness, ScaleResult, Stat
 from ..perturbations import get_perturbations
-
-PathLike = Union[str, os.PathLike]
+from ..types import PathLike
 
 
 def load_samples(spec: str, crop: Optional[int] = None, count: Optional[int] = None, seed: int = 0,

@@ -24,13 +24,19 @@ def _nan(v) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
+def number(v: Optional[float], digits: int = 2) -> str:
+    """``v`` with ``digits`` decimals, or ``n/a`` where it is undefined (None, NaN): the one rule for the terminal,
+    the report and the model card."""
+    return "n/a" if _nan(v) else f"{v:.{digits}f}"
+
+
 def percent(v: float) -> str:
     """``78.0 %``, or ``n/a`` for an undefined rate (nothing to count)."""
-    return "n/a" if _nan(v) else f"{100 * v:.1f} %"
+    return "n/a" if _nan(v) else f"{number(100 * v, 1)} %"
 
 
 def db(v: float) -> str:
-    return "n/a" if _nan(v) else f"{v:.2f}"
+    return number(v, 2)
 
 
 def interval(v: float, n: int) -> str:

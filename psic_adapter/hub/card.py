@@ -10,8 +10,6 @@ and the terminal show.
 
 from __future__ import annotations
 
-import math
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Union
 
@@ -19,6 +17,7 @@ from ..adapter.config import CONFIG_NAME, WEIGHTS_NAME, PSICConfig
 from ..errors import PSICError
 from ..eval.record import EvalResult, load_results
 from ..codec.shipped import shipped_codec_for
+from ..types import PathLike
 
 CARD_NAME = "README.md"
 LIBRARY_NAME = "psic-adapter"
@@ -27,8 +26,6 @@ DEFAULT_LICENSE = "apache-2.0"
 #: where the model card links the threat model; None: named as a file of the psic-adapter sources
 THREAT_MODEL_URL: Optional[str] = None
 TEMPLATE = Path(__file__).resolve().parent / "card_template.md"
-
-PathLike = Union[str, os.PathLike]
 
 
 def load_card_results(metrics: Union[PathLike, Mapping[str, Any], EvalResult]) -> List[EvalResult]:
@@ -49,10 +46,12 @@ def load_card_results(metrics: Union[PathLike, Mapping[str, Any], EvalResult]) -
 
 
 def _fmt(v: Any, digits: int = 2) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "n/a"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
+    """A table cell: a number by the evaluation's rule (:func:`psic_adapter.eval.table.number`), else text that
+    cannot break the Markdown table."""
+    from ..eval import table
+
+    if v is None or isinstance(v, float):
+        return table.number(v, digits)
     return str(v).replace("|", "\\|").replace("\n", " ")
 
 

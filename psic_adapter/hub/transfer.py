@@ -19,7 +19,8 @@ from ..adapter.download import (HUB_ID, SNAPSHOT_PATTERNS, hf_errors, is_hub_id,
                                 offline, snapshot, status_of)
 from ..adapter.files import check_adapter_files, max_weights_bytes
 from ..errors import PSICError
-from ..fileio import PathLike, read_limited
+from ..fileio import read_limited
+from ..types import PathLike
 from .card import CARD_NAME, DEFAULT_LICENSE, load_card_results, write_model_card
 
 

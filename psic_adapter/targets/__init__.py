@@ -43,7 +43,6 @@ from .classifier import (
     TimmClassifierTarget,
     efficientnet_lite0_weights_path,
     load_state_dict_in_order,
-    read_state_dict,
 )
 from .clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, CLIPTarget
 from .ensemble import EnsembleTarget
@@ -57,7 +56,6 @@ __all__ = [
     "build_target",
     "SPEC_FORMS",
     "resize_center_crop",
-    "read_state_dict",
     "load_state_dict_in_order",
     "efficientnet_lite0_weights_path",
     "OPENAI_CLIP_MEAN",

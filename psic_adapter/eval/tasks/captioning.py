@@ -16,7 +16,6 @@ tokenizer (Java as well) is replaced by :func:`tokenize_caption`.
 from __future__ import annotations
 
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
@@ -29,8 +28,7 @@ from ...errors import ConfigError
 from ..record import EvalResult, Stat
 from ..runner import EvalConfig, Sample
 from .common import TaskStream, bar, subset
-
-PathLike = Union[str, os.PathLike]
+from ...types import PathLike
 
 
 #: punctuation tokens that coco-caption's PTB tokenizer step removes (plus the brackets it renames)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -17,8 +16,7 @@ from .. import metrics as M
 from ..record import EvalResult, Stat
 from ..runner import EvalConfig, Sample, classification_of
 from .common import TaskStream, bar, subset
-
-PathLike = Union[str, os.PathLike]
+from ...types import PathLike
 
 
 CELEBA_ATTRIBUTES = (

@@ -8,10 +8,9 @@ its own). A tree of other classes is classified among its own folder names.
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional
 
 import torch
 
@@ -22,8 +21,7 @@ from ..record import EvalResult
 from ..measure import Judge
 from ..runner import EvalConfig, Sample, classification_of
 from .common import TaskStream, bar, subset
-
-PathLike = Union[str, os.PathLike]
+from ...types import PathLike
 
 
 def imagenet_zero_shot(
