@@ -62,6 +62,17 @@ def image64():
     return torch.nn.functional.interpolate(base, size=(64, 64), mode="bicubic", align_corners=False).clamp(0, 1)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny models (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    they gain nothing from two, and on a shared 2-core machine OpenMP's barriers can make every small op 100x
+    slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def randomize_adapter(model, std: float = 0.5, seed: int = 0):
     """Give every adapter parameter non-zero values (a stand-in for training)."""
     g = torch.Generator().manual_seed(seed)

@@ -33,12 +33,7 @@ CLASSES = ["cat", "dog", "car", "tree"]
 SCALES = ["crops", "native", "long96", "long160"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

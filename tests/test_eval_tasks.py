@@ -40,14 +40,7 @@ SEEN = [*VERSIONS, "control"]  # what every classification measures
 
 
 # ------------------------------------------------------------------ fixtures
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: these tiny models gain nothing from two, and on a shared
-    2-core machine OpenMP's barriers can make every small op 100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _codec(seed=0):
