@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
 from .keys import check_kdf, default_kdf
+from .strength import check_strength
 from ..errors import ConfigError, show, show_names
 
 CONFIG_NAME = "adapter_config.json"
@@ -125,6 +126,10 @@ class PSICConfig:
             for formats 1 and 2).
         kdf: key-derivation function and its parameters.
         description: free text, written to the model card.
+        strength: ``None`` (every image changed at strength 1), or a per-image strength of the
+            change read from the latent, fitted so that each photo spends about the same share of
+            the PSNR budget (see ``strength.py`` and :func:`psic_adapter.training.calibrate.fit_strength`); part of the
+            fingerprint when set.
     """
 
     preset: str = "paper"
@@ -137,6 +142,7 @@ class PSICConfig:
     full_version: Optional[str] = None
     kdf: Dict[str, Any] = field(default_factory=default_kdf)
     description: str = ""
+    strength: Optional[Dict[str, Any]] = None
 
     # ---- filled in by wrap_model; read from the file when loading ----
     salt: Optional[str] = None
@@ -188,6 +194,7 @@ class PSICConfig:
                     or not all(isinstance(t, str) and 0 < len(t) <= 256 for t in self.target_modules)):
                 raise ConfigError("target_modules must be a non-empty list of module names or class names")
         check_kdf(self.kdf)
+        check_strength(self.strength)
         if not _is_int(self.format_version) or self.format_version < 1:
             raise ConfigError(f"format_version must be an integer >= 1, not {show(self.format_version)}")
         if self.format_version > FORMAT_VERSION:
@@ -269,7 +276,10 @@ class PSICConfig:
 
     # ------------------------------------------------------------ serialising
     def to_dict(self) -> Dict[str, Any]:
-        return copy.deepcopy(dataclasses.asdict(self))
+        d = copy.deepcopy(dataclasses.asdict(self))
+        if d["strength"] is None:  # absent unless fitted: configs without it read as before, by older releases too
+            del d["strength"]
+        return d
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "PSICConfig":

@@ -40,6 +40,7 @@ from .cltg import build_cltg
 from .config import PSICConfig, check_adapter_name
 from .keyring import Keyring
 from .pretrained import PretrainedMixin
+from .strength import strength_of
 from .keys import KeyLike, derive_material, key_check, material_to_condition, new_salt, rekey_config, warn_if_weak
 from .surgery import attach_hooks, probe_channels, resolve_injection_points
 
@@ -59,12 +60,13 @@ PUBLIC_MODES_DOC = {
 class _Active:
     """The condition of the call in progress (set by :meth:`PSICModel.conditioned`)."""
 
-    __slots__ = ("adapter", "condition", "biases")
+    __slots__ = ("adapter", "condition", "biases", "latent")
 
     def __init__(self, adapter: str, condition: Tensor):
         self.adapter = adapter
         self.condition = condition
         self.biases: Optional[List[Tensor]] = None
+        self.latent: Optional[Tensor] = None  # what g_s decodes now (for a per-image strength)
 
 
 class PSICModel(PretrainedMixin, nn.Module):
@@ -82,6 +84,9 @@ class PSICModel(PretrainedMixin, nn.Module):
         self._hooks: Dict[str, list] = {}
         self._active: Optional[_Active] = None
         self._disabled = False
+        g_s = base._modules.get("g_s")
+        # each decode's latent, for adapters with a per-image strength
+        self._latent_hook = g_s.register_forward_pre_hook(self._observe_latent) if g_s is not None else None
 
     # --------------------------------------------------------------- plumbing
     def __getattr__(self, name: str):
@@ -223,6 +228,9 @@ class PSICModel(PretrainedMixin, nn.Module):
             for h in handles:
                 h.remove()
         self._hooks.clear()
+        if self._latent_hook is not None:
+            self._latent_hook.remove()
+            self._latent_hook = None
         return self.base
 
     # ------------------------------------------------------------- conditions
@@ -318,6 +326,12 @@ class PSICModel(PretrainedMixin, nn.Module):
         finally:
             self._active = old
 
+    def _observe_latent(self, _module, inputs) -> None:
+        act = self._active
+        if act is not None and inputs and isinstance(inputs[0], Tensor):
+            act.latent = inputs[0]
+            act.biases = None  # a new decode: its own strengths
+
     def _inject(self, name: str, index: int, out: Tensor, owned: bool = False) -> Optional[Tensor]:
         act = self._active
         if act is None or act.adapter != name or self._disabled:
@@ -325,6 +339,10 @@ class PSICModel(PretrainedMixin, nn.Module):
         module = self.psic_adapters[name]
         if act.biases is None:
             act.biases = module(act.condition)
+            spec = self.psic_configs[name].strength
+            if spec is not None and act.latent is not None and act.latent.dim() >= 2:
+                s = strength_of(spec, act.latent)
+                act.biases = [t * s.to(t.device, t.dtype) for t in act.biases]
         # Without autograd the block's own output may be changed in place (saves an allocation).
         return module.apply(index, out, act.biases[index], in_place=owned and not torch.is_grad_enabled())
 
@@ -440,6 +458,8 @@ class PSICModel(PretrainedMixin, nn.Module):
             if cfg.format_version < 3:
                 names += ["key_check", "kdf"]
             fields = {k: getattr(cfg, k) for k in names}
+            if cfg.strength is not None:  # absent otherwise: adapters without one keep their fingerprints
+                fields["strength"] = cfg.strength
             d.update(json.dumps(fields, sort_keys=True).encode())
         for k, v in sorted(self.adapter_state_dict(name).items()):
             d.update(k.encode())

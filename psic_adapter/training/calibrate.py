@@ -1,0 +1,72 @@
+"""Fitting an adapter's per-image strength on training photos (see ``psic_adapter.adapter.strength``)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Iterable, List, Optional
+
+import torch
+from torch import Tensor
+
+from ..adapter.strength import check_strength, latent_activity, oracle_strength
+from ..bitstream.images import resize_longer_side
+from ..codec.padding import PAD_MULTIPLE, crop_to, pad_to_multiple
+from ..errors import ConfigError
+
+
+def _served(x: Tensor) -> Tensor:
+    return (x.float().clamp(0, 1) * 255).round() / 255
+
+
+@torch.no_grad()
+def fit_strength(model, images: Iterable[Tensor], target_db: float, size: Optional[int] = 512,
+                 clamp: tuple = (0.25, 4.0), fitted_on: str = "") -> Dict[str, Any]:
+    """A strength spec for ``model``'s active adapter from ``images`` (``[3, H, W]`` in [0, 1]).
+
+    Each photo is coded at a longer side of ``size`` px (``None``: as it is) and decoded with
+    and without the adapter at strength 1; its oracle strength puts it exactly ``target_db``
+    under the base. ``log(oracle)`` is fitted by least squares on ``log(nonzero share of the
+    latent)``. The adapter's change is close to linear in its strength over this range; what
+    a fitted spec really costs is measured by decoding with it (``psic eval``).
+    """
+    if not 0 < target_db <= 20:
+        raise ConfigError(f"target_db must be in (0, 20] dB, not {target_db!r}")
+    was = model.training
+    model.eval()
+    cond = model.encrypted_condition()
+    spec_before = model.config.strength
+    model.config.strength = None  # fit the change at strength 1
+    xs: List[float] = []
+    ys: List[float] = []
+    try:
+        for img in images:
+            x = img[None].float()
+            if size:
+                x = resize_longer_side(x, int(size))
+            x = _served(x)
+            xp, hw = pad_to_multiple(x, PAD_MULTIPLE)
+            y_hat = model.analyze(xp)["y_hat"]
+            base = _served(crop_to(model.synthesize(y_hat, None), hw))
+            enc = _served(crop_to(model.synthesize(y_hat, cond), hw))
+            a = oracle_strength(base, enc - base, x, target_db)
+            if a > 0 and float((base - x).pow(2).mean()) > 0:
+                xs.append(float(latent_activity(y_hat).log()[0]))
+                ys.append(math.log(min(max(a, clamp[0]), clamp[1])))
+    finally:
+        model.config.strength = spec_before
+        model.train(was)
+    if len(xs) < 2:
+        raise ConfigError("fitting a strength needs at least two photos the adapter changes")
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((v - mx) ** 2 for v in xs)
+    slope = sum((v - mx) * (w - my) for v, w in zip(xs, ys)) / sxx if sxx > 0 else 0.0
+    intercept = my - slope * mx
+    resid = sum((w - intercept - slope * v) ** 2 for v, w in zip(xs, ys))
+    total = sum((w - my) ** 2 for w in ys)
+    spec = {"proxy": "latent_nonzero", "intercept": intercept, "slope": slope, "min": float(clamp[0]),
+            "max": float(clamp[1]), "target_db": float(target_db),
+            "fitted_on": (fitted_on or f"{n} photos")[:200]}
+    check_strength(spec)
+    spec_r2 = 1 - resid / total if total > 0 else 0.0
+    return {"strength": spec, "photos": n, "r2": spec_r2}

@@ -1,0 +1,169 @@
+"""The per-image strength of an adapter's change (issue 15): absent, it changes nothing (decodes,
+configs, fingerprints); present, it scales each image's modulation by what its latent holds, is
+part of the fingerprint, survives save/load, and a crafted spec is a one-line error."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from psic_adapter.adapter import PSICConfig, load_adapter, wrap_model
+from psic_adapter.adapter.strength import latent_activity, oracle_strength, strength_of
+from psic_adapter.errors import ConfigError
+
+from .conftest import small_trainable_codec
+
+KEY = b"the owner's training key, 32 bytes!"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A small codec with a spatial adapter whose weights are not zero (a fresh one changes nothing)."""
+    torch.manual_seed(0)
+    m = wrap_model(small_trainable_codec(), PSICConfig(modulation="spatial"), key=KEY).eval()
+    with torch.no_grad():
+        for p in m.adapter_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return m
+
+
+@pytest.fixture(scope="module")
+def saved(model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("adapter")
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def fresh(saved):
+    """Copies of ``model`` with a strength (a deep copy of a wrapped model would share its hooks)."""
+    def make(strength=None):
+        m = load_adapter(small_trainable_codec(), saved).eval()
+        m.config.strength = strength
+        return m
+    return make
+
+
+@pytest.fixture(scope="module")
+def images():
+    g = torch.Generator().manual_seed(1)
+    smooth = torch.nn.functional.interpolate(torch.rand(1, 3, 4, 4, generator=g), size=64, mode="bilinear")
+    busy = torch.rand(1, 3, 64, 64, generator=g)
+    return torch.cat([smooth, busy])
+
+
+def spec(**kw):
+    return {"proxy": "latent_nonzero", "intercept": 0.0, "slope": 0.0, "min": 0.25, "max": 4.0, **kw}
+
+
+def decode(m, x):
+    with torch.no_grad():
+        y = m.analyze(x)["y_hat"]
+        return m.synthesize(y, None), m.synthesize(y, m.encrypted_condition())
+
+
+def test_without_a_strength_configs_and_fingerprints_are_as_before(model, fresh):
+    assert "strength" not in model.config.to_dict()  # older releases read it
+    fp = model.adapter_fingerprint()
+    assert fresh().adapter_fingerprint() == fp
+    same = fresh(spec())  # strength 1 everywhere: the same decodes, another adapter on paper
+    assert same.adapter_fingerprint() != fp
+
+
+def test_a_constant_strength_scales_the_change(model, fresh, images):
+    base, enc1 = decode(model, images)
+    m = fresh(spec())
+    _, same = decode(m, images)
+    assert torch.equal(same, enc1)  # exp(0) = 1
+    m.config.strength = spec(intercept=math.log(0.25))
+    _, small = decode(m, images)
+    m.config.strength = spec(intercept=math.log(2.0))
+    _, large = decode(m, images)
+    d1, d_small, d_large = ((e - base).norm() for e in (enc1, small, large))
+    assert d_small < d1 < d_large
+    assert float(d_small / d1) == pytest.approx(0.25, rel=0.3)  # about linear at small changes
+
+
+def test_the_strength_follows_each_images_latent_and_not_its_batch(fresh, images):
+    m = fresh(spec(slope=1.0, intercept=1.0))
+    with torch.no_grad():
+        y = m.analyze(images)["y_hat"]
+    act = latent_activity(y)
+    assert act[0] != act[1]  # (an untrained codec: which one holds more is arbitrary)
+    s = strength_of(m.config.strength, y).flatten()
+    torch.testing.assert_close(s, (1.0 + act.log()).exp().clamp(0.25, 4.0))
+    _, together = decode(m, images)
+    _, alone0 = decode(m, images[:1])
+    _, alone1 = decode(m, images[1:])
+    torch.testing.assert_close(together, torch.cat([alone0, alone1]), rtol=1e-4, atol=1e-5)
+
+
+def test_a_strength_survives_save_and_load(fresh, images, tmp_path):
+    m = fresh(spec(slope=0.7, intercept=0.4, target_db=0.8, fitted_on="two test images"))
+    m.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert saved["strength"]["slope"] == 0.7
+    again = load_adapter(small_trainable_codec(), tmp_path)
+    assert again.config.strength == m.config.strength
+    assert again.adapter_fingerprint() == m.adapter_fingerprint()
+    torch.testing.assert_close(decode(again, images)[1], decode(m, images)[1])
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("strong", "JSON object"),
+    ({**spec(), "proxy": "bpp"}, "proxy"),
+    ({**spec(), "slope": float("nan")}, "slope"),
+    ({**spec(), "min": 0.0}, "min"),
+    ({**spec(), "min": 2.0, "max": 1.0}, "min <= max"),
+    ({**spec(), "max": 1e9}, "max"),
+    ({**spec(), "intercept": True}, "intercept"),
+    ({**spec(), "code": "import os"}, "unknown strength field"),
+    ({**spec(), "target_db": -1}, "target_db"),
+])
+def test_a_crafted_strength_is_one_clear_error(model, bad, message):
+    d = model.config.to_dict()
+    d["strength"] = bad
+    with pytest.raises(ConfigError, match=message) as err:
+        PSICConfig.from_dict(d)
+    assert "\n" not in str(err.value)
+
+
+def test_the_oracle_puts_an_image_exactly_at_its_drop():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, 16, 16, generator=g)
+    base = x + 0.05 * torch.randn(x.shape, generator=g)
+    change = 0.02 * torch.randn(x.shape, generator=g)
+    a = oracle_strength(base, change, x, 1.0)
+    drop = 10 * math.log10(float((base + a * change - x).pow(2).mean()) / float((base - x).pow(2).mean()))
+    assert drop == pytest.approx(1.0, abs=1e-6)
+
+
+def test_fit_strength_returns_a_spec_that_loads(model):
+    from psic_adapter.training.calibrate import fit_strength
+
+    g = torch.Generator().manual_seed(2)
+    photos = [torch.nn.functional.interpolate(torch.rand(1, 3, k, k, generator=g), size=64, mode="bilinear")[0]
+              for k in (2, 4, 8, 16, 32, 64)]
+    out = fit_strength(model, photos, target_db=0.8, size=None)
+    assert out["photos"] == 6 and math.isfinite(out["r2"])
+    fitted = PSICConfig.from_dict({**model.config.to_dict(), "strength": out["strength"]})
+    assert fitted.strength["target_db"] == 0.8 and model.config.strength is None  # the model untouched
+    with pytest.raises(ConfigError, match="target_db"):
+        fit_strength(model, photos, target_db=0)
+
+
+def test_unwrap_leaves_no_hook_on_the_codec(saved):
+    codec = small_trainable_codec()
+    load_adapter(codec, saved).unwrap()
+    assert not codec.g_s._forward_pre_hooks and not any(m._forward_hooks for m in codec.modules())
