@@ -1,0 +1,54 @@
+"""psic_adapter.workflows, called directly as the demo and the Python API do: a recipe's two configs, a file
+protected and opened both ways (tiny codec, offline)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from psic_adapter import PSICConfig, wrap_model
+from psic_adapter.bitstream.images import load_image, save_image
+from psic_adapter.errors import ConfigError, KeyMismatchError
+from psic_adapter.workflows import Recipe, open_file, protect_file
+
+from .conftest import randomize_adapter, small_trainable_codec
+
+KEY = "owner secret, long enough"
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_recipe_holds_both_configs_and_explicit_settings_win():
+    from psic_adapter.training.config import RECIPES
+
+    robust = Recipe.named(stage=2, adapter_only=True)  # the default of adapter-only fitting
+    assert robust.name == "robust"
+    assert (robust.preset, robust.modulation) == (RECIPES["robust"]["adapter"]["preset"],
+                                                  RECIPES["robust"]["adapter"]["modulation"])
+    assert robust.train.steps == RECIPES["robust"]["train"]["steps"]
+    mine = Recipe.named("robust", modulation="film", steps=7, batch_size=None)  # None: not given
+    assert (mine.modulation, mine.train.steps, mine.train.batch_size) == ("film", 7, robust.train.batch_size)
+    assert Recipe.named().name == "paper"
+    assert mine.adapter_config().condition == "key" and mine.adapter_config(public=True).condition == "public"
+    with pytest.raises(ConfigError):
+        Recipe.named("nonsense")
+
+
+def test_protect_and_open_a_file_both_ways(tmp_path):
+    g = torch.Generator().manual_seed(3)
+    x = torch.nn.functional.interpolate(torch.rand(1, 3, 6, 6, generator=g), size=(40, 72), mode="bicubic",
+                                        align_corners=False).clamp(0, 1)
+    image = save_image(x, tmp_path / "photo.png")
+    codec = small_trainable_codec()
+    model = randomize_adapter(wrap_model(codec, PSICConfig(modulation="spatial"), key=KEY))
+    res = protect_file(image, tmp_path / "photo.psic", model=model, codec="bmshj2018-hyperprior")
+    assert res.path.is_file() and (res.height, res.width) == (40, 72)
+    full, header = open_file(res.path, tmp_path / "full.png", model=model, key=lambda: KEY)  # read after the checks
+    enc, _ = open_file(res.path, tmp_path / "enc.png", model=model)
+    plain, _ = open_file(res.path, tmp_path / "plain.png", model=model, plain=True)
+    assert (full["version"], enc["version"]) == ("full", "encrypted") and (header.width, header.height) == (72, 40)
+    a, b, e = (load_image(tmp_path / f"{n}.png")[0] for n in ("full", "plain", "enc"))
+    assert torch.equal(a, b) and not torch.equal(a, e)  # the key gives the base decode, bit for bit
+    with pytest.raises(KeyMismatchError):
+        open_file(res.path, tmp_path / "wrong.png", model=model, key="another key, long enough too")
+    assert not (tmp_path / "wrong.png").exists()
+    model.unwrap()
