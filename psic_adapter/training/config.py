@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
 
 from ..errors import ConfigError, show
+from ..options import opt
 from .objectives import OBJECTIVES, eot_mode
 
 #: CompressAI's MSE lambdas by zoo quality (paper: "lambda ... to obtain models at different levels")
@@ -39,15 +40,6 @@ RESUMABLE_CHANGES = ("steps", "checkpoint_every", "log_every", "num_workers", "c
 BUDGET_CONTROLS = ("hinge", "dual")
 #: learning-rate schedules: 10x drops at lr_milestones, or a cosine decay after a linear warm-up
 LR_SCHEDULES = ("step", "cosine")
-
-
-def opt(default, help: str, flag: Optional[str] = None, choices: Optional[Sequence[Any]] = None, cli: bool = True,
-        metavar: Optional[str] = None):
-    """A config field with its command-line help (``flag`` overrides ``--field-name``)."""
-    meta = {"help": help, "flag": flag, "choices": choices, "cli": cli, "metavar": metavar}
-    if isinstance(default, (list, tuple)):
-        return field(default_factory=lambda d=tuple(default): d, metadata=meta)
-    return field(default=default, metadata=meta)
 
 
 @dataclass
