@@ -96,6 +96,7 @@ def main(argv=None) -> int:
     from psic_adapter.errors import OverwriteError
     from psic_adapter.eval import table
     from psic_adapter.eval.report import ReportRun, write_report
+    from psic_adapter.eval.config import PERTURBATIONS
     from psic_adapter.eval.runner import EvalConfig, Evaluator, load_samples
     from psic_adapter.targets import build_target
 
@@ -140,7 +141,7 @@ def main(argv=None) -> int:
     model.eval()
 
     cfg = EvalConfig(scales=args.scales, crops=args.count, wrong_keys=0, attack_steps=0, seed=args.seed,
-                     perturbations=() if args.no_robustness else EvalConfig.perturbations, grid_images=3)
+                     perturbations=() if args.no_robustness else PERTURBATIONS, grid_images=3)
     samples = [s for spec in args.eval_data for s in load_samples(spec, seed=args.seed)]
     ev = Evaluator(BAvAFTDecoder(model, codec), target, config=cfg)
     result = ev.run(samples, meta={"name": "BAvAFT", "training": train_info, "args": vars(args),
