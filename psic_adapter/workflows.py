@@ -404,3 +404,30 @@ def evaluate_bavaft(directory: PathLike, config, *, target: str, out: PathLike, 
     run = evaluate(decoder, judge, samples, config, "BAvAFT", meta={"data": list(data), "bavaft": str(directory)},
                    show=say)
     return write_report(out, [run], title="BAvAFT", force=force)
+
+
+def calibrate(adapter: PathLike, out: PathLike, *, data: str, target_db: float = 0.8, size: Optional[int] = 512,
+              checkpoint=None, count: Optional[int] = 100, force: bool = False, log: Say = _quiet) -> Dict[str, Any]:
+    """Fit the adapter's per-image strength (``psic_adapter.adapter.strength``) on the photos of ``data`` and
+    save the adapter with it at ``out``: each photo's encrypted version then spends about ``target_db`` of its
+    PSNR. Fit on training photos, never on the ones you measure on. ``count``: at most this many photos,
+    spread evenly over the folder (None: all). Needs no key: the encrypted version is anyone's decode."""
+    from .data import build_dataset
+    from .adapter.config import CONFIG_NAME, WEIGHTS_NAME
+    from .errors import OverwriteError
+    from .training.calibrate import fit_strength
+
+    for name in (CONFIG_NAME, WEIGHTS_NAME):  # before minutes of fitting, not after
+        if (Path(out) / name).exists() and not force:
+            raise OverwriteError(f"{Path(out) / name} exists (--force overwrites it)")
+    codec = base_codec(adapter=adapter, checkpoint=checkpoint).module
+    model = with_adapter(codec, adapter)
+    dataset = build_dataset(data, crop=None, split="all")
+    n = len(dataset)
+    picks = range(n) if not count or count >= n else [round(i * n / count) for i in range(count)]
+    log(f"fitting the strength on {len(picks)} photos of {data} at {size or 'their own size'} px ...")
+    res = fit_strength(model, (dataset[i]["image"] for i in picks), target_db, size=size,
+                       fitted_on=f"{len(picks)} photos of {Path(str(data)).name} at {size or 'native'} px")
+    model.config.strength = res["strength"]
+    saved = model.save_pretrained(out, force=force)
+    return {**res, "adapter": saved}

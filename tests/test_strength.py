@@ -167,3 +167,77 @@ def test_unwrap_leaves_no_hook_on_the_codec(saved):
     codec = small_trainable_codec()
     load_adapter(codec, saved).unwrap()
     assert not codec.g_s._forward_pre_hooks and not any(m._forward_hooks for m in codec.modules())
+
+
+# ------------------------------------------------------------------ psic calibrate
+@pytest.fixture(scope="module")
+def cli_setup(hyperprior, tmp_path_factory):
+    """A keyed adapter with random weights on conftest's random hyperprior, its checkpoint, and 4 photos."""
+    from PIL import Image
+
+    from psic_adapter.codec import save_codec
+    from psic_adapter.data import SamplePhotos
+
+    from .conftest import randomize_adapter
+
+    folder = tmp_path_factory.mktemp("calibrate")
+    ckpt = save_codec(hyperprior, folder / "hp.safetensors")
+    model = randomize_adapter(wrap_model(copy_codec(hyperprior), PSICConfig(modulation="spatial"), key=KEY), std=0.05)
+    adapter = model.save_pretrained(folder / "adapter")
+    photos = folder / "photos"
+    photos.mkdir()
+    train = SamplePhotos("train")
+    for i in range(4):
+        arr = (train[i]["image"].permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+        Image.fromarray(arr).resize((96, 64)).save(photos / f"p{i}.png")
+    return {"ckpt": ckpt, "adapter": adapter, "photos": photos}
+
+
+def copy_codec(codec):
+    import copy
+
+    return copy.deepcopy(codec)
+
+
+def test_psic_calibrate_writes_an_adapter_with_its_strength(cli_setup, tmp_path, capsys):
+    from psic_adapter.cli import main
+
+    s = cli_setup
+    out = tmp_path / "calibrated"
+    rc = main(["calibrate", str(s["adapter"]), str(out), "--data", str(s["photos"]), "--checkpoint", str(s["ckpt"]),
+               "--size", "0", "--target-db", "0.5"])
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err
+    assert "fitted on 4 photos" in printed.out
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["strength"]["target_db"] == 0.5 and cfg["salt"] == json.loads(
+        (s["adapter"] / "adapter_config.json").read_text())["salt"]  # the same adapter and key, with a strength
+    assert "strength" not in json.loads((s["adapter"] / "adapter_config.json").read_text())  # the input untouched
+
+
+@pytest.mark.parametrize("case, message", [
+    ("same folder", "exist|--force"),
+    ("zero dB", "target_db"),
+    ("no photos", "photos|image|found|exist"),
+])
+def test_psic_calibrate_refusals_are_one_line(case, message, cli_setup, tmp_path, capsys):
+    from psic_adapter.cli import main
+
+    s = cli_setup
+    argv = ["calibrate", str(s["adapter"]), str(tmp_path / "out"), "--data", str(s["photos"]), "--checkpoint",
+            str(s["ckpt"]), "--size", "0"]
+    if case == "same folder":
+        argv[2] = str(s["adapter"])
+    elif case == "zero dB":
+        argv += ["--target-db", "0"]
+    else:
+        argv[4] = str(tmp_path / "nothing")
+    before = (s["adapter"] / "adapter_config.json").read_bytes()
+    capsys.readouterr()
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 1 and len(err.strip().splitlines()) == 1 and err.startswith("psic: error: "), err
+    import re
+
+    assert re.search(message, err), err
+    assert (s["adapter"] / "adapter_config.json").read_bytes() == before

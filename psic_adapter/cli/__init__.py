@@ -13,7 +13,8 @@ import warnings
 from typing import List, Optional
 
 #: the commands, in the order ``psic --help`` lists them (module names under psic_adapter.cli)
-COMMANDS = ("compress", "decompress", "keygen", "rekey", "info", "train", "eval", "demo", "push", "bavaft")
+COMMANDS = ("compress", "decompress", "keygen", "rekey", "info", "train", "calibrate", "eval", "demo", "push",
+            "bavaft")
 
 
 def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
