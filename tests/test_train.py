@@ -30,17 +30,10 @@ CROP = 64
 BATCH = 4
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+
+
 # ------------------------------------------------------------------ fixtures
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one intra-op thread is as fast, and far faster when other
-    jobs share the cores (two OpenMP threads on a busy core were 10x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def base_codec():
     """Deep-copy it before use."""

@@ -41,8 +41,10 @@ from psic_adapter.errors import ConfigError, ContainerError, ImageError, PSICErr
 
 from .conftest import make_codec, small_trainable_codec
 from .psic_files import build_psic, edit_psic, split_psic
-from .test_train import base_codec, one_thread, photos, target  # noqa: F401 - fixtures (one_thread: autouse)
+from .test_train import base_codec, photos, target  # noqa: F401 - fixtures
 from .test_untrusted_cli import env, keyed, one_error_line, run  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 CODEC = "bmshj2018-hyperprior"
 KEY = "the owner's key for these tests, 32+ bytes"

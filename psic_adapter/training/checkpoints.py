@@ -14,16 +14,15 @@ from __future__ import annotations
 import collections
 import json
 import math
-import os
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Dict
 
 import numpy as np
 import torch
 
 from ..errors import PSICError
+from ..types import PathLike
 
-PathLike = Union[str, os.PathLike]
 _META_KEY = "psic_checkpoint"
 FORMAT = 1
 MAX_CHECKPOINT_BYTES = 1 << 34

@@ -15,16 +15,16 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..errors import ConfigError, OverwriteError, PSICError, show
+from ..types import PathLike
 from .config import RESUMABLE_CHANGES
 
-PathLike = Union[str, os.PathLike]
 CHECKPOINT_NAME = "checkpoint.safetensors"
 
 

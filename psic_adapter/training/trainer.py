@@ -27,9 +27,8 @@ the codec side is wrapped in ``DistributedDataParallel`` and the data sharded.
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Union
+from typing import Any, Dict, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -38,14 +37,13 @@ from torch import Tensor, nn
 from ..bitstream.container import PAD_MULTIPLE
 from ..bitstream.images import crop_to, pad_to_multiple
 from ..errors import ConfigError, PSICError
+from ..types import PathLike
 from . import losses
 from .config import TrainConfig
 from .loop import CHECKPOINT_NAME, TrainingLoop, cpu_has_bf16_units, dist_info, psnr_of_mse
 from .objectives import EncryptionObjective
 from .schedule import Phase, configure_trainable, phase_at
 from .views import Windows
-
-PathLike = Union[str, os.PathLike]
 
 
 class _CodecStep(nn.Module):
