@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,18 @@ from .loop import CHECKPOINT_NAME, TrainingLoop, cpu_has_bf16_units, dist_info, 
 from .objectives import EncryptionObjective
 from .schedule import Phase, configure_trainable, phase_at
 from .views import Windows
+
+
+class StepPlan(NamedTuple):
+    """What one step decodes: its phase's name, the versions, their conditions (one ``[n, C]`` per version),
+    ``n`` images, whether the full version's guard and the encryption objective act."""
+
+    name: str
+    versions: List[str]
+    conds: List[Tensor]
+    n: int
+    guard: bool
+    encrypted: bool
 
 
 class _CodecStep(nn.Module):
@@ -220,93 +232,158 @@ class Trainer(TrainingLoop):
         return cond
 
     # --------------------------------------------------------------- one step
+    # A step: the batch's images (:meth:`_images`), what it decodes (:meth:`_plan`: the phase's versions and their
+    # conditions), the target's view of the originals (:meth:`_clean_views`), the codec's input in one of three
+    # batch forms (:meth:`_codec_input`), the decodes (:meth:`_decode`), the loss terms (:meth:`_rate_terms`,
+    # :meth:`_full_terms`, :meth:`_encrypted_terms`, :meth:`_budget_terms`), the optimisers (:meth:`_optimise`).
     def step(self, batch: Dict[str, Any]) -> Dict[str, float]:
-        """One optimisation step on ``batch``; returns the loss terms as floats."""
-        cfg, obj = self.cfg, self.objective
-        x = batch["image"].to(self.device, non_blocking=True)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        texts = batch.get("text") or [""] * x.shape[0]
-        n = x.shape[0]
-        if cfg.schedule == "joint":
-            versions = ["full", "encrypted"]
-            name = f"S{cfg.stage}-joint"
-        else:
-            phase: Phase = phase_at(cfg.stage, self.step_count)
-            versions = [phase.version]
-            name = phase.name
-        if self.full_bypass:  # the full version is the base decode: nothing of it to train
-            versions, name = ["encrypted"], f"S{cfg.stage}-2"
-        conds = [self.full_cond.expand(n, -1) if v == "full" else self._encrypted_conditions(n) for v in versions]
-        guard = self.guard_weight > 0 and "full" in versions
-        encrypted = "encrypted" in versions
-        views = None
-        if encrypted or guard:  # only the target passes this step needs (stage 2's guard needs none)
-            views = obj.clean_view(x, texts, feats=encrypted and not obj.uses_logits,
-                                   logits=(encrypted and obj.uses_logits) or (guard and cfg.stage == 1))
+        """One optimisation step on ``batch``; returns the loss terms as floats (and the ``phase``'s name)."""
+        x, texts = self._images(batch)
+        plan = self._plan(x.shape[0])
+        views = self._clean_views(x, texts, plan)
+        x_in, size, y_hat = self._codec_input(batch, x)
+        x_hat, likelihoods, x_ref, ref_logits = self._decode(plan, x_in, size, y_hat, views)
+        parts = dict(zip(plan.versions, x_hat.split(plan.n)))
 
-        # crops of any size: pad to the codec's multiple of 64, crop the decodes back
-        x_ref = None
-        if "windows" in batch:  # latent windows (views="scale"), decoded with context and cropped back
-            x_in, size = x, tuple(x.shape[-2:])
-            y_hat = batch["windows"].to(self.device, torch.channels_last if self.channels_last else None)
-        elif "y_hat" in batch:  # latents of the images themselves (encoded once by the caller)
-            x_in, size = x, tuple(x.shape[-2:])
-            y_hat = batch["y_hat"].to(self.device, non_blocking=True)
-            if self.channels_last:
-                y_hat = y_hat.contiguous(memory_format=torch.channels_last)
-        else:
-            x_in, size = pad_to_multiple(x, PAD_MULTIPLE)
-        if cfg.stage == 2:
-            if "y_hat" not in batch and "windows" not in batch:
-                with torch.no_grad():
-                    y_hat = self.model.analyze(x_in)["y_hat"]  # frozen encoder: rounding, no graph
-            need_ref = guard or (encrypted and cfg.budget_db is not None)
-            x_ref = crop_to(self._reference_decode(y_hat), size) if need_ref else None
-            ref_logits = obj.reference_logits(x_ref, views) if guard else None
-            with obj.autocast():
-                x_hat, likelihoods = self.step_module(y_hat, torch.cat(conds), 2, repeats=len(versions))
-        else:
-            ref_logits = obj.reference_logits(None, views) if guard else None
-            x_hat, likelihoods = self.step_module(x_in, torch.cat(conds), 1, repeats=len(versions))
-        x_hat = crop_to(x_hat.float(), size)
-        parts = dict(zip(versions, x_hat.split(n)))
-        scale = self.lmbda * 255.0**2
         terms: Dict[str, Tensor] = {}
-        loss = x_hat.new_zeros(())
+        addends = []  # the weighted terms, summed in this order
         if likelihoods is not None:
-            bpp = losses.rate_loss(likelihoods, n * x_in.shape[-2] * x_in.shape[-1] * len(versions)) * len(versions)
-            terms["bpp"] = bpp / len(versions)
-            loss = loss + bpp
+            addends += self._rate_terms(likelihoods, plan, x_in, terms)
         if "full" in parts:
-            mse = F.mse_loss(parts["full"], x)
-            terms["mse_full"] = mse
-            loss = loss + scale * mse
-            if guard:
-                g = obj.guard_loss(parts["full"], views, ref_logits)
-                terms["guard"] = g
-                loss = loss + self.guard_weight * g
+            addends += self._full_terms(parts["full"], x, plan, views, ref_logits, terms)
         if x_ref is not None:
             terms["mse_base"] = F.mse_loss(x_ref, x).detach()
         if "encrypted" in parts:
-            mse = F.mse_loss(parts["encrypted"], x)
-            terms["mse_encrypted"] = mse
-            enc = obj.encryption_loss(parts["encrypted"], views)
-            terms["encryption"] = enc
-            loss = loss + self.enc_dist_w * scale * mse + cfg.encryption_weight * enc
-            if cfg.budget_db is not None and cfg.budget_control == "dual":
-                drop = psnr_drop_db(parts["encrypted"], x_ref, x)
-                terms["psnr_drop"] = drop.detach()
-                terms["budget_lambda"] = torch.tensor(self.budget_lambda)
-                loss = loss + self.budget_lambda * drop
-                self.budget_lambda = dual_ascent(self.budget_lambda, float(drop.detach()), cfg.resolved_budget_target_db(),
-                                                 cfg.dual_lr)
-            elif cfg.budget_db is not None:
-                over = budget_excess(parts["encrypted"], x_ref, x, cfg.budget_db)
-                terms["budget_excess"] = over
-                loss = loss + cfg.budget_weight * over
+            addends += self._encrypted_terms(parts["encrypted"], x, views, terms)
+            addends += self._budget_terms(parts["encrypted"], x_ref, x, terms)
+        loss = x_hat.new_zeros(())
+        for addend in addends:
+            loss = loss + addend
         terms["loss"] = loss
 
+        self._optimise(loss, terms)
+        self.step_count += 1
+        return self._report(terms, plan.name)
+
+    def _images(self, batch: Dict[str, Any]):
+        """The batch's images on the device (in channels_last where that is the layout) and their captions."""
+        x = batch["image"].to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, batch.get("text") or [""] * x.shape[0]
+
+    def _plan(self, n: int) -> "StepPlan":
+        """What this step decodes: the phase's versions (both for ``schedule="joint"``; the encrypted one alone
+        where the full version is the base decode) and a condition per image and version."""
+        cfg = self.cfg
+        if cfg.schedule == "joint":
+            versions, name = ["full", "encrypted"], f"S{cfg.stage}-joint"
+        else:
+            phase: Phase = phase_at(cfg.stage, self.step_count)
+            versions, name = [phase.version], phase.name
+        if self.full_bypass:  # the full version is the base decode: nothing of it to train
+            versions, name = ["encrypted"], f"S{cfg.stage}-2"
+        conds = [self.full_cond.expand(n, -1) if v == "full" else self._encrypted_conditions(n) for v in versions]
+        return StepPlan(name=name, versions=versions, conds=conds, n=n,
+                        guard=self.guard_weight > 0 and "full" in versions, encrypted="encrypted" in versions)
+
+    def _clean_views(self, x: Tensor, texts, plan: "StepPlan"):
+        """The target's view of the original images: only the passes this step needs (none for stage 2's guard
+        alone, which compares with the reference decode)."""
+        if not (plan.encrypted or plan.guard):
+            return None
+        obj = self.objective
+        return obj.clean_view(x, texts, feats=plan.encrypted and not obj.uses_logits,
+                              logits=(plan.encrypted and obj.uses_logits) or (plan.guard and self.cfg.stage == 1))
+
+    def _codec_input(self, batch: Dict[str, Any], x: Tensor):
+        """``(x_in, size, y_hat)``: the codec's input and the size its decodes are cropped back to, from one of
+        three batch forms: latent ``windows`` (``views="scale"``, decoded with their context), the images' own
+        latents ``y_hat`` (encoded once by the caller), or crops (padded to the codec's multiple of 64,
+        ``y_hat`` None: stage 2 encodes them in :meth:`_decode`)."""
+        size = tuple(x.shape[-2:])
+        if "windows" in batch:
+            return x, size, batch["windows"].to(self.device, torch.channels_last if self.channels_last else None)
+        if "y_hat" in batch:
+            y_hat = batch["y_hat"].to(self.device, non_blocking=True)
+            if self.channels_last:
+                y_hat = y_hat.contiguous(memory_format=torch.channels_last)
+            return x, size, y_hat
+        x_in, size = pad_to_multiple(x, PAD_MULTIPLE)
+        return x_in, size, None
+
+    def _decode(self, plan: "StepPlan", x_in: Tensor, size, y_hat, views):
+        """``(x_hat, likelihoods, x_ref, ref_logits)``: every version's decode in one batch (float, cropped to
+        ``size``), the rate's likelihoods (stage 1), the reference (base) decode where the guard or the budget
+        needs it (stage 2) and the target's logits on it (the guard's)."""
+        cfg, obj = self.cfg, self.objective
+        x_ref = None
+        if cfg.stage == 2:
+            if y_hat is None:
+                with torch.no_grad():
+                    y_hat = self.model.analyze(x_in)["y_hat"]  # frozen encoder: rounding, no graph
+            need_ref = plan.guard or (plan.encrypted and cfg.budget_db is not None)
+            x_ref = crop_to(self._reference_decode(y_hat), size) if need_ref else None
+            ref_logits = obj.reference_logits(x_ref, views) if plan.guard else None
+            with obj.autocast():
+                x_hat, likelihoods = self.step_module(y_hat, torch.cat(plan.conds), 2, repeats=len(plan.versions))
+        else:
+            ref_logits = obj.reference_logits(None, views) if plan.guard else None
+            x_hat, likelihoods = self.step_module(x_in, torch.cat(plan.conds), 1, repeats=len(plan.versions))
+        return crop_to(x_hat.float(), size), likelihoods, x_ref, ref_logits
+
+    def _distortion_scale(self) -> float:
+        """The distortion's weight per MSE: ``lmbda * 255^2`` (CompressAI's)."""
+        return self.lmbda * 255.0**2
+
+    def _rate_terms(self, likelihoods, plan: "StepPlan", x_in: Tensor, terms: Dict[str, Tensor]):
+        """Stage 1's rate: bits per pixel over every decoded version (``bpp`` per version)."""
+        versions = len(plan.versions)
+        bpp = losses.rate_loss(likelihoods, plan.n * x_in.shape[-2] * x_in.shape[-1] * versions) * versions
+        terms["bpp"] = bpp / versions
+        return [bpp]
+
+    def _full_terms(self, x_full: Tensor, x: Tensor, plan: "StepPlan", views, ref_logits, terms: Dict[str, Tensor]):
+        """The full version's distortion and its semantic guard."""
+        mse = F.mse_loss(x_full, x)
+        terms["mse_full"] = mse
+        addends = [self._distortion_scale() * mse]
+        if plan.guard:
+            g = self.objective.guard_loss(x_full, views, ref_logits)
+            terms["guard"] = g
+            addends.append(self.guard_weight * g)
+        return addends
+
+    def _encrypted_terms(self, x_enc: Tensor, x: Tensor, views, terms: Dict[str, Tensor]):
+        """The encrypted version's weighted distortion and the encryption objective."""
+        mse = F.mse_loss(x_enc, x)
+        terms["mse_encrypted"] = mse
+        enc = self.objective.encryption_loss(x_enc, views)
+        terms["encryption"] = enc
+        return [self.enc_dist_w * self._distortion_scale() * mse, self.cfg.encryption_weight * enc]
+
+    def _budget_terms(self, x_enc: Tensor, x_ref: Optional[Tensor], x: Tensor, terms: Dict[str, Tensor]):
+        """The PSNR budget of the encrypted version under the reference decode: the dual multiplier's term (and
+        its ascent step, after it is used), or the hinge on each image's excess; none without ``budget_db``."""
+        cfg = self.cfg
+        if cfg.budget_db is None:
+            return []
+        if cfg.budget_control == "dual":
+            drop = psnr_drop_db(x_enc, x_ref, x)
+            terms["psnr_drop"] = drop.detach()
+            terms["budget_lambda"] = torch.tensor(self.budget_lambda)
+            addend = self.budget_lambda * drop
+            self.budget_lambda = dual_ascent(self.budget_lambda, float(drop.detach()), cfg.resolved_budget_target_db(),
+                                             cfg.dual_lr)
+            return [addend]
+        over = budget_excess(x_enc, x_ref, x, cfg.budget_db)
+        terms["budget_excess"] = over
+        return [cfg.budget_weight * over]
+
+    def _optimise(self, loss: Tensor, terms: Dict[str, Tensor]) -> None:
+        """The optimisers' step on ``loss`` (gradients clipped), the scheduler's, and CompressAI's aux step (stage
+        1: the entropy bottleneck's quantiles, gradients averaged across processes)."""
+        cfg = self.cfg
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -327,9 +404,12 @@ class Trainer(TrainingLoop):
                         p.grad /= self.world
             self.aux_optimizer.step()
             terms["aux"] = aux.detach()
-        self.step_count += 1
-        out = {k: float(v.detach()) for k, v in terms.items()}
-        out["phase"] = name
+
+    @staticmethod
+    def _report(terms: Dict[str, Tensor], phase: str) -> Dict[str, Any]:
+        """The terms as floats, the phase's name, and the PSNR of each MSE."""
+        out: Dict[str, Any] = {k: float(v.detach()) for k, v in terms.items()}
+        out["phase"] = phase
         for v in ("full", "encrypted", "base"):
             if f"mse_{v}" in out:
                 out[f"psnr_{v}"] = psnr_of_mse(torch.tensor(out[f"mse_{v}"]))
