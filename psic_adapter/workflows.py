@@ -186,10 +186,12 @@ class Recipe:
                    modulation or adapter.get("modulation", "bias"))
 
     def adapter_config(self, public: bool = False):
-        """A new adapter's :class:`~psic_adapter.adapter.PSICConfig` (``public``: the paper's mode bit, no key)."""
+        """A new adapter's :class:`~psic_adapter.adapter.PSICConfig` (``public``: the paper's mode bit, no key);
+        its ``full_version`` the training's (``"condition"`` where the decoder trains, else ``"base"``)."""
         from .adapter import PSICConfig
 
-        return PSICConfig(preset=self.preset, modulation=self.modulation, condition="public" if public else "key")
+        return PSICConfig(preset=self.preset, modulation=self.modulation, condition="public" if public else "key",
+                          full_version=self.train.adapter_full_version)
 
 
 def training_data(spec, config, split: str = "train"):
@@ -225,6 +227,10 @@ def fit(recipe: Recipe, codec: BaseCodec, target, data, out: PathLike, *, key=No
     resume_config = checkpoint_adapter_config(out) if resume and not adapter else None
     if adapter:
         model = with_adapter(codec.module, adapter, key=key, trainable=True)
+        if cfg.trains_decoder and model.config.full_version == "base":  # the Trainer refuses it too, in its words
+            raise ConfigError(f"{adapter}: its full version is the base codec's decode (an adapter-only fit), and "
+                              f"stage {cfg.stage}{'' if cfg.stage == 1 else ' without --adapter-only'} trains the "
+                              "decoder: fit a new adapter (leave out --adapter), or add --adapter-only")
     elif resume_config is not None:  # the checkpoint's adapter (its salt), not a new one
         model = PSICModel(codec.module).add_adapter("default", resume_config, key=key)
     else:

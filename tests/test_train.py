@@ -57,6 +57,8 @@ def batch(photos):
 
 
 def new_model(base_codec, full_version=None):
+    """A new adapter on a copy of ``base_codec``; ``full_version="condition"`` for a run that trains the decoder
+    (stage 1, stage 2 without adapter_only: the trainer refuses "base" there), else the default "base"."""
     from psic_adapter.adapter.config import PSICConfig
 
     return wrap_model(copy.deepcopy(base_codec), PSICConfig(full_version=full_version), key=KEY)
@@ -93,7 +95,7 @@ def params_by_part(model):
 
 # ------------------------------------------------------------------ stage 1
 def test_stage1_steps_train_codec_adapter_and_quantiles(base_codec, target, batch, tmp_path):
-    model = new_model(base_codec)
+    model = new_model(base_codec, "condition")
     tr = Trainer(model, target, [batch], TrainConfig(stage=1, steps=2, batch_size=BATCH, crop=CROP), tmp_path,
                  device="cpu", progress=False)
     quantiles = [p for n, p in model.base.named_parameters() if n.endswith(".quantiles")]
@@ -123,7 +125,7 @@ def test_stage1_steps_train_codec_adapter_and_quantiles(base_codec, target, batc
 
 # ------------------------------------------------------------------ stage 2
 def test_stage2_decoder_variant_trains_only_g_s_and_adapter(base_codec, target, batch, tmp_path):
-    model = new_model(base_codec)
+    model = new_model(base_codec, "condition")
     tr = Trainer(model, target, [batch], TrainConfig(stage=2, steps=2, batch_size=BATCH, crop=CROP), tmp_path,
                  device="cpu", progress=False)
     assert tr.aux_optimizer is None
@@ -195,7 +197,7 @@ def check_encrypted(cond, n, fraction, full):
     return wrong
 
 
-@pytest.mark.parametrize("stage, full_version", [(1, "base"), (2, "condition"), (2, "base")])
+@pytest.mark.parametrize("stage, full_version", [(1, "condition"), (2, "condition"), (2, "base")])
 def test_full_and_encrypted_steps_decode_with_the_right_conditions(stage, full_version, base_codec, target, batch,
                                                                    tmp_path, monkeypatch):
     """Full and encrypted steps alternate, except for an adapter fitted to a frozen codec whose full
@@ -207,7 +209,7 @@ def test_full_and_encrypted_steps_decode_with_the_right_conditions(stage, full_v
                                                      batch_size=BATCH, crop=CROP, wrong_key_fraction=0.5),
                  tmp_path, device="cpu", progress=False)
     bypass = stage == 2 and full_version == "base"
-    assert model.config.full_version == ("base" if bypass else "condition")  # stage 1 trains the full condition
+    assert model.config.full_version == full_version  # as built: the trainer does not change it
     full = model.full_condition()
     assert full.abs().eq(1).all()
     seen = capture_conditions(monkeypatch, model)
@@ -227,7 +229,7 @@ def test_full_and_encrypted_steps_decode_with_the_right_conditions(stage, full_v
 
 
 def test_joint_schedule_decodes_both_versions_in_one_synthesis(base_codec, target, batch, tmp_path, monkeypatch):
-    model = new_model(base_codec)
+    model = new_model(base_codec, "condition")
     tr = Trainer(model, target, [batch], TrainConfig(stage=2, schedule="joint", steps=1, batch_size=BATCH, crop=CROP,
                                                      wrong_key_fraction=0.25), tmp_path, device="cpu", progress=False)
     calls = []
@@ -255,8 +257,26 @@ def test_wrong_key_fraction_extremes(fraction, base_codec, target, batch, tmp_pa
     check_encrypted(seen[-1], BATCH, fraction, model.full_condition()[0])
 
 
+@pytest.mark.parametrize("stage", [1, 2])
+def test_training_the_decoder_refuses_an_adapter_whose_full_version_is_the_base_decode(stage, base_codec, target,
+                                                                                        batch, tmp_path):
+    """The trainer does not rewrite ``full_version`` (it is part of the fingerprint): where the decoder trains, an
+    adapter built with the default "base" is refused in one line that names the fix; adapter-only takes it."""
+    model = new_model(base_codec)
+    before = model.adapter_fingerprint()
+    with pytest.raises(ConfigError, match=r'trains the decoder.*PSICConfig\(full_version="condition"\)') as err:
+        new_trainer(model, target, [batch], tmp_path, stage=stage)
+    assert "\n" not in str(err.value)
+    assert model.config.full_version == "base" and model.adapter_fingerprint() == before  # untouched
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+    if stage == 2:
+        tr = new_trainer(model, target, [batch], tmp_path, stage=2, adapter_only=True)
+        assert tr.full_bypass and tr.step(batch)["phase"] == "S2-2"
+        assert model.config.full_version == "base"
+
+
 def test_trainer_refuses_a_model_loaded_without_its_key(base_codec, target, photos, tmp_path):
-    saved = new_model(base_codec).save_pretrained(tmp_path / "adapter")
+    saved = new_model(base_codec, "condition").save_pretrained(tmp_path / "adapter")
     keyless = load_adapter(copy.deepcopy(base_codec), saved, is_trainable=True)
     with pytest.raises(ConfigError, match="without its key"):
         new_trainer(keyless, target, photos, tmp_path / "run")
@@ -268,7 +288,7 @@ def test_trainer_refuses_a_model_loaded_without_its_key(base_codec, target, phot
 def test_each_step_runs_the_target_twice_and_the_text_tower_once_per_caption(stage, base_codec, batch, tmp_path,
                                                                                monkeypatch):
     target = tiny_clip()  # a fresh text cache
-    model = new_model(base_codec)
+    model = new_model(base_codec, "condition" if stage == 1 else None)
     tr = Trainer(model, target, [batch], TrainConfig(stage=stage, adapter_only=stage == 2, steps=4, batch_size=BATCH,
                                                      crop=CROP), tmp_path, device="cpu", progress=False)
     images, texts = [], []
@@ -303,7 +323,7 @@ def _state_equal(a, b, path="state"):
 
 
 def test_resume_is_bit_identical_to_an_uninterrupted_run(base_codec, target, photos, tmp_path):
-    init = new_model(base_codec).save_pretrained(tmp_path / "init")
+    init = new_model(base_codec, "condition").save_pretrained(tmp_path / "init")
 
     def model():  # the same adapter (salt, weights) every time
         return load_adapter(copy.deepcopy(base_codec), init, key=KEY, is_trainable=True)
@@ -353,7 +373,7 @@ def test_every_objective_gives_a_finite_loss(objective, base_codec, target, batc
 
 def test_the_guard_is_off_by_default_only_for_adapter_only_training(base_codec, target, batch, tmp_path):
     for adapter_only, expected in ((True, 0.0), (False, 1.0)):
-        tr = Trainer(new_model(base_codec), target, [batch],
+        tr = Trainer(new_model(base_codec, None if adapter_only else "condition"), target, [batch],
                      TrainConfig(stage=2, adapter_only=adapter_only, steps=1, batch_size=BATCH, crop=CROP),
                      tmp_path, device="cpu", progress=False)
         assert tr.guard_weight == expected
@@ -362,7 +382,7 @@ def test_the_guard_is_off_by_default_only_for_adapter_only_training(base_codec, 
 
 
 def test_joint_schedule_in_stage1(base_codec, target, batch, tmp_path):
-    model = new_model(base_codec)
+    model = new_model(base_codec, "condition")
     tr = Trainer(model, target, [batch], TrainConfig(stage=1, schedule="joint", steps=1, batch_size=BATCH, crop=CROP),
                  tmp_path, device="cpu", progress=False)
     out = tr.step(batch)
@@ -401,7 +421,7 @@ def test_finish_writes_a_loadable_adapter_and_the_log(base_codec, target, photos
 def test_finish_saves_the_trained_codec_that_the_adapter_fits(base_codec, target, photos, tmp_path, image64):
     from psic_adapter.codec import fingerprint, load_codec
 
-    model = new_model(base_codec)
+    model = new_model(base_codec, "condition")
     result = new_trainer(model, target, photos, tmp_path, stage=1, steps=2).train()
     codec_file = tmp_path / "codec.safetensors"
     assert result["codec"] == str(codec_file) and codec_file.is_file()
@@ -432,7 +452,7 @@ def test_stage2_with_the_decoder_saves_a_codec_that_writes_the_base_codecs_bytes
     cdf[0, 1] += 1  # tables as another machine might have computed them: consistent, but not what update() gives
     tables = {k: v.clone() for k, v in codec.named_buffers() if "cdf" in k or "offset" in k}
     before = copy.deepcopy(codec)
-    model = new_model(codec)
+    model = new_model(codec, "condition")
     new_trainer(model, target, photos, tmp_path, stage=2, steps=2).train()
     saved = load_codec("bmshj2018-hyperprior", checkpoint=tmp_path / "codec.safetensors")
     assert all(torch.equal(dict(saved.named_buffers())[k], v) for k, v in tables.items())
@@ -440,7 +460,7 @@ def test_stage2_with_the_decoder_saves_a_codec_that_writes_the_base_codecs_bytes
         assert saved.compress(image64)["strings"] == before.compress(image64)["strings"]
 
     # and the trainer checks it before saving: a stage-2 run that moved the encoder saves nothing
-    other = new_model(copy.deepcopy(before))
+    other = new_model(copy.deepcopy(before), "condition")
     tr = new_trainer(other, target, photos, tmp_path / "moved", stage=2, steps=2)
     with torch.no_grad():
         other.base.h_a[0].weight.add_(0.01)
@@ -487,7 +507,7 @@ def _ddp_worker(rank, world, port, out_dir, base_codec, target, photos, stage):
         dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60))
         try:
             torch.manual_seed(100 + rank)  # each rank wraps its own adapter (own salt), as `psic train` does
-            model = wrap_model(copy.deepcopy(base_codec), key=KEY)
+            model = new_model(base_codec, "condition")  # both stages train the decoder here
             data = _Recorded(photos)
             tr = Trainer(model, target, data, TrainConfig(stage=stage, steps=2, batch_size=2, crop=CROP, log_every=1),
                          os.path.join(out_dir, "run"), device="cpu", progress=False)

@@ -3,6 +3,8 @@ protected and opened both ways (tiny codec, offline)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -31,6 +33,39 @@ def test_recipe_holds_both_configs_and_explicit_settings_win():
     assert mine.adapter_config().condition == "key" and mine.adapter_config(public=True).condition == "public"
     with pytest.raises(ConfigError):
         Recipe.named("nonsense")
+
+
+def test_a_recipe_builds_its_adapter_with_the_full_version_its_training_needs():
+    """Where the decoder trains the adapter says so up front (full_version "condition"): the trainer no longer
+    changes it, so ``psic train`` builds it that way; adapter-only fits keep the base decode."""
+    assert Recipe.named(stage=1).adapter_config().full_version == "condition"
+    assert Recipe.named(stage=2).adapter_config().full_version == "condition"
+    assert Recipe.named(stage=2, adapter_only=True).adapter_config().full_version == "base"
+    assert Recipe.named("paper", stage=2, adapter_only=True).adapter_config(public=True).full_version == "base"
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_fit_trains_the_decoder_with_a_new_adapter_and_refuses_an_adapter_only_one(stage, tmp_path):
+    """``psic train``'s path below the parsing: a new adapter for a run that trains the decoder fits (stage 1, stage 2
+    without adapter_only); going on from an adapter-only adapter (--adapter) is refused in one line, nothing written."""
+    from psic_adapter.data import SamplePhotos
+    from psic_adapter.workflows import BaseCodec, fit
+
+    from .conftest import tiny_clip
+
+    photos = SamplePhotos("train", crop=64, repeats=2)
+    recipe = Recipe.named("paper", stage=stage, steps=1, batch_size=4, crop=64, log_every=1)
+    codec = BaseCodec(small_trainable_codec(), "bmshj2018-hyperprior", None)
+    result = fit(recipe, codec, tiny_clip(), photos, tmp_path / "run", key=KEY)
+    assert result["steps"] == 1 and result["codec"]  # the decoder trained: the codec is saved beside the adapter
+    saved = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    assert saved["full_version"] == "condition"
+
+    adapter_only = wrap_model(small_trainable_codec(), PSICConfig(), key=KEY).save_pretrained(tmp_path / "ao")
+    with pytest.raises(ConfigError, match="adapter-only") as err:
+        fit(recipe, BaseCodec(small_trainable_codec(), "bmshj2018-hyperprior", None), None, photos,
+            tmp_path / "again", key=KEY, adapter=adapter_only)
+    assert "\n" not in str(err.value) and not (tmp_path / "again").exists()
 
 
 def test_protect_and_open_a_file_both_ways(tmp_path):

@@ -44,7 +44,14 @@ LR_SCHEDULES = ("step", "cosine")
 
 @dataclass
 class TrainConfig:
-    """Hyper-parameters of a training run (defaults: the paper's where it gives them; see each field's help)."""
+    """Hyper-parameters of a training run (defaults: the paper's where it gives them; see each field's help).
+
+    A run that trains the base decoder (stage 1, and stage 2 without ``adapter_only``: :attr:`trains_decoder`)
+    decodes the full version under the owner's condition: its adapter must say so with
+    ``PSICConfig(full_version="condition")`` (:attr:`adapter_full_version`). The trainer refuses an adapter whose
+    full version is the base decode rather than change it, since ``full_version`` is part of the adapter's
+    fingerprint.
+    """
 
     stage: int = opt(2, "1: codec and adapter train together (from scratch); 2: encoder and entropy models "
                         "frozen (fits an existing codec)", choices=(1, 2))
@@ -190,6 +197,17 @@ class TrainConfig:
         if self.lmbda is not None:
             return self.lmbda
         return COMPRESSAI_LAMBDAS.get(quality, 0.0067)
+
+    @property
+    def trains_decoder(self) -> bool:
+        """Whether the run trains the base decoder: stage 1, and stage 2 unless ``adapter_only``."""
+        return self.stage == 1 or not self.adapter_only
+
+    @property
+    def adapter_full_version(self) -> str:
+        """The ``full_version`` a new adapter for this run needs: ``"condition"`` where the decoder trains (the
+        full version is decoded under the owner's condition), else ``"base"`` (the base decode, bit for bit)."""
+        return "condition" if self.trains_decoder else "base"
 
     def resolved_guard_weight(self) -> float:
         if self.guard_weight is not None:

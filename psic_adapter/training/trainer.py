@@ -86,7 +86,9 @@ class Trainer(TrainingLoop):
 
     Args:
         model: a :class:`~psic_adapter.PSICModel` whose active adapter was made
-            with the owner's key (the full condition is needed).
+            with the owner's key (the full condition is needed); where the decoder
+            trains, with ``PSICConfig(full_version="condition")`` (refused otherwise:
+            :func:`check_full_version`; the trainer never changes the adapter's config).
         target: a frozen target (:func:`psic_adapter.targets.build_target`).
         dataset: items ``{"image", "text"}``: of equal size for ``views="crops"`` (give a
             crop), whole images of any size for ``views="scale"`` (encoded once per size).
@@ -106,6 +108,7 @@ class Trainer(TrainingLoop):
 
         if not isinstance(model, PSICModel):
             raise ConfigError("Trainer takes a PSICModel (wrap_model(codec, key=...))")
+        check_full_version(model.config, config)
         rank, world = dist_info()
         self._init_loop(dataset, config, out_dir, device, progress, recipe, rank, world)
         self.model, self.target = model, target
@@ -119,11 +122,7 @@ class Trainer(TrainingLoop):
         self.objective = EncryptionObjective(target, config.objective, s=config.s, margin=config.margin,
                                              amp=self.amp, device_type=self.device.type, eot=config.eot,
                                              generator=self.generator, codec=model.base)
-        # Where the decoder trains, the full version is a trained condition with its guard; an
-        # adapter fitted to a frozen codec decodes the full version as the base codec itself.
-        trains_decoder = config.stage == 1 or not config.adapter_only
-        if trains_decoder and model.config.full_version == "base":
-            model.config.full_version = "condition"
+        # full_version "base" (adapter-only fits): the full version is the base decode, nothing of it trains
         self.full_bypass = model.config.full_version == "base"
         self.views = None
         self.val_dataset = val_dataset
@@ -531,6 +530,21 @@ class Trainer(TrainingLoop):
         result["adapter"] = str(adapter_dir)
         result["log"] = str(self.out_dir / "log.jsonl")
         return result
+
+
+def check_full_version(adapter_config, config: TrainConfig) -> None:
+    """Refuse to train the decoder under an adapter whose full version is the base codec's decode.
+
+    Where the decoder trains, the full version is decoded under the owner's condition (with its guard), which
+    an adapter says with ``full_version="condition"``; ``"base"`` (the default, for adapter-only fits) promises
+    the base codec's decode bit for bit. The trainer does not change an adapter's ``full_version`` itself: it is
+    part of the adapter's fingerprint.
+    """
+    if config.trains_decoder and adapter_config.full_version == "base":
+        run = "stage 1" if config.stage == 1 else "stage 2 without adapter_only"
+        raise ConfigError(f"{run} trains the decoder, so the full version is decoded under the owner's condition, "
+                          "but this adapter's full version is the base decode (full_version 'base'): build it with "
+                          "PSICConfig(full_version=\"condition\"), or train stage 2 with adapter_only")
 
 
 def checkpoint_adapter_config(out_dir: PathLike):
