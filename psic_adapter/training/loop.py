@@ -350,10 +350,17 @@ class TrainingLoop:
                         self._log({"step": self.step_count, "validation": True, **record})
                 if cfg.checkpoint_every and self.step_count % cfg.checkpoint_every == 0 and self.is_main:
                     self.save_checkpoint()
+        except BaseException:  # a NaN loss, a full disk, Ctrl-C: the log is closed on the way out
+            self._close_log()
+            raise
         finally:
             bar.close()
-        result = self.finish(last)
+        try:
+            return self.finish(last)
+        finally:
+            self._close_log()
+
+    def _close_log(self) -> None:
         if self._log_fh is not None:
             self._log_fh.close()
             self._log_fh = None
-        return result
