@@ -70,7 +70,7 @@ def _say(msg: str) -> None:
 
 def cpu_description() -> str:
     """This machine's CPU in a line: its model, the threads torch uses, and whether it has bf16 units (then the
-    fit runs in bf16 autocast, about 3x faster a step than fp32: docs/benchmarks.md)."""
+    fit runs in bf16 autocast, faster a step than fp32: how much, docs/benchmarks.md)."""
     import platform
 
     import torch

@@ -131,10 +131,11 @@ def describe_scale(scale: str, config: EvalConfig, photos: Optional[int] = None)
 
 
 #: what each piece of an evaluation costs, in decodes of the same pixels (``decoder.decode``: encode, the base
-#: decode, the encrypted one), measured with the shipped codec and EfficientNet-Lite0 on a 2-core CPU: an image
-#: with its predictions and quality (1.4), the codec perturbation (it codes the base, encrypted and control
-#: decodes again: 2.5), any other perturbation (0.1), a wrong key (one synthesis: 0.4), a white-box step on a
-#: 256 x 256 patch (forward and backward: 1.3)
+#: decode, the encrypted one): an image with its predictions and quality, the codec perturbation (it codes the
+#: base, encrypted and control decodes again), any other perturbation, a wrong key (one synthesis), a white-box
+#: step on a 256 x 256 patch (forward and backward). Ratios taken once with the shipped codec and
+#: EfficientNet-Lite0 on a 2-core CPU; the time of a decode is measured where the evaluation runs. Measured
+#: times: docs/benchmarks.md.
 COST = {"image": 1.4, "codec": 2.5, "perturbation": 0.1, "wrong_key": 0.4, "whitebox": 1.3}
 
 

@@ -225,8 +225,8 @@ class CLIPTarget(Target):
         x = self.preprocess(x)
         if x.device.type == "cpu" and _cpu_autocast_enabled():
             # Under CPU bf16 autocast, open_clip's sequence-first attention runs its in-projections as batched
-            # matmuls that copy the weight for every token position: twice the fp32 time (a ViT-B/32 step, 6.0
-            # against 3.0 s on 2 cores). The tower runs in fp32 on the CPU; the codec keeps its bf16.
+            # matmuls that copy the weight for every token position: slower than fp32 (measured: docs/benchmarks.md,
+            # "Training step"). The tower runs in fp32 on the CPU; the codec keeps its bf16.
             with torch.autocast("cpu", enabled=False):
                 return self.model.encode_image(x.float())
         return self.model.encode_image(x)

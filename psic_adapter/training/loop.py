@@ -75,7 +75,7 @@ def init_distributed_from_env(device: str) -> bool:
 
 def cpu_has_bf16_units() -> bool:
     """True on CPUs with bf16 units (Intel AMX, AVX512-BF16 as on AMD Zen 4), where bf16 autocast pays off
-    (docs/benchmarks.md: 3x on a Zen 4 core)."""
+    (by how much, measured: docs/benchmarks.md)."""
     for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
         try:
             if bool(getattr(torch.cpu, probe)()):

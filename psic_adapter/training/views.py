@@ -18,12 +18,12 @@ Draws are seeded by ``(seed, step)``: a resumed run sees the same views.
 
 A window decoded on its own is not the same pixels as that part of the whole
 decode: the synthesis transform's receptive field is cut at the window's edges,
-and within ~32 px of them the decode is far off (its MSE 18x the whole decode's
-on a 256 px window). Both the base and the encrypted decode carry that error, so
-a distortion budget measured on such windows is diluted toward a ratio of 1 and
-does not hold on whole images. So each window is decoded with ``context``
-latents (default 2, 32 px) around it where the image has them, and cropped back
-(:class:`Windows`): the window is then the whole decode's pixels (to 0.002).
+and within ~32 px of them the decode is far off (many times the whole decode's
+MSE). Both the base and the encrypted decode carry that error, so a distortion
+budget measured on such windows is diluted toward a ratio of 1 and does not hold
+on whole images. So each window is decoded with ``context`` latents (default 2,
+32 px) around it where the image has them, and cropped back (:class:`Windows`):
+the window is then the whole decode's pixels, up to float rounding.
 """
 
 from __future__ import annotations
