@@ -24,12 +24,20 @@ from typing import Any, Dict
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..errors import ConfigError, show, show_names
 
 PROXIES = ("latent_nonzero",)
 #: the fields of a strength spec, and what each may hold
 FIELDS = {"proxy", "intercept", "slope", "min", "max", "target_db", "fitted_on"}
 MAX_STRENGTH = 16.0
+
+
+def _number_in(v: Any, lo: float, hi: float) -> bool:
+    """``v`` is a JSON number (not a bool) within ``[lo, hi]``; an integer too large for a float is not (the
+    comparison is exact: ``math.isfinite`` would raise on it)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    return lo <= v <= hi  # False for NaN; an int is compared exactly, however large
 
 
 def check_strength(spec: Any) -> None:
@@ -40,19 +48,19 @@ def check_strength(spec: Any) -> None:
         raise ConfigError("strength must be a JSON object or null")
     unknown = sorted(set(map(str, spec)) - FIELDS)
     if unknown:
-        raise ConfigError(f"unknown strength field(s): {', '.join(repr(u) for u in unknown)}")
+        raise ConfigError(f"unknown strength field(s): {show_names(unknown)}")
     if spec.get("proxy") not in PROXIES:
-        raise ConfigError(f"strength proxy must be one of {PROXIES}, not {spec.get('proxy')!r}")
+        raise ConfigError(f"strength proxy must be one of {PROXIES}, not {show(spec.get('proxy'))}")
     for name, lo, hi in (("intercept", -100, 100), ("slope", -100, 100), ("min", 0, MAX_STRENGTH),
                          ("max", 0, MAX_STRENGTH)):
         v = spec.get(name)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
-            raise ConfigError(f"strength {name} must be a finite number in [{lo}, {hi}], not {v!r}")
+        if not _number_in(v, lo, hi):
+            raise ConfigError(f"strength {name} must be a finite number in [{lo}, {hi}], not {show(v)}")
     if not 0 < spec["min"] <= spec["max"]:
         raise ConfigError("strength needs 0 < min <= max")
     t = spec.get("target_db")
-    if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 20):
-        raise ConfigError(f"strength target_db must be in (0, 20] dB, not {t!r}")
+    if t is not None and (not _number_in(t, 0, 20) or t == 0):
+        raise ConfigError(f"strength target_db must be in (0, 20] dB, not {show(t)}")
     f = spec.get("fitted_on")
     if f is not None and (not isinstance(f, str) or len(f) > 1000):
         raise ConfigError("strength fitted_on must be a short string")

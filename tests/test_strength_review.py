@@ -1,0 +1,76 @@
+"""An adversarial review of the per-image strength (issue 15): defects found, one test each.
+
+* a crafted ``strength`` holding an integer too large for a float was a traceback (``OverflowError`` from
+  ``math.isfinite``), and a huge string or field name was echoed whole into the "one-line" error;
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+
+import pytest
+import torch
+
+from psic_adapter.adapter import PSICConfig, load_adapter, wrap_model
+from psic_adapter.errors import ConfigError
+
+from .conftest import make_codec, randomize_adapter, small_trainable_codec
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+KEY = b"the owner's training key, 32 bytes!"
+
+
+def spec(**kw):
+    return {"proxy": "latent_nonzero", "intercept": 0.0, "slope": 0.0, "min": 0.25, "max": 4.0, **kw}
+
+
+def run_cli(capsys, *argv):
+    from psic_adapter.cli import main
+
+    capsys.readouterr()
+    rc = main([str(a) for a in argv])
+    return rc, capsys.readouterr().err
+
+
+def one_error_line(rc, err, pattern=""):
+    lines = err.strip().splitlines()
+    assert rc == 1 and len(lines) == 1 and lines[0].startswith("psic: error: "), err[:500]
+    assert len(lines[0]) < 600 and re.search(pattern, lines[0]), lines[0][:500]
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory):
+    """A public adapter with a strength on the small random hyperprior, and that codec's checkpoint."""
+    from psic_adapter.codec import save_codec
+
+    d = tmp_path_factory.mktemp("strength_review")
+    ckpt = save_codec(small_trainable_codec(), d / "small.safetensors")
+    model = randomize_adapter(wrap_model(small_trainable_codec(), PSICConfig(condition="public")), std=0.05)
+    model.config.strength = spec(intercept=0.1, slope=0.1)
+    return {"adapter": model.save_pretrained(d / "adapter"), "ckpt": ckpt, "dir": d}
+
+
+# ------------------------------------------------------------------ crafted configs
+@pytest.mark.parametrize("field, value, message", [
+    ("intercept", 10 ** 400, "intercept"),
+    ("slope", -10 ** 1000, "slope"),
+    ("min", 10 ** 400, "min"),
+    ("target_db", 10 ** 400, "target_db"),
+    ("proxy", "x" * 1_000_000, "proxy"),
+    ("y" * 100_000, 1, "unknown strength field"),
+], ids=["huge-int-intercept", "huge-int-slope", "huge-int-min", "huge-int-target", "huge-proxy", "huge-field-name"])
+def test_a_crafted_strength_is_one_short_line_from_psic_info(field, value, message, adapter_dir, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    shutil.copytree(adapter_dir["adapter"], bad)
+    cfg = json.loads((bad / "adapter_config.json").read_text())
+    cfg["strength"] = {**cfg["strength"], field: value}
+    (bad / "adapter_config.json").write_text(json.dumps(cfg))
+    one_error_line(*run_cli(capsys, "info", bad), message)
+    with pytest.raises(ConfigError, match=message):
+        PSICConfig.from_dict(cfg)
+
+
