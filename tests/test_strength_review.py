@@ -2,6 +2,7 @@
 
 * a crafted ``strength`` holding an integer too large for a float was a traceback (``OverflowError`` from
   ``math.isfinite``), and a huge string or field name was echoed whole into the "one-line" error;
+* a strength also scaled the owner's full version of a ``full_version="condition"`` adapter;
 """
 
 from __future__ import annotations
@@ -72,5 +73,18 @@ def test_a_crafted_strength_is_one_short_line_from_psic_info(field, value, messa
     one_error_line(*run_cli(capsys, "info", bad), message)
     with pytest.raises(ConfigError, match=message):
         PSICConfig.from_dict(cfg)
+
+
+def test_a_strength_needs_a_full_version_that_is_the_base_decode(hyperprior):
+    with pytest.raises(ConfigError, match="full_version"):
+        PSICConfig(full_version="condition", strength=spec())
+    PSICConfig(full_version="base", strength=spec())  # the default: fine
+
+    from psic_adapter.training.calibrate import fit_strength
+
+    model = randomize_adapter(wrap_model(copy.deepcopy(hyperprior), PSICConfig(full_version="condition"), key=KEY))
+    photos = [torch.rand(3, 64, 64) for _ in range(2)]
+    with pytest.raises(ConfigError, match="full version"):
+        fit_strength(model, photos, target_db=0.8, size=None)
 
 

@@ -207,6 +207,9 @@ class PSICConfig:
                               "(full_version 'condition')")
         if self.format_version < 3 and self.modulation == "spatial":
             raise ConfigError("the 'spatial' modulation needs adapter format 3")
+        if self.strength is not None and self.full_version != "base":
+            raise ConfigError("a strength scales every decode through the adapter: it needs full_version 'base' (with "
+                              "'condition' it would scale the owner's full version too)")
         if not isinstance(self.description, str) or len(self.description) > MAX_TEXT:
             raise ConfigError(f"description must be a string of at most {MAX_TEXT} characters")
         if self.salt is not None:

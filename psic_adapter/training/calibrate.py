@@ -31,6 +31,9 @@ def fit_strength(model, images: Iterable[Tensor], target_db: float, size: Option
     """
     if not 0 < target_db <= 20:
         raise ConfigError(f"target_db must be in (0, 20] dB, not {target_db!r}")
+    if model.config.full_version != "base":  # a strength would scale the owner's full version too
+        raise ConfigError("a strength needs an adapter whose full version is the base decode (full_version 'base'); "
+                          "this one decodes its full version through the adapter")
     was = model.training
     model.eval()
     cond = model.encrypted_condition()
