@@ -3,6 +3,10 @@
 * a crafted ``strength`` holding an integer too large for a float was a traceback (``OverflowError`` from
   ``math.isfinite``), and a huge string or field name was echoed whole into the "one-line" error;
 * a strength also scaled the owner's full version of a ``full_version="condition"`` adapter;
+* ``fit_strength`` read the training forward's latent (``analyze``), which for autoregressive codecs
+  (mbt2018, cheng2020) is not the latent the decoder sees (``round(y)`` against ``round(y - mean) + mean``):
+  the strength was fitted on one quantity and applied on another; and it resized to any ``--size`` before any
+  check (a huge one was a traceback, 20000 px gigabytes);
 """
 
 from __future__ import annotations
@@ -88,3 +92,45 @@ def test_a_strength_needs_a_full_version_that_is_the_base_decode(hyperprior):
         fit_strength(model, photos, target_db=0.8, size=None)
 
 
+# ------------------------------------------------------------------ the fit reads the decoder's latent
+def test_fit_strength_reads_the_latent_that_the_decoder_sees(monkeypatch):
+    """mbt2018 (autoregressive): the training forward's latent is round(y), the decoded one round(y - mu) + mu."""
+    import psic_adapter.training.calibrate as calibrate
+    from psic_adapter.adapter.strength import latent_activity
+
+    model = randomize_adapter(wrap_model(make_codec("mbt2018"), PSICConfig(condition="public")), std=0.05).eval()
+    seen = []
+    monkeypatch.setattr(calibrate, "latent_activity", lambda y: seen.append(y) or latent_activity(y))
+    g = torch.Generator().manual_seed(3)
+    photos = [torch.nn.functional.interpolate(torch.rand(1, 3, k, k, generator=g), size=64, mode="bilinear")[0]
+              for k in (4, 64)]
+    calibrate.fit_strength(model, photos, target_db=0.8, size=None)
+    assert len(seen) == 2
+    for photo, y in zip(photos, seen):
+        out = model.compress(calibrate._served(photo[None]))
+        decoded = model.decode_latent(out["strings"], out["shape"])
+        assert torch.equal(y, decoded)
+
+
+# ------------------------------------------------------------------ psic calibrate
+@pytest.fixture(scope="module")
+def photos(adapter_dir):
+    import numpy as np
+    from PIL import Image
+
+    folder = adapter_dir["dir"] / "photos"
+    folder.mkdir(exist_ok=True)
+    for i in range(2):
+        Image.fromarray((np.random.default_rng(i).random((64, 64, 3)) * 255).astype("uint8")).save(folder / f"{i}.png")
+    return folder
+
+
+@pytest.mark.parametrize("size", [10 ** 30, 256], ids=["huge", "over-a-small-pixel-limit"])
+def test_psic_calibrate_at_a_size_the_codec_cannot_code_is_one_line(size, adapter_dir, photos, tmp_path, capsys,
+                                                                  monkeypatch):
+    """(checked before resizing: before the fix --size 20000 allocated gigabytes and was killed)"""
+    monkeypatch.setenv("PSIC_MAX_PIXELS", "10000")
+    rc, err = run_cli(capsys, "calibrate", adapter_dir["adapter"], tmp_path / "out", "--data", photos,
+                      "--checkpoint", adapter_dir["ckpt"], "--size", size)
+    one_error_line(rc, err, "px|pixel")
+    assert not (tmp_path / "out").exists()

@@ -9,8 +9,10 @@ import torch
 from torch import Tensor
 
 from ..adapter.strength import check_strength, latent_activity, oracle_strength
+from ..bitstream.container import check_size
+from ..bitstream.coding import encode
 from ..bitstream.images import resize_longer_side
-from ..codec.padding import PAD_MULTIPLE, crop_to, pad_to_multiple
+from ..codec.padding import crop_to
 from ..errors import ConfigError
 
 
@@ -23,8 +25,8 @@ def fit_strength(model, images: Iterable[Tensor], target_db: float, size: Option
                  clamp: tuple = (0.25, 4.0), fitted_on: str = "") -> Dict[str, Any]:
     """A strength spec for ``model``'s active adapter from ``images`` (``[3, H, W]`` in [0, 1]).
 
-    Each photo is coded at a longer side of ``size`` px (``None``: as it is) and decoded with
-    and without the adapter at strength 1; its oracle strength puts it exactly ``target_db``
+    Each photo is coded at a longer side of ``size`` px (``None``: as it is), entropy-decoded, and
+    synthesised with and without the adapter at strength 1 (the decodes ``psic eval`` measures); its oracle strength puts it exactly ``target_db``
     under the base. ``log(oracle)`` is fitted by least squares on ``log(nonzero share of the
     latent)``. The adapter's change is close to linear in its strength over this range; what
     a fitted spec really costs is measured by decoding with it (``psic eval``).
@@ -45,10 +47,17 @@ def fit_strength(model, images: Iterable[Tensor], target_db: float, size: Option
         for img in images:
             x = img[None].float()
             if size:
+                h, w = x.shape[-2:]
+                scale = int(size) / max(h, w)  # a size the codec can code, checked before resizing to it
+                check_size(max(1, round(h * scale)), max(1, round(w * scale)), f"a photo at {int(size)} px")
                 x = resize_longer_side(x, int(size))
             x = _served(x)
-            xp, hw = pad_to_multiple(x, PAD_MULTIPLE)
-            y_hat = model.analyze(xp)["y_hat"]
+            # The latent a decoder sees, from the bitstream: what the strength reads when it decodes. The training
+            # forward's (analyze) is another for autoregressive codecs (mbt2018, cheng2020: round(y) against
+            # round(y - mean) + mean), and a strength fitted on it would be applied far from where it was fitted.
+            coded = encode(model, x)
+            hw = coded["size"]
+            y_hat = model.decode_latent(coded["strings"], coded["shape"])
             base = _served(crop_to(model.synthesize(y_hat, None), hw))
             enc = _served(crop_to(model.synthesize(y_hat, cond), hw))
             a = oracle_strength(base, enc - base, x, target_db)
