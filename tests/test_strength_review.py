@@ -7,6 +7,8 @@
   (mbt2018, cheng2020) is not the latent the decoder sees (``round(y)`` against ``round(y - mean) + mean``):
   the strength was fitted on one quantity and applied on another; and it resized to any ``--size`` before any
   check (a huge one was a traceback, 20000 px gigabytes);
+* the latent hook was a bound method, so a deep copy of ``g_s`` (the trainer's frozen reference decoder)
+  deep-copied the whole wrapper: codec, adapters and the owner's condition;
 """
 
 from __future__ import annotations
@@ -110,6 +112,39 @@ def test_fit_strength_reads_the_latent_that_the_decoder_sees(monkeypatch):
         out = model.compress(calibrate._served(photo[None]))
         decoded = model.decode_latent(out["strings"], out["shape"])
         assert torch.equal(y, decoded)
+
+
+# ------------------------------------------------------------------ copies
+def test_a_deep_copy_of_g_s_does_not_copy_the_wrapped_model(hyperprior):
+    model = wrap_model(copy.deepcopy(hyperprior), PSICConfig(condition="public"))
+    model.config.strength = spec()
+    memo = {}
+    copy.deepcopy(model.base.g_s, memo)
+    assert id(model) not in memo and id(model.psic_adapters) not in memo and id(model.keyring) not in memo
+    from psic_adapter.training.trainer import frozen_copy
+
+    ref = frozen_copy(model.base.g_s)  # the trainer's reference decoder: the base decode, no hook
+    y = torch.zeros(1, 192, 4, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(ref(y), model.synthesize(y, None))
+
+
+def test_the_latent_hook_still_scales_after_the_change(adapter_dir):
+    """(the hook is now a function: decodes still read each image's own latent)"""
+    model = load_adapter(small_trainable_codec(), adapter_dir["adapter"]).eval()
+    g = torch.Generator().manual_seed(1)
+    x = torch.cat([torch.nn.functional.interpolate(torch.rand(1, 3, 4, 4, generator=g), size=64, mode="bilinear"),
+                   torch.rand(1, 3, 64, 64, generator=g)])
+    out = model.compress(x)
+    with torch.no_grad():
+        dec = model.decompress(out["strings"], out["shape"])["x_hat"]
+        y = model.decode_latent(out["strings"], out["shape"])
+        torch.testing.assert_close(dec, model.synthesize(y, model.encrypted_condition()).clamp(0, 1), rtol=0, atol=0)
+        strength = model.config.strength
+        model.config.strength = None
+        plain = model.decompress(out["strings"], out["shape"])["x_hat"]
+        model.config.strength = strength
+    assert not torch.equal(dec, plain)
 
 
 # ------------------------------------------------------------------ psic calibrate

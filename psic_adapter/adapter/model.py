@@ -85,8 +85,11 @@ class PSICModel(PretrainedMixin, nn.Module):
         self._active: Optional[_Active] = None
         self._disabled = False
         g_s = base._modules.get("g_s")
-        # each decode's latent, for adapters with a per-image strength
-        self._latent_hook = g_s.register_forward_pre_hook(self._observe_latent) if g_s is not None else None
+        # each decode's latent, for adapters with a per-image strength. A function, as attach_hooks' are, not a
+        # bound method: a deep copy of g_s (the trainer's frozen reference decoder) copies a bound method's
+        # object, this whole wrapper (codec, adapters, the owner's condition), where it shares a function.
+        self._latent_hook = (g_s.register_forward_pre_hook(lambda module, inputs: self._observe_latent(module, inputs))
+                             if g_s is not None else None)
 
     # --------------------------------------------------------------- plumbing
     def __getattr__(self, name: str):
