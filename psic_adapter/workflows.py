@@ -423,7 +423,9 @@ def calibrate(adapter: PathLike, out: PathLike, *, data: str, target_db: float =
     from .errors import OverwriteError
     from .training.calibrate import fit_strength
 
-    for name in (CONFIG_NAME, WEIGHTS_NAME):  # before minutes of fitting, not after
+    if Path(out).exists() and not Path(out).is_dir():  # before minutes of fitting, not after
+        raise OverwriteError(f"{out} is a file, not a folder for the adapter")
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
         if (Path(out) / name).exists() and not force:
             raise OverwriteError(f"{Path(out) / name} exists (--force overwrites it)")
     codec = base_codec(adapter=adapter, checkpoint=checkpoint).module

@@ -9,6 +9,7 @@
   check (a huge one was a traceback, 20000 px gigabytes);
 * the latent hook was a bound method, so a deep copy of ``g_s`` (the trainer's frozen reference decoder)
   deep-copied the whole wrapper: codec, adapters and the owner's condition;
+* ``psic calibrate`` with an output that is a file failed only after the minutes of fitting.
 """
 
 from __future__ import annotations
@@ -169,3 +170,18 @@ def test_psic_calibrate_at_a_size_the_codec_cannot_code_is_one_line(size, adapte
                       "--checkpoint", adapter_dir["ckpt"], "--size", size)
     one_error_line(rc, err, "px|pixel")
     assert not (tmp_path / "out").exists()
+
+
+def test_psic_calibrate_onto_a_file_is_refused_before_fitting(adapter_dir, photos, tmp_path, capsys, monkeypatch):
+    import psic_adapter.training.calibrate as calibrate
+
+    monkeypatch.setattr(calibrate, "fit_strength", lambda *a, **k: pytest.fail("fitted before refusing"))
+    target = tmp_path / "a file"
+    target.write_text("mine")
+    before = (adapter_dir["adapter"] / "adapter_config.json").read_bytes()
+    for force in ([], ["--force"]):
+        rc, err = run_cli(capsys, "calibrate", adapter_dir["adapter"], target, "--data", photos, "--checkpoint",
+                          adapter_dir["ckpt"], "--size", 64, *force)
+        one_error_line(rc, err, "is a file")
+    assert target.read_text() == "mine"
+    assert (adapter_dir["adapter"] / "adapter_config.json").read_bytes() == before
