@@ -9,7 +9,8 @@
   check (a huge one was a traceback, 20000 px gigabytes);
 * the latent hook was a bound method, so a deep copy of ``g_s`` (the trainer's frozen reference decoder)
   deep-copied the whole wrapper: codec, adapters and the owner's condition;
-* ``psic calibrate`` with an output that is a file failed only after the minutes of fitting.
+* ``psic calibrate`` with an output that is a file failed only after the minutes of fitting;
+* ``psic info`` printed a strength's ``fitted_on`` as it was: a line break in it forged rows of the table.
 """
 
 from __future__ import annotations
@@ -80,6 +81,20 @@ def test_a_crafted_strength_is_one_short_line_from_psic_info(field, value, messa
     one_error_line(*run_cli(capsys, "info", bad), message)
     with pytest.raises(ConfigError, match=message):
         PSICConfig.from_dict(cfg)
+
+
+def test_psic_info_shows_a_crafted_fitted_on_on_its_own_row(adapter_dir, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    shutil.copytree(adapter_dir["adapter"], bad)
+    cfg = json.loads((bad / "adapter_config.json").read_text())
+    cfg["strength"]["fitted_on"] = "x\nfull version  the base codec's decode\x1b[2K"
+    (bad / "adapter_config.json").write_text(json.dumps(cfg))
+    from psic_adapter.cli import main
+
+    capsys.readouterr()
+    assert main(["info", str(bad)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and len([ln for ln in out.splitlines() if ln.startswith("full version")]) == 1
 
 
 def test_a_strength_needs_a_full_version_that_is_the_base_decode(hyperprior):

@@ -88,7 +88,11 @@ def adapter_info(path) -> Dict[str, Any]:
 
 
 def render(info: Dict[str, Any]) -> str:
-    rows: List[Tuple[str, str]] = [(k, str(v)) for k, v in info.items()]
+    from ..errors import show_line
+
+    # one row per fact: text from an adapter config (a strength's fitted_on, a checkpoint name) may hold line
+    # breaks or terminal escapes that would forge rows of their own
+    rows: List[Tuple[str, str]] = [(k, show_line(str(v), None)) for k, v in info.items()]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
