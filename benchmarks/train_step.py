@@ -270,14 +270,18 @@ class ProjectLatentStep:
 
 # ------------------------------------------------------------------ timing
 def run_stage(stage: int, args, device: torch.device, batches: List[Dict], codec) -> Dict:
-    from psic_adapter.adapter import wrap_model
+    from psic_adapter.adapter import PSICConfig, wrap_model
     from psic_adapter.training import COMPRESSAI_LAMBDAS
 
     lmbda = COMPRESSAI_LAMBDAS.get(args.quality, 0.0067)
     tmp = tempfile.mkdtemp(prefix="psic-bench-")
 
-    def model():
-        return wrap_model(copy.deepcopy(codec), key=KEY)
+    # where the decoder trains (stage 1; stage 2 without --adapter-only) the full version is a trained condition:
+    # the trainer refuses an adapter built for the base decode there
+    decoder_trains = stage == 1 or not args.adapter_only
+
+    def model(full_version: str = "condition" if decoder_trains else "base"):
+        return wrap_model(copy.deepcopy(codec), PSICConfig(full_version=full_version), key=KEY)
 
     contenders: Dict[str, Callable] = {}
     contenders["naive"] = NaiveStep(model(), build_target(args, device), stage, lmbda, device,
@@ -285,7 +289,7 @@ def run_stage(stage: int, args, device: torch.device, batches: List[Dict], codec
     contenders["project-alternate"] = ProjectStep(model(), build_target(args, device), stage, "alternate", args,
                                                   device, tmp).step
     if stage == 2:
-        latent = ProjectLatentStep(model(), build_target(args, device), args, device, tmp)
+        latent = ProjectLatentStep(model("base"), build_target(args, device), args, device, tmp)
         for b in batches:  # the encoder runs once per training image, before training (untimed)
             with torch.no_grad():
                 latent.latents[id(b)] = latent.trainer.model.analyze(b["image"].to(device))["y_hat"]
