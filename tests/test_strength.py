@@ -4,6 +4,7 @@ part of the fingerprint, survives save/load, and a crafted spec is a one-line er
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -19,12 +20,7 @@ from .conftest import small_trainable_codec
 KEY = b"the owner's training key, 32 bytes!"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +178,7 @@ def cli_setup(hyperprior, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("calibrate")
     ckpt = save_codec(hyperprior, folder / "hp.safetensors")
-    model = randomize_adapter(wrap_model(copy_codec(hyperprior), PSICConfig(modulation="spatial"), key=KEY), std=0.05)
+    model = randomize_adapter(wrap_model(copy.deepcopy(hyperprior), PSICConfig(modulation="spatial"), key=KEY), std=0.05)
     adapter = model.save_pretrained(folder / "adapter")
     photos = folder / "photos"
     photos.mkdir()
@@ -191,12 +187,6 @@ def cli_setup(hyperprior, tmp_path_factory):
         arr = (train[i]["image"].permute(1, 2, 0).numpy() * 255).round().astype("uint8")
         Image.fromarray(arr).resize((96, 64)).save(photos / f"p{i}.png")
     return {"ckpt": ckpt, "adapter": adapter, "photos": photos}
-
-
-def copy_codec(codec):
-    import copy
-
-    return copy.deepcopy(codec)
 
 
 def test_psic_calibrate_writes_an_adapter_with_its_strength(cli_setup, tmp_path, capsys):

@@ -125,7 +125,7 @@ def test_fit_strength_reads_the_latent_that_the_decoder_sees(monkeypatch):
     calibrate.fit_strength(model, photos, target_db=0.8, size=None)
     assert len(seen) == 2
     for photo, y in zip(photos, seen):
-        out = model.compress(calibrate._served(photo[None]))
+        out = model.compress(calibrate.served(photo[None]))
         decoded = model.decode_latent(out["strings"], out["shape"])
         assert torch.equal(y, decoded)
 

@@ -36,25 +36,13 @@ import time
 from typing import Dict, List
 
 import torch
-import torch.nn.functional as F
 
-
-def served(x: torch.Tensor) -> torch.Tensor:
-    return (x.float().clamp(0, 1) * 255).round() / 255
+from psic_adapter.adapter.strength import oracle_strength
+from psic_adapter.training.validation import served
 
 
 def mse(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).pow(2).mean())
-
-
-def scale_to_drop(e: torch.Tensor, d: torch.Tensor, drop_db: float) -> float:
-    """``alpha >= 0`` with ``||e + alpha d||^2 = ||e||^2 10^(drop/10)`` (``e`` = base - original)."""
-    a = float(d.double().pow(2).sum())
-    b = 2 * float((e.double() * d.double()).sum())
-    c = float(e.double().pow(2).sum()) * (1 - 10 ** (drop_db / 10))
-    if a <= 0:
-        return 0.0
-    return (-b + math.sqrt(max(0.0, b * b - 4 * a * c))) / (2 * a)
 
 
 def band_energy(d: torch.Tensor, scale: float) -> Dict[str, float]:
@@ -160,7 +148,7 @@ def main(argv: List[str]) -> int:
             enc = served(crop_to(model.synthesize(y_hat, model.encrypted_condition()), hw))
             label = int(target.predict(x))
             right = int(target.predict(base)) == label
-        d, e = enc - base, base - x
+        d = enc - base
         short = target.resize_size or target.image_size
         top, left, ch, cw = crop_box(h, w, short, target.image_size)
         dp = preprocess(target, enc) - preprocess(target, base)
@@ -171,7 +159,7 @@ def main(argv: List[str]) -> int:
                **{f"band_{b}": v for b, v in band_energy(d[0], min(h, w) / short).items()}}
         if right:
             for t in args.drops:
-                a = scale_to_drop(e, d, t)
+                a = oracle_strength(base, d, x, t)
                 xe = served(base + a * d)
                 noise = torch.randn(base.shape, generator=gen) * float((a * d).pow(2).mean().sqrt())
                 xc = served(base + noise)

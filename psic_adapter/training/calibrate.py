@@ -14,10 +14,7 @@ from ..bitstream.coding import encode
 from ..bitstream.images import resize_longer_side
 from ..codec.padding import crop_to
 from ..errors import ConfigError
-
-
-def _served(x: Tensor) -> Tensor:
-    return (x.float().clamp(0, 1) * 255).round() / 255
+from .validation import served
 
 
 @torch.no_grad()
@@ -51,15 +48,15 @@ def fit_strength(model, images: Iterable[Tensor], target_db: float, size: Option
                 scale = int(size) / max(h, w)  # a size the codec can code, checked before resizing to it
                 check_size(max(1, round(h * scale)), max(1, round(w * scale)), f"a photo at {int(size)} px")
                 x = resize_longer_side(x, int(size))
-            x = _served(x)
+            x = served(x)
             # The latent a decoder sees, from the bitstream: what the strength reads when it decodes. The training
             # forward's (analyze) is another for autoregressive codecs (mbt2018, cheng2020: round(y) against
             # round(y - mean) + mean), and a strength fitted on it would be applied far from where it was fitted.
             coded = encode(model, x)
             hw = coded["size"]
             y_hat = model.decode_latent(coded["strings"], coded["shape"])
-            base = _served(crop_to(model.synthesize(y_hat, None), hw))
-            enc = _served(crop_to(model.synthesize(y_hat, cond), hw))
+            base = served(crop_to(model.synthesize(y_hat, None), hw))
+            enc = served(crop_to(model.synthesize(y_hat, cond), hw))
             a = oracle_strength(base, enc - base, x, target_db)
             if a > 0 and float((base - x).pow(2).mean()) > 0:
                 xs.append(float(latent_activity(y_hat).log()[0]))

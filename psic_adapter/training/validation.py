@@ -27,7 +27,7 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return 100.0 if mse <= 1e-10 else -10.0 * torch.log10(torch.tensor(mse)).item()
 
 
-def _served(x: torch.Tensor) -> torch.Tensor:
+def served(x: torch.Tensor) -> torch.Tensor:
     """A decode as it is served: clamped and rounded to 8 bits."""
     return (x.float().clamp(0, 1) * 255).round() / 255
 
@@ -45,10 +45,10 @@ class ValidationProbe:
         with torch.no_grad():
             for i in range(n):
                 x = resize_longer_side(dataset[i]["image"][None].float(), int(size)).to(self.device)
-                x = _served(x)
+                x = served(x)
                 xp, hw = pad_to_multiple(x, pad_multiple)
                 y_hat = model.analyze(xp)["y_hat"]
-                base = _served(crop_to(model.synthesize(y_hat, None), hw))
+                base = served(crop_to(model.synthesize(y_hat, None), hw))
                 self.items.append({"x": x, "y_hat": y_hat, "hw": hw, "base": base,
                                    "psnr_base": _psnr(base, x)})
             originals = [target.predict(it["x"]) for it in self.items]
@@ -69,7 +69,7 @@ class ValidationProbe:
             for it in self.items:
                 with ctx():
                     enc = model.synthesize(it["y_hat"], cond)
-                enc = _served(crop_to(enc.float(), it["hw"]))
+                enc = served(crop_to(enc.float(), it["hw"]))
                 drops.append(it["psnr_base"] - _psnr(enc, it["x"]))
                 if it["right"]:
                     right += 1
