@@ -75,15 +75,31 @@ class CLTGAdapter(nn.Module):
         ``in_place``: the caller owns ``out`` and no autograd graph is recorded, so
         it may be changed in place (saves one feature-map allocation per block).
         """
-        t = t.to(out.dtype)
-        if self.modulation == "bias":
-            gain, bias, gate = None, t, None
-        elif self.modulation == "film":
-            (gain, bias), gate = t.chunk(2, dim=1), None
-        else:
-            gain, bias, gate = t.chunk(3, dim=1)
+        gain, bias, gate = self._parts(t.to(out.dtype))
         extra = gate * self.branches[index](out) if gate is not None else None
-        if in_place and t.shape[0] in (1, out.shape[0]):
+        return self._modulate(out, gain, bias, extra, in_place and t.shape[0] in (1, out.shape[0]))
+
+    def apply_deferred(self, index: int, out: Tensor, t: Tensor, in_place: bool = False):
+        """:meth:`apply` but for the spatial branch's last convolution: ``(out modulated by its gain and bias,
+        (the branch's hidden map relu(conv1x1(out)), the gate))``, for the caller to fold the rest into the
+        decoder's next layer (:mod:`psic_adapter.adapter.fusion`). Spatial modulation only."""
+        gain, bias, gate = self._parts(t.to(out.dtype))
+        branch = self.branches[index]
+        hidden = torch.relu(branch.reduce(out))  # before ``out`` is modulated in place
+        return self._modulate(out, gain, bias, None, in_place and t.shape[0] in (1, out.shape[0])), (hidden, gate)
+
+    def _parts(self, t: Tensor):
+        """``(gain, bias, gate)`` of one point's output (None where the modulation has none)."""
+        if self.modulation == "bias":
+            return None, t, None
+        if self.modulation == "film":
+            gain, bias = t.chunk(2, dim=1)
+            return gain, bias, None
+        return t.chunk(3, dim=1)
+
+    @staticmethod
+    def _modulate(out: Tensor, gain, bias: Tensor, extra, in_place: bool) -> Tensor:
+        if in_place:
             try:
                 if gain is not None:
                     out.mul_(gain + 1)

@@ -42,7 +42,8 @@ from .keyring import Keyring
 from .pretrained import PretrainedMixin
 from .strength import strength_of
 from .keys import KeyLike, derive_material, key_check, material_to_condition, new_salt, rekey_config, warn_if_weak
-from .surgery import attach_hooks, probe_channels, resolve_injection_points
+from .fusion import folded_branch, fusable_next
+from .surgery import attach_hooks, get_submodule, probe_channels, resolve_injection_points
 
 #: what a wrapped model forwards to its codec besides the codec's submodules
 CODEC_METHODS = ("aux_loss", "update", "load_state_dict_into_codec")
@@ -60,13 +61,14 @@ PUBLIC_MODES_DOC = {
 class _Active:
     """The condition of the call in progress (set by :meth:`PSICModel.conditioned`)."""
 
-    __slots__ = ("adapter", "condition", "biases", "latent")
+    __slots__ = ("adapter", "condition", "biases", "latent", "deferred")
 
     def __init__(self, adapter: str, condition: Tensor):
         self.adapter = adapter
         self.condition = condition
         self.biases: Optional[List[Tensor]] = None
         self.latent: Optional[Tensor] = None  # what g_s decodes now (for a per-image strength)
+        self.deferred = None  # (adapter, hidden map, gate): a spatial branch to fold into the next layer
 
 
 class PSICModel(PretrainedMixin, nn.Module):
@@ -82,6 +84,8 @@ class PSICModel(PretrainedMixin, nn.Module):
         self.active_adapter: Optional[str] = None
         self.keyring = Keyring()
         self._hooks: Dict[str, list] = {}
+        # adapter -> the index of its spatial point whose branch a decode folds into the next layer (fusion.py)
+        self._fold_points: Dict[str, int] = {}
         self._active: Optional[_Active] = None
         self._disabled = False
         g_s = base._modules.get("g_s")
@@ -164,6 +168,11 @@ class PSICModel(PretrainedMixin, nn.Module):
         self._hooks[adapter_name] = attach_hooks(
             self.base, names, lambda i, out, owned, _n=adapter_name: self._inject(_n, i, out, owned)
         )
+        nxt = fusable_next(self.base, names[-1]) if config.modulation == "spatial" and names else None
+        if nxt is not None:  # decodes fold the last spatial branch into the layer after it (fusion.py)
+            self._fold_points[adapter_name] = len(names) - 1
+            self._hooks[adapter_name].append(get_submodule(self.base, nxt).register_forward_hook(
+                lambda module, _inp, out, _n=adapter_name: self._fold(_n, module, out)))
         if self.active_adapter is None:
             self.active_adapter = adapter_name
         return self
@@ -210,6 +219,7 @@ class PSICModel(PretrainedMixin, nn.Module):
         self.resolve_adapter_name(adapter_name)
         for h in self._hooks.pop(adapter_name):
             h.remove()
+        self._fold_points.pop(adapter_name, None)
         del self.psic_adapters[adapter_name]
         del self.psic_configs[adapter_name]
         self.keyring.forget(adapter_name)
@@ -231,6 +241,7 @@ class PSICModel(PretrainedMixin, nn.Module):
             for h in handles:
                 h.remove()
         self._hooks.clear()
+        self._fold_points.clear()
         if self._latent_hook is not None:
             self._latent_hook.remove()
             self._latent_hook = None
@@ -334,6 +345,7 @@ class PSICModel(PretrainedMixin, nn.Module):
         if act is not None and inputs and isinstance(inputs[0], Tensor):
             act.latent = inputs[0]
             act.biases = None  # a new decode: its own strengths
+            act.deferred = None
 
     def _inject(self, name: str, index: int, out: Tensor, owned: bool = False) -> Optional[Tensor]:
         act = self._active
@@ -346,8 +358,22 @@ class PSICModel(PretrainedMixin, nn.Module):
             if spec is not None and act.latent is not None and act.latent.dim() >= 2:
                 s = strength_of(spec, act.latent)
                 act.biases = [t * s.to(t.device, t.dtype) for t in act.biases]
-        # Without autograd the block's own output may be changed in place (saves an allocation).
+        # Without autograd the block's own output may be changed in place (saves an allocation), and the last
+        # spatial branch is folded into the next layer (the same function; fusion.py): training keeps it plain.
+        if not torch.is_grad_enabled() and self._fold_points.get(name) == index:
+            out, (hidden, gate) = module.apply_deferred(index, out, act.biases[index], in_place=owned)
+            act.deferred = (name, index, hidden, gate)
+            return out
         return module.apply(index, out, act.biases[index], in_place=owned and not torch.is_grad_enabled())
+
+    def _fold(self, name: str, layer: nn.Module, out: Tensor) -> Optional[Tensor]:
+        """The layer after a folded spatial point: its output plus the branch's part (see :meth:`_inject`)."""
+        act = self._active
+        if act is None or act.deferred is None or act.deferred[0] != name:
+            return None
+        _, index, hidden, gate = act.deferred
+        act.deferred = None
+        return out + folded_branch(hidden, gate, self.psic_adapters[name].branches[index].expand, layer).to(out.dtype)
 
     # ---------------------------------------------------------- codec methods
     @contextlib.contextmanager
