@@ -44,6 +44,9 @@ the text tower; the naive step always does.
 Targets: project / naive >= 1.5 on the 2-core CPU; the adapter-only fit (stage 2,
 ``project-adapter-only``: latents encoded once, the full version the base decode)
 >= 3x the naive step.
+
+The robust recipe's own step (scale views with their context, EOT, the budget controller,
+EfficientNet-Lite0) is profiled part by part in ``benchmarks/robust_step.py``.
 """
 
 from __future__ import annotations
