@@ -69,6 +69,8 @@ warnings.filterwarnings("ignore")
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import parse  # noqa: E402
 KEY = "benchmark owner key"
 
 # the tests' tiny offline CLIP (random weights, 32 px input)
@@ -388,12 +390,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="the naive step's CLIP dtype (clip.load gives fp16 on a GPU)")
     p.add_argument("--no-joint", action="store_true", help="skip the joint / 2-pass pair")
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of each contender")
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", metavar="OUT")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse(p, argv)  # + --threads, --seed, --json
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
                           else ("cpu" if args.device == "auto" else args.device))
