@@ -49,7 +49,7 @@ class DemoConfig:
                     cli=False)
     shipped_adapter: bool = opt(True, "show the adapter shipped with psic-adapter", cli=False)
     fit: bool = opt(True, "show the shipped adapter only (no fit)", flag="--no-fit")
-    steps: int = opt(100, "steps of your own adapter's fit (minutes; the shipped adapter took 1200, then psic calibrate)")
+    steps: int = opt(100, "steps of your own adapter's fit (minutes; the shipped adapter took 2100 and two calibrations)")
     batch: int = opt(8, "images per step of the fit", cli=False)
     scales: Sequence[str] = opt(("long512", "crops"), "the scales measured", cli=False)
     crops: int = opt(48, "crops per measurement", cli=False)
@@ -204,7 +204,7 @@ def run_demo(out_dir: PathLike = "psic-demo", config: Optional[DemoConfig] = Non
         data = SamplePhotos("train")
         _say(f"fitting it: the robust recipe, {recipe.train.steps} steps on the {len(data)} bundled training photos "
              f"against {target.name} (enough to see the fit work, not to protect; the shipped adapter "
-             f"took 1200 steps on 200 photos and a calibration). Its first steps are timed for an estimate; "
+             f"took 2100 steps on 200 photos and two calibrations). Its first steps are timed for an estimate; "
              f"docs/benchmarks.md has a step's time on other CPUs")
         t_fit = time.perf_counter()
         res = wf.fit(recipe, wf.BaseCodec(codec, cfg.codec, cfg.quality), target, data, out / "adapter-run",
@@ -235,8 +235,9 @@ def closing_text(results, names) -> str:
     lines = [table.runs_table(results, names), ""]
     lines += [f"- {x}" for x in table.compare_runs(results, names)]
     right = [r.main.classification.n_base_right for r in results if r.main.classification.n_base_right]
-    flip = (f" Here one flip moves a {results[0].main.scale} ASR by {100 / min(right):.0f} to {100 / max(right):.0f} "
-            "points." if right else "")
+    lo, hi = (100 / max(right), 100 / min(right)) if right else (0, 0)
+    moves = f"{lo:.0f}" if round(lo) == round(hi) else f"{lo:.0f} to {hi:.0f}"
+    flip = f" Here one flip moves a {results[0].main.scale} ASR by {moves} points." if right else ""
     lines += ["", "ASR (k/n): of the n images the target gets right from the base decode, the k the encrypted version "
               "flips; control: the same for noise of the same energy; [95% CI]: the Wilson score interval. "
               f"Read: {table.RULE}.{flip} docs/results.md measures the recipe on more photos."]
