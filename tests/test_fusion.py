@@ -107,3 +107,26 @@ def test_deleting_the_adapter_removes_the_fold_hook():
     y = torch.randn(1, 48, 4, 4).round()
     with torch.no_grad():
         assert torch.equal(model.base.g_s(y), model.synthesize(y, None))
+
+
+def test_a_deep_copy_of_a_wrapped_model_decodes_as_the_model_does():
+    """The codec's hooks are closures over their wrapper: a plain deep copy decoded every "encrypted" image as
+    the base codec (unprotected). The copy's hooks are its own: it decodes as the original, and each changes
+    on its own."""
+    import copy
+
+    model, _ = _pair(small_trainable_codec())
+    twin = copy.deepcopy(model)
+    x = torch.rand(1, 3, 64, 64)
+    enc = model.compress(x)
+    with torch.no_grad():
+        base = model.base.decompress(enc["strings"], enc["shape"])["x_hat"]
+        mine = model.decompress(enc["strings"], enc["shape"])["x_hat"]
+        theirs = twin.decompress(enc["strings"], enc["shape"])["x_hat"]
+        assert not torch.equal(theirs, base) and torch.allclose(theirs, mine, atol=1e-6)
+        assert torch.equal(twin.decompress(enc["strings"], enc["shape"], key=KEY)["x_hat"], base)
+        for hooks in (twin.base.g_s[1]._forward_hooks, model.base.g_s[1]._forward_hooks):
+            assert len(hooks) == 1  # one adapter hook each, not the original's as well
+        twin.delete_adapter("default")  # the copy's hooks go; the original's stay
+        assert len(twin.base.g_s[1]._forward_hooks) == 0 and len(model.base.g_s[1]._forward_hooks) == 1
+        assert torch.allclose(model.decompress(enc["strings"], enc["shape"])["x_hat"], mine, atol=1e-6)

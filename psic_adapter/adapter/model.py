@@ -23,6 +23,7 @@ call of this wrapper). ``model.base.state_dict()`` is the plain codec's.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import warnings
@@ -71,6 +72,12 @@ class _Active:
         self.deferred = None  # (adapter, hidden map, gate): a spatial branch to fold into the next layer
 
 
+def _mark(fn):
+    """``fn``, marked as a hook this library put on a codec (a deep copy finds and replaces them)."""
+    fn._psic_hook = True
+    return fn
+
+
 class PSICModel(PretrainedMixin, nn.Module):
     """A CompressAI codec with PSIC adapters. Build it with :func:`wrap_model` or :func:`load_adapter`."""
 
@@ -88,12 +95,38 @@ class PSICModel(PretrainedMixin, nn.Module):
         self._fold_points: Dict[str, int] = {}
         self._active: Optional[_Active] = None
         self._disabled = False
-        g_s = base._modules.get("g_s")
+        self._latent_hook = None
+        self._attach_latent_hook()
+
+    def _attach_latent_hook(self) -> None:
+        g_s = self.base._modules.get("g_s")
         # each decode's latent, for adapters with a per-image strength. A function, as attach_hooks' are, not a
         # bound method: a deep copy of g_s (the trainer's frozen reference decoder) copies a bound method's
         # object, this whole wrapper (codec, adapters, the owner's condition), where it shares a function.
-        self._latent_hook = (g_s.register_forward_pre_hook(lambda module, inputs: self._observe_latent(module, inputs))
-                             if g_s is not None else None)
+        if g_s is not None:
+            hook = _mark(lambda module, inputs: self._observe_latent(module, inputs))
+            self._latent_hook = g_s.register_forward_pre_hook(hook)
+
+    def __deepcopy__(self, memo):
+        """A working copy: the codec's forward hooks are closures over *this* wrapper, so a plain deep copy
+        would decode through the copy's codec while the hooks looked for the original's condition (never set
+        there): the copy would decode every "encrypted" image as the base codec, unprotected. The copy's hooks
+        are dropped and attached again to the copy."""
+        cls = type(self)
+        new = cls.__new__(cls)
+        memo[id(self)] = new
+        for k, v in self.__dict__.items():
+            if k not in ("_hooks", "_latent_hook", "_active"):
+                new.__dict__[k] = copy.deepcopy(v, memo)
+        new.__dict__.update(_hooks={}, _latent_hook=None, _active=None)
+        for m in new.base.modules():  # the original's hooks, copied along with the codec
+            for hooks in (m._forward_hooks, m._forward_pre_hooks):
+                for key in [k for k, fn in hooks.items() if getattr(fn, "_psic_hook", False)]:
+                    del hooks[key]
+        new._attach_latent_hook()
+        for name in new.psic_adapters:
+            new._attach_adapter_hooks(name)
+        return new
 
     # --------------------------------------------------------------- plumbing
     def __getattr__(self, name: str):
@@ -164,18 +197,24 @@ class PSICModel(PretrainedMixin, nn.Module):
             module.to(ref.device)
         self.psic_adapters[adapter_name] = module
         self.psic_configs[adapter_name] = config
+        self._attach_adapter_hooks(adapter_name)
+        if self.active_adapter is None:
+            self.active_adapter = adapter_name
+        return self
+
+    def _attach_adapter_hooks(self, adapter_name: str) -> None:
+        """The adapter's forward hooks on the codec's decoder blocks (and on the layer its last spatial branch
+        folds into, fusion.py), each marked as this library's (see :meth:`__deepcopy__`)."""
+        config = self.psic_configs[adapter_name]
         names = [p["module"] for p in config.injection_points]
         self._hooks[adapter_name] = attach_hooks(
-            self.base, names, lambda i, out, owned, _n=adapter_name: self._inject(_n, i, out, owned)
+            self.base, names, _mark(lambda i, out, owned, _n=adapter_name: self._inject(_n, i, out, owned))
         )
         nxt = fusable_next(self.base, names[-1]) if config.modulation == "spatial" and names else None
         if nxt is not None:  # decodes fold the last spatial branch into the layer after it (fusion.py)
             self._fold_points[adapter_name] = len(names) - 1
             self._hooks[adapter_name].append(get_submodule(self.base, nxt).register_forward_hook(
-                lambda module, _inp, out, _n=adapter_name: self._fold(_n, module, out)))
-        if self.active_adapter is None:
-            self.active_adapter = adapter_name
-        return self
+                _mark(lambda module, _inp, out, _n=adapter_name: self._fold(_n, module, out))))
 
     def _bind_config(self, config: PSICConfig, key: Optional[KeyLike]) -> None:
         if config.condition == "key" and key is None:

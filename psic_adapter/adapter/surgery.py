@@ -171,5 +171,7 @@ def attach_hooks(codec: nn.Module, names: Sequence[str], fn: Callable[[int, torc
     handles = []
     for i, name in enumerate(names):
         mod = get_submodule(codec, name)
-        handles.append(mod.register_forward_hook(lambda _m, inp, out, _i=i: fn(_i, out, _owns_output(out, inp))))
+        hook = lambda _m, inp, out, _i=i: fn(_i, out, _owns_output(out, inp))  # noqa: E731
+        hook._psic_hook = getattr(fn, "_psic_hook", False)  # a mark ``fn`` carries carries over (PSICModel's)
+        handles.append(mod.register_forward_hook(hook))
     return handles
