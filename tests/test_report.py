@@ -120,6 +120,12 @@ LOG = [
     {"step": 0, "encryption": 1.5, "psnr_encrypted": 24.0, "psnr_base": 28.0, "psnr_full": 27.0},
     {"step": 10, "encryption": 0.75, "psnr_encrypted": 26.0, "psnr_base": 28.5, "budget_excess": 0.25},
     {"step": 20, "encryption": 0.5, "psnr_encrypted": 26.5, "psnr_base": 29.0, "psnr_full": 28.5, "lr": 1e-4},
+    # the in-training validation reads (--val-every): counts, not only the rate
+    {"step": 10, "validation": True, "val_asr": 0.25, "val_flipped": 1, "val_right": 4, "val_images": 8,
+     "val_drop_db": 0.5},
+    {"step": 20, "validation": True, "val_asr": 0.75, "val_flipped": 3, "val_right": 4, "val_images": 8,
+     "val_drop_db": 0.75},
+    {"step": 30, "validation": True, "val_flipped": 5, "val_right": 4, "val_images": 8},  # impossible counts: skipped
 ]
 
 
@@ -165,7 +171,7 @@ def test_psnr_per_image_draws_the_primary_scales_rows():
 
 def test_training_curves_from_a_log(tmp_path):
     records = P.read_log(write_log(tmp_path / "log.jsonl", LOG))
-    assert [r["step"] for r in records] == [0, 10, 20]
+    assert [r["step"] for r in records] == [0, 10, 20, 10, 20, 30]
     plot = P.training_curves(records)
     assert plot.data == {
         "encryption": [[0, 1.5], [10, 0.75], [20, 0.5]],
@@ -177,6 +183,18 @@ def test_training_curves_from_a_log(tmp_path):
     open_png(plot.png)
     assert P.training_curves([]) is None
     assert P.training_curves([{"step": 1, "lr": 0.1}]) is None
+
+
+def test_validation_curve_from_a_log(tmp_path):
+    plot = P.validation_curve(P.read_log(write_log(tmp_path / "log.jsonl", LOG)))
+    assert plot.data["step"] == [10, 20]  # the record with more flips than right photos is not drawn
+    assert (plot.data["flipped"], plot.data["right"]) == ([1, 3], [4, 4])
+    assert plot.data["asr"] == [25.0, 75.0] and plot.data["drop_db"] == [0.5, 0.75]
+    for (lo, hi), asr in zip(plot.data["interval"], plot.data["asr"]):
+        assert 0.0 < lo < asr < hi < 100.0  # a Wilson interval around each read, 4 photos wide
+    assert "on 8 photos" in plot.title
+    open_png(plot.png)
+    assert P.validation_curve(LOG[:3]) is None  # a run without --val-every: no plot
 
 
 # ------------------------------------------------------------------ rate-distortion and Bjontegaard deltas
@@ -415,7 +433,7 @@ def test_report_page_has_one_image_per_plot_and_per_gallery_cell(report):
     out, path, result, run = report
     page = path.read_text(encoding="utf-8")
     assert [p.name for p in run.plots] == ["asr_by_scale", "asr_by_perturbation", "psnr_per_image",
-                                           "training_curves"]
+                                           "training_curves", "validation_curve"]
     cells = 6 * 3
     assert page.count("<img") == len(run.plots) + cells
     pngs = data_uris(page, "image/png")

@@ -233,9 +233,8 @@ def run_plots(run: ReportRun) -> List[P.Plot]:
         plots.append(pert)
     plots.append(P.psnr_per_image(r))
     if run.log and Path(run.log).is_file():
-        curves = P.training_curves(P.read_log(run.log))
-        if curves is not None:
-            plots.append(curves)
+        records = P.read_log(run.log)
+        plots.extend(p for p in (P.training_curves(records), P.validation_curve(records)) if p is not None)
     return plots
 
 

@@ -229,6 +229,54 @@ def training_curves(records: Sequence[Dict[str, Any]]) -> Optional[Plot]:
                 {k: [list(p) for p in v] for k, v in series.items()})
 
 
+def validation_curve(records: Sequence[Dict[str, Any]]) -> Optional[Plot]:
+    """The in-training validation ASR (``--val-every``) over steps with its Wilson 95 % interval, and the
+    mean PSNR drop it was read at, from ``log.jsonl``: whether a run was still improving when it stopped.
+    None without validation records."""
+    from ..metrics import wilson_interval
+
+    pts = []
+    for r in records:
+        if not r.get("validation"):
+            continue
+        k, n, drop = r.get("val_flipped"), r.get("val_right"), r.get("val_drop_db")
+        if not (isinstance(k, int) and isinstance(n, int) and 0 <= k <= n):
+            continue
+        pts.append((r["step"], k, n, float(drop) if isinstance(drop, (int, float)) else float("nan"),
+                    r.get("val_images")))
+    if not pts:
+        return None
+    steps = [p[0] for p in pts]
+    asr = [100.0 * p[1] / p[2] if p[2] else float("nan") for p in pts]
+    ci = [[100.0 * v for v in wilson_interval(p[1], p[2])] for p in pts]
+    drops = [p[3] for p in pts]
+    fig = _figure(5.2, 3.0)
+    ax = fig.add_subplot(111)
+    lo = [0.0 if math.isnan(a) else a - c[0] for a, c in zip(asr, ci)]
+    hi = [0.0 if math.isnan(a) else c[1] - a for a, c in zip(asr, ci)]
+    ax.errorbar(steps, asr, yerr=[lo, hi], fmt="o-", color=COLORS["encrypted"], ecolor="#333", elinewidth=0.8,
+                capsize=2, lw=1.2, ms=3, label="validation ASR (95 % interval)")
+    for x, y, p in zip(steps, asr, pts):
+        if not math.isnan(y):
+            ax.annotate(f"{p[1]}/{p[2]}", (x, y), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=6)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("step")
+    ax.set_ylabel("ASR (%)")
+    ax2 = ax.twinx()
+    ax2.plot(steps, drops, "s--", color="#8172B3", lw=0.9, ms=3, label="dB under base (mean)")
+    ax2.set_ylabel("dB under base")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=7, frameon=False, loc="upper left")
+    ax.grid(alpha=0.3)
+    images = sorted({p[4] for p in pts if isinstance(p[4], int)})
+    on = f" on {images[0]} photos" if len(images) == 1 else ""
+    ax.set_title(f"validation during training{on} (log.jsonl)", fontsize=9)
+    return Plot("validation_curve", f"Validation ASR during training{on}, with the right photos it counts (k/n)",
+                _png(fig), {"step": steps, "flipped": [p[1] for p in pts], "right": [p[2] for p in pts],
+                            "asr": asr, "interval": ci, "drop_db": drops})
+
+
 def rate_distortion(points: Dict[str, Dict[str, List[Dict[str, float]]]]) -> Optional[Plot]:
     """PSNR and MS-SSIM against bpp: one curve per image set and version, each point labelled with its run.
 
