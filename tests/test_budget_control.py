@@ -185,3 +185,25 @@ def test_the_probe_measures_what_it_decodes(base_codec, classifier):
     assert none["val_drop_db"] == pytest.approx(0.0, abs=1e-6) and none["val_flipped"] == 0
     with pytest.raises(DataError, match="no validation photos"):
         ValidationProbe(model, target, [], images=2)
+
+
+def test_the_probe_reads_each_change_rescaled_to_one_cost(base_codec, classifier):
+    target = classifier
+    from psic_adapter.training.validation import ValidationProbe
+
+    model = new_model(base_codec).eval()
+    torch.manual_seed(1)
+    with torch.no_grad():  # an adapter that changes the decode (a new one starts as the identity)
+        for p in model.adapter_parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    probe = ValidationProbe(model, target, SamplePhotos("test"), images=2, size=64, at_db=0.7)
+    out = probe.measure(model, target)
+    assert out["val_drop_db"] > 0.05  # the change as decoded costs something, and not 0.7 dB by chance
+    assert abs(out["val_drop_db"] - 0.7) > 0.05
+    assert out["val_at_db"] == 0.7 and out["val_drop_at_db"] == pytest.approx(0.7, abs=0.05)  # 8-bit rounding
+    assert 0 <= out["val_flipped_at_db"] <= out["val_right"]
+    assert (out["val_asr_at_db"] is None) == (out["val_right"] == 0)
+    plain = ValidationProbe(model, target, SamplePhotos("test"), images=2, size=64).measure(model, target)
+    assert "val_at_db" not in plain and plain["val_flipped"] == out["val_flipped"]  # the read as decoded is the same
+    with pytest.raises(ConfigError, match="val_at_db"):
+        TrainConfig(stage=2, adapter_only=True, val_at_db=0.0)

@@ -16,6 +16,7 @@ from psic_adapter.errors import ConfigError
 from psic_adapter.training.losses import (
     authors_uaeo_loss,
     distortion_loss,
+    feature_similarity_loss,
     naive_cosine_loss,
     rate_distortion,
     rate_loss,
@@ -393,6 +394,33 @@ def test_margin_loss_rejects_bad_shapes():
         untargeted_margin_loss(torch.randn(3, 1), torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError):
         untargeted_margin_loss(torch.randn(3, 4), torch.zeros(2, dtype=torch.long))
+
+
+def test_feature_similarity_is_the_mean_cosine_over_stages():
+    ref = [torch.tensor([[[[1.0, 0.0]]], [[[0.0, 2.0]]]]), torch.tensor([[1.0, 1.0], [1.0, -1.0]])]
+    maps = [torch.tensor([[[[1.0, 0.0]]], [[[1.0, 0.0]]]]), torch.tensor([[2.0, 2.0], [-1.0, 1.0]])]
+    per = feature_similarity_loss(maps, ref, reduction="none")
+    # sample 0: cos 1 and 1; sample 1: cos 0 (orthogonal) and -1 (opposite)
+    assert per.tolist() == pytest.approx([1.0, -0.5])
+    assert feature_similarity_loss(maps, ref).item() == pytest.approx(0.25)
+    # an unchanged decode scores 1, and a batch of repeats is compared with its reference row by row
+    assert feature_similarity_loss([torch.cat([r, r]) for r in ref], ref).item() == pytest.approx(1.0)
+
+
+def test_feature_similarity_pushes_only_the_encrypted_maps():
+    ref = [torch.randn(2, 3, 4, 4, requires_grad=True)]
+    maps = [torch.randn(2, 3, 4, 4, requires_grad=True)]
+    feature_similarity_loss(maps, ref).backward()
+    assert maps[0].grad.abs().sum() > 0 and ref[0].grad is None  # the original's maps are a fixed reference
+
+
+def test_feature_similarity_rejects_maps_that_do_not_pair():
+    with pytest.raises(ConfigError, match="one reference per feature map"):
+        feature_similarity_loss([torch.randn(2, 3)], [])
+    with pytest.raises(ConfigError, match="does not match"):
+        feature_similarity_loss([torch.randn(2, 3, 4, 4)], [torch.randn(2, 3, 2, 2)])
+    with pytest.raises(ConfigError, match="does not match"):
+        feature_similarity_loss([torch.randn(3, 5)], [torch.randn(2, 5)])
 
 
 # --------------------------------------------------------------------------- guard

@@ -124,7 +124,7 @@ LOG = [
     {"step": 10, "validation": True, "val_asr": 0.25, "val_flipped": 1, "val_right": 4, "val_images": 8,
      "val_drop_db": 0.5},
     {"step": 20, "validation": True, "val_asr": 0.75, "val_flipped": 3, "val_right": 4, "val_images": 8,
-     "val_drop_db": 0.75},
+     "val_drop_db": 0.75, "val_at_db": 0.8, "val_flipped_at_db": 2, "val_asr_at_db": 0.5, "val_drop_at_db": 0.79},
     {"step": 30, "validation": True, "val_flipped": 5, "val_right": 4, "val_images": 8},  # impossible counts: skipped
 ]
 
@@ -193,6 +193,8 @@ def test_validation_curve_from_a_log(tmp_path):
     for (lo, hi), asr in zip(plot.data["interval"], plot.data["asr"]):
         assert 0.0 < lo < asr < hi < 100.0  # a Wilson interval around each read, 4 photos wide
     assert "on 8 photos" in plot.title
+    # the read at equal cost (--val-at-db) where the record has one
+    assert plot.data["at_db"] == {"step": [20], "flipped": [2], "right": [4], "db": [0.8]}
     open_png(plot.png)
     assert P.validation_curve(LOG[:3]) is None  # a run without --val-every: no plot
 

@@ -295,6 +295,18 @@ def test_timm_label_features_and_logits(timm_target):
     assert timm_target.kind == "classifier"
 
 
+def test_timm_logits_and_maps_come_from_one_pass(timm_target, clip):
+    x = images(2, 50, 70)
+    with torch.no_grad():
+        logits, maps = timm_target.logits_and_maps(x)
+        _, every = timm_target.model.forward_intermediates(timm_target.preprocess(x))
+    assert torch.allclose(logits, timm_target.logits(x), atol=1e-5)  # the same logits as the plain pass
+    assert len(maps) == len(every) - 1 >= 1  # every stage but the first
+    assert all(torch.equal(m, e) for m, e in zip(maps, every[1:]))
+    with pytest.raises(TargetError, match="no feature maps"):  # CLIP has none to give
+        clip.logits_and_maps(x, ["cup"])
+
+
 def test_timm_class_names_as_texts(timm_target):
     names = timm_target.class_names
     assert len(names) == 1000 and names[281] == "tabby, tabby cat"

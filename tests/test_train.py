@@ -658,6 +658,33 @@ def test_budget_and_eot_steps(base_codec, target, batch, tmp_path):
         TrainConfig(stage=1, budget_db=1.0)
 
 
+def test_the_feature_term_adds_to_the_margin():
+    from psic_adapter.targets import TimmClassifierTarget
+    from psic_adapter.training import losses
+    from psic_adapter.training.objectives import EncryptionObjective
+
+    torch.manual_seed(0)
+    clf = TimmClassifierTarget("test_efficientnet", pretrained=False)
+    x = torch.rand(2, 3, 48, 48)
+    enc = (x + 0.05 * torch.randn_like(x)).clamp(0, 1).requires_grad_()
+    plain = EncryptionObjective(clf, "margin")
+    with_maps = EncryptionObjective(clf, "margin", feature_weight=3.0)
+    views = with_maps.view_for_encryption(x, [])
+    assert views[0]["maps"] is not None and plain.view_for_encryption(x, [])[0]["maps"] is None
+    margin = plain.encryption_loss(enc, plain.view_for_encryption(x, []))
+    with torch.no_grad():
+        _, maps = clf.logits_and_maps(enc.detach())
+    expected = margin + 3.0 * losses.feature_similarity_loss(maps, views[0]["maps"])
+    total = with_maps.encryption_loss(enc, views)
+    assert total.item() == pytest.approx(expected.item(), rel=1e-5)
+    total.backward()
+    assert enc.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="feature_weight adds to the margin objective"):
+        TrainConfig(stage=2, adapter_only=True, objective="uaeo", feature_weight=1.0)
+    with pytest.raises(ConfigError, match="feature_weight adds to the margin objective"):
+        EncryptionObjective(clf, "naive", feature_weight=1.0)
+
+
 def test_random_transform_is_differentiable_and_keeps_the_batch():
     from psic_adapter.training.objectives import random_transform
 

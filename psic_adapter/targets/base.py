@@ -242,6 +242,14 @@ class Target(nn.Module):
         """``B x C`` scores that the target decides with (see the subclass)."""
         raise NotImplementedError
 
+    def logits_and_maps(self, x: torch.Tensor, texts: Optional[Sequence[str]] = None):
+        """:meth:`logits` and the feature maps of the target's inner stages, from one pass.
+
+        For feature-level losses (``TrainConfig.feature_weight``); targets
+        without inner stages to read raise :class:`TargetError`.
+        """
+        raise TargetError(f"{self.name}: no feature maps of its inner stages to read (a timm classifier has them)")
+
     @torch.no_grad()
     def predict(self, x: torch.Tensor, texts: Optional[Sequence[str]] = None) -> torch.Tensor:
         """The target's decision, ``argmax`` of :meth:`logits`, as a ``LongTensor[B]``."""

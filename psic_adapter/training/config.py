@@ -34,7 +34,7 @@ COMPRESSAI_LAMBDAS = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 
 
 #: TrainConfig fields that a resumed run may change (the rest is the recipe, fixed for a run)
 RESUMABLE_CHANGES = ("steps", "checkpoint_every", "log_every", "num_workers", "compile",
-                     "val_data", "val_every", "val_images", "val_size")
+                     "val_data", "val_every", "val_images", "val_size", "val_at_db")
 
 #: how the PSNR budget acts: a hinge on each image's excess, or a controller that spends it
 BUDGET_CONTROLS = ("hinge", "dual")
@@ -75,6 +75,9 @@ class TrainConfig:
     guard_weight: Optional[float] = opt(None, "semantic guard on the full version (default: 1 where the decoder "
                                               "trains, 0 otherwise; 0 is the paper's L2 alone)")
     margin: float = opt(5.0, "margin of the margin objective, in logits")
+    feature_weight: float = opt(0.0, "margin objective: add this weight times a feature-level term (the cosine "
+                                     "similarity of the target's inner feature maps of the encrypted decode with "
+                                     "the original's, which it lowers); 0: the logits alone")
     budget_db: Optional[float] = opt(None, "stage 2: per-image PSNR budget of the encrypted version under the base "
                                            "decode, in dB (a hard hinge)")
     budget_weight: float = opt(100.0, "weight of the budget hinge")
@@ -115,6 +118,9 @@ class TrainConfig:
     val_every: int = opt(0, "read the validation ASR every N steps (0: never)")
     val_images: int = opt(12, "validation photos (the first N of --val-data)")
     val_size: int = opt(512, "validation photos are coded at this longer side, px (the scale of use)")
+    val_at_db: Optional[float] = opt(0.8, "also read the validation ASR with each photo's change rescaled to "
+                                          "exactly this PSNR drop (the probe knows the original), so that reads "
+                                          "compare at equal cost")
 
     def __post_init__(self):
         self.eot = eot_mode(self.eot)
@@ -149,6 +155,10 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be at most 1, not {getattr(self, name)!r}")
         if self.warmup >= 1:
             raise ConfigError("warmup is a fraction of the steps, below 1")
+        if self.feature_weight and self.objective != "margin":
+            raise ConfigError(f"feature_weight adds to the margin objective, not to {self.objective!r}")
+        if self.val_at_db is not None and not 0 < self.val_at_db <= 10:
+            raise ConfigError("val_at_db is a PSNR drop in dB, above 0 and at most 10")
         for name in ("val_every", "val_images", "val_size"):
             if getattr(self, name) < (0 if name == "val_every" else 1):
                 raise ConfigError(f"{name} must be {'>= 0' if name == 'val_every' else 'at least 1'}")

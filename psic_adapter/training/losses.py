@@ -66,7 +66,7 @@ How the paper's equations were read
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Iterable, Mapping, Tuple, Union
+from typing import Any, Dict, Iterable, Mapping, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -80,6 +80,7 @@ __all__ = [
     "naive_cosine_loss",
     "authors_uaeo_loss",
     "untargeted_margin_loss",
+    "feature_similarity_loss",
     "semantic_guard_loss",
     "rate_loss",
     "distortion_loss",
@@ -430,6 +431,28 @@ def untargeted_margin_loss(
     is_true = F.one_hot(labels, logits.shape[1]).bool()
     best_other = logits.masked_fill(is_true, -math.inf).max(dim=1).values
     return _reduce(F.relu(true_logit - best_other + margin), reduction)
+
+
+def feature_similarity_loss(maps: Sequence[Tensor], reference: Sequence[Tensor], reduction: str = "mean") -> Tensor:
+    """Feature-level attack term: how much the target's inner feature maps still look like the original's.
+
+    Per sample, the cosine similarity of each stage's flattened map with the
+    original's (detached), averaged over the stages; minimising it moves what the
+    target *computes*, not only its last decision (feature-level attacks: they
+    converge faster than a logit loss and transfer better to other
+    classifiers). In ``[-1, 1]``, 1 while nothing changed. ``maps`` may be a
+    whole multiple of the reference batch (repeats of it, in order).
+    """
+    _check_reduction(reduction)
+    if len(maps) == 0 or len(maps) != len(reference):
+        raise ConfigError(f"need one reference per feature map: {len(maps)} maps, {len(reference)} references")
+    per = []
+    for m, r in zip(maps, reference):
+        if m.shape[1:] != r.shape[1:] or m.shape[0] % max(r.shape[0], 1):
+            raise ConfigError(f"feature map {tuple(m.shape)} does not match its reference {tuple(r.shape)}")
+        r = r.detach().repeat(m.shape[0] // r.shape[0], *([1] * (r.dim() - 1)))
+        per.append(F.cosine_similarity(m.flatten(1).float(), r.flatten(1).float(), dim=1))
+    return _reduce(torch.stack(per).mean(0), reduction)
 
 
 # --------------------------------------------------------------------------- fidelity

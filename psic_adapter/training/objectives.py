@@ -51,13 +51,20 @@ class EncryptionObjective:
             1-3x, real JPEG, blur, a second pass through the base codec).
         generator: the random source of ``eot``.
         codec: the base codec, for ``eot="real"``'s re-coding (``None``: skipped).
+        feature_weight: ``"margin"`` only: add this weight times the feature-level
+            term (:func:`~.losses.feature_similarity_loss`: the target's inner
+            feature maps of the encrypted decode against the original's), read
+            from the same pass as the logits. 0 (default): the logits alone.
     """
 
     def __init__(self, target, objective: str = "uaeo", s: float = 0.1, margin: float = 5.0,
                  amp: bool = False, device_type: str = "cpu", eot=False,
-                 generator: Optional[torch.Generator] = None, codec=None):
+                 generator: Optional[torch.Generator] = None, codec=None, feature_weight: float = 0.0):
         if objective not in OBJECTIVES:
             raise ConfigError(f"objective must be one of {OBJECTIVES}, not {objective!r}")
+        if feature_weight and objective != "margin":
+            raise ConfigError(f"feature_weight adds to the margin objective, not to {objective!r}")
+        self.feature_weight = float(feature_weight)
         self.target, self.objective, self.s, self.margin = target, objective, s, margin
         self.amp, self.device_type = amp, device_type
         self.eot = eot_mode(eot)
@@ -94,10 +101,15 @@ class EncryptionObjective:
         n = x.shape[0]
         with torch.no_grad(), self.autocast():
             for tgt, w in self.members():
-                v = dict(target=tgt, weight=w, n=n, feats=None, logits=None, labels=None, text_feats=None, texts=None)
+                v = dict(target=tgt, weight=w, n=n, feats=None, logits=None, labels=None, text_feats=None, texts=None,
+                         maps=None)
                 if tgt.kind == "classifier":
                     if feats or logits:  # the predicted labels stand in for the captions
-                        v["logits"] = tgt.logits(x).float()
+                        if logits and self.feature_weight:
+                            out, v["maps"] = tgt.logits_and_maps(x)
+                            v["logits"] = out.float()
+                        else:
+                            v["logits"] = tgt.logits(x).float()
                         v["labels"] = v["logits"].argmax(-1)
                         v["text_feats"] = tgt.label_features()[v["labels"]].float()
                 else:
@@ -105,7 +117,10 @@ class EncryptionObjective:
                     v["labels"] = torch.arange(n, device=x.device)
                     if feats:
                         v["text_feats"] = tgt.text_features(v["texts"]).float()
-                    if logits:
+                    if logits and self.feature_weight:
+                        out, v["maps"] = tgt.logits_and_maps(x, v["texts"])
+                        v["logits"] = out.float()
+                    elif logits:
                         v["logits"] = tgt.logits(x, v["texts"]).float()
                 if feats:
                     v["feats"] = tgt.image_features(x).float()
@@ -130,7 +145,11 @@ class EncryptionObjective:
             texts = v["text_feats"]
             tgt = v["target"]
             with self.autocast():
-                if self.objective == "margin":
+                if self.objective == "margin" and self.feature_weight:
+                    out, maps = tgt.logits_and_maps(x_enc, v["texts"])
+                    loss = losses.untargeted_margin_loss(out.float(), v["labels"].repeat(reps), margin=self.margin)
+                    loss = loss + self.feature_weight * losses.feature_similarity_loss(maps, v["maps"])
+                elif self.objective == "margin":
                     out = tgt.logits(x_enc, v["texts"]).float()
                     loss = losses.untargeted_margin_loss(out, v["labels"].repeat(reps), margin=self.margin)
                 else:

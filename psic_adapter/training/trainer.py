@@ -121,7 +121,8 @@ class Trainer(TrainingLoop):
         self.generator = torch.Generator().manual_seed(config.seed * 7919 + self.rank)
         self.objective = EncryptionObjective(target, config.objective, s=config.s, margin=config.margin,
                                              amp=self.amp, device_type=self.device.type, eot=config.eot,
-                                             generator=self.generator, codec=model.base)
+                                             generator=self.generator, codec=model.base,
+                                             feature_weight=config.feature_weight)
         # full_version "base" (adapter-only fits): the full version is the base decode, nothing of it trains
         self.full_bypass = model.config.full_version == "base"
         self.views = None
@@ -425,7 +426,7 @@ class Trainer(TrainingLoop):
 
         if self.probe is None:
             self.probe = ValidationProbe(self.model, self.target, self.val_dataset, images=self.cfg.val_images,
-                                         size=self.cfg.val_size, device=self.device)
+                                         size=self.cfg.val_size, device=self.device, at_db=self.cfg.val_at_db)
         return self.probe.measure(self.model, self.target, amp=self.objective.autocast)
 
     # ------------------------------------------------------------ checkpoints

@@ -242,8 +242,10 @@ def validation_curve(records: Sequence[Dict[str, Any]]) -> Optional[Plot]:
         k, n, drop = r.get("val_flipped"), r.get("val_right"), r.get("val_drop_db")
         if not (isinstance(k, int) and isinstance(n, int) and 0 <= k <= n):
             continue
+        ka, at = r.get("val_flipped_at_db"), r.get("val_at_db")
+        at_pt = (ka, float(at)) if isinstance(ka, int) and 0 <= ka <= n and isinstance(at, (int, float)) else None
         pts.append((r["step"], k, n, float(drop) if isinstance(drop, (int, float)) else float("nan"),
-                    r.get("val_images")))
+                    r.get("val_images"), at_pt))
     if not pts:
         return None
     steps = [p[0] for p in pts]
@@ -259,6 +261,14 @@ def validation_curve(records: Sequence[Dict[str, Any]]) -> Optional[Plot]:
     for x, y, p in zip(steps, asr, pts):
         if not math.isnan(y):
             ax.annotate(f"{p[1]}/{p[2]}", (x, y), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=6)
+    at_pts = [(s, p[5][0], p[2], p[5][1]) for s, p in zip(steps, pts) if p[5] is not None and p[2]]
+    at_dbs = sorted({a[3] for a in at_pts})
+    if at_pts:  # the same photos with each change rescaled to one drop: reads at equal cost
+        ax.plot([a[0] for a in at_pts], [100.0 * a[1] / a[2] for a in at_pts], "^:", color=COLORS["full"], lw=1.2,
+                ms=4, label="ASR at " + "/".join(f"{d:g}" for d in at_dbs) + " dB (each change rescaled)")
+        for s, k, n, _ in at_pts:
+            ax.annotate(f"{k}/{n}", (s, 100.0 * k / n), textcoords="offset points", xytext=(0, -10), ha="center",
+                        fontsize=6, color=COLORS["full"])
     ax.set_ylim(0, 100)
     ax.set_xlabel("step")
     ax.set_ylabel("ASR (%)")
@@ -274,7 +284,9 @@ def validation_curve(records: Sequence[Dict[str, Any]]) -> Optional[Plot]:
     ax.set_title(f"validation during training{on} (log.jsonl)", fontsize=9)
     return Plot("validation_curve", f"Validation ASR during training{on}, with the right photos it counts (k/n)",
                 _png(fig), {"step": steps, "flipped": [p[1] for p in pts], "right": [p[2] for p in pts],
-                            "asr": asr, "interval": ci, "drop_db": drops})
+                            "asr": asr, "interval": ci, "drop_db": drops,
+                            "at_db": {"step": [a[0] for a in at_pts], "flipped": [a[1] for a in at_pts],
+                                      "right": [a[2] for a in at_pts], "db": [a[3] for a in at_pts]}})
 
 
 def rate_distortion(points: Dict[str, Dict[str, List[Dict[str, float]]]]) -> Optional[Plot]:
