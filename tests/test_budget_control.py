@@ -161,6 +161,10 @@ def test_validation_is_logged_every_val_every_steps(base_codec, classifier, tmp_
         assert r["val_images"] == 2 and 0 <= r["val_flipped"] <= r["val_right"] <= 2
         assert math.isfinite(r["val_drop_db"])
         assert (r["val_asr"] is None) == (r["val_right"] == 0)
+        assert r["val_at_db"] == 0.8 and 0 <= r["val_flipped_at_db"] <= r["val_right"]  # the default read at 0.8 dB
+    off = Trainer(model, target, SamplePhotos("train", crop=CROP), TrainConfig(**{**cfg.to_dict(), "val_at_db": 0}),
+                  tmp_path / "off", device="cpu", progress=False, val_dataset=SamplePhotos("test"))
+    assert "val_at_db" not in off.validate() and "val_flipped" in off.validate()  # 0: read as decoded only
 
 
 def test_validation_needs_a_target_that_classifies(base_codec, target, tmp_path):
@@ -206,4 +210,5 @@ def test_the_probe_reads_each_change_rescaled_to_one_cost(base_codec, classifier
     plain = ValidationProbe(model, target, SamplePhotos("test"), images=2, size=64).measure(model, target)
     assert "val_at_db" not in plain and plain["val_flipped"] == out["val_flipped"]  # the read as decoded is the same
     with pytest.raises(ConfigError, match="val_at_db"):
-        TrainConfig(stage=2, adapter_only=True, val_at_db=0.0)
+        TrainConfig(stage=2, adapter_only=True, val_at_db=-1.0)
+    assert TrainConfig(stage=2, adapter_only=True, val_at_db=0).val_at_db == 0  # 0: not read (the trainer's probe)

@@ -685,6 +685,24 @@ def test_the_feature_term_adds_to_the_margin():
         EncryptionObjective(clf, "naive", feature_weight=1.0)
 
 
+def test_the_feature_term_reads_only_members_that_have_feature_maps():
+    from psic_adapter.targets import TimmClassifierTarget
+    from psic_adapter.targets.ensemble import EnsembleTarget
+    from psic_adapter.training.objectives import EncryptionObjective
+
+    torch.manual_seed(0)
+    clf, clip = TimmClassifierTarget("test_efficientnet", pretrained=False), tiny_clip()
+    assert clf.has_maps and not clip.has_maps
+    with pytest.raises(ConfigError, match="has none"):  # at construction, not at the first step
+        EncryptionObjective(clip, "margin", feature_weight=1.0)
+    obj = EncryptionObjective(EnsembleTarget([clf, clip]), "margin", feature_weight=1.0)
+    x = torch.rand(2, 3, 48, 48)
+    views = obj.view_for_encryption(x, ["a cup", "a dog"])
+    assert views[0]["maps"] is not None and views[1]["maps"] is None  # the CLIP member: its margin alone
+    loss = obj.encryption_loss((x + 0.05 * torch.randn_like(x)).clamp(0, 1), views)
+    assert torch.isfinite(loss)
+
+
 def test_random_transform_is_differentiable_and_keeps_the_batch():
     from psic_adapter.training.objectives import random_transform
 

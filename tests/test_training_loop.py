@@ -168,6 +168,20 @@ def test_resume_refuses_another_recipe_but_takes_more_steps(tmp_path):
     assert more.train(resume=True)["steps"] == 4
 
 
+def test_a_checkpoint_from_before_a_setting_existed_resumes_with_its_default(tmp_path):
+    from psic_adapter.training.checkpoints import load_state, save_state
+
+    ToyLoop(items(), config(steps=2), tmp_path).train()
+    (tmp_path / "done.json").unlink()
+    state = load_state(tmp_path / CHECKPOINT_NAME)
+    del state["train_config"]["feature_weight"]  # a run started before feature_weight was added
+    save_state(tmp_path / CHECKPOINT_NAME, state)
+    assert ToyLoop(items(), config(steps=4), tmp_path).train(resume=True)["steps"] == 4
+    (tmp_path / "done.json").unlink()
+    with pytest.raises(PSICError, match=r"another recipe.*feature_weight 0.0 -> 2.0"):  # not any value, its default
+        ToyLoop(items(), config(steps=5, objective="margin", feature_weight=2.0), tmp_path).train(resume=True)
+
+
 def test_resume_needs_a_checkpoint_and_refuses_one_past_the_steps_asked_for(tmp_path):
     with pytest.raises(PSICError, match="no checkpoint"):
         ToyLoop(items(), config(), tmp_path / "none").train(resume=True)

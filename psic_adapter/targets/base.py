@@ -242,6 +242,9 @@ class Target(nn.Module):
         """``B x C`` scores that the target decides with (see the subclass)."""
         raise NotImplementedError
 
+    #: whether :meth:`logits_and_maps` can read the feature maps of inner stages
+    has_maps = False
+
     def logits_and_maps(self, x: torch.Tensor, texts: Optional[Sequence[str]] = None):
         """:meth:`logits` and the feature maps of the target's inner stages, from one pass.
 

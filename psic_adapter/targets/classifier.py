@@ -275,6 +275,10 @@ class TimmClassifierTarget(Target):
             out = out[:, self.class_indices(texts)]
         return out
 
+    @property
+    def has_maps(self) -> bool:
+        return hasattr(self.model, "forward_intermediates")
+
     def logits_and_maps(self, x: torch.Tensor, texts: Optional[Sequence[str]] = None):
         """:meth:`logits` and the feature maps of every stage but the first (timm's
         ``forward_intermediates``: for EfficientNet-Lite0 24 x 56^2, 40 x 28^2, 112 x 14^2

@@ -120,7 +120,7 @@ class TrainConfig:
     val_size: int = opt(512, "validation photos are coded at this longer side, px (the scale of use)")
     val_at_db: Optional[float] = opt(0.8, "also read the validation ASR with each photo's change rescaled to "
                                           "exactly this PSNR drop (the probe knows the original), so that reads "
-                                          "compare at equal cost")
+                                          "compare at equal cost; 0: not read")
 
     def __post_init__(self):
         self.eot = eot_mode(self.eot)
@@ -157,8 +157,8 @@ class TrainConfig:
             raise ConfigError("warmup is a fraction of the steps, below 1")
         if self.feature_weight and self.objective != "margin":
             raise ConfigError(f"feature_weight adds to the margin objective, not to {self.objective!r}")
-        if self.val_at_db is not None and not 0 < self.val_at_db <= 10:
-            raise ConfigError("val_at_db is a PSNR drop in dB, above 0 and at most 10")
+        if self.val_at_db is not None and not 0 <= self.val_at_db <= 10:
+            raise ConfigError("val_at_db is a PSNR drop in dB, at most 10 (0: not read)")
         for name in ("val_every", "val_images", "val_size"):
             if getattr(self, name) < (0 if name == "val_every" else 1):
                 raise ConfigError(f"{name} must be {'>= 0' if name == 'val_every' else 'at least 1'}")

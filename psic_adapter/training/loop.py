@@ -224,10 +224,18 @@ class TrainingLoop:
         return step, epoch, batch_in_epoch
 
     def _check_same_recipe(self, saved, path: Path) -> None:
-        """A resumed run keeps its recipe: only :data:`RESUMABLE_CHANGES` may differ."""
+        """A resumed run keeps its recipe: only :data:`RESUMABLE_CHANGES` may differ.
+
+        A setting that the checkpoint does not name was added to the config after the run started; a new
+        setting's default is the behaviour from before it existed, so it reads as that default."""
         if not isinstance(saved, dict):
             raise PSICError(f"{path}: the checkpoint does not say how its run was trained")
         now = self.cfg.to_dict()
+        try:
+            defaults = type(self.cfg)().to_dict()
+        except Exception:  # noqa: BLE001 - a config class without defaults for every field: compare as saved
+            defaults = {}
+        saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
         changed = sorted(k for k in set(now) | set(saved)
                          if k not in RESUMABLE_CHANGES and _plain(saved.get(k)) != _plain(now.get(k)))
         if changed:

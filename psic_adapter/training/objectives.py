@@ -54,7 +54,8 @@ class EncryptionObjective:
         feature_weight: ``"margin"`` only: add this weight times the feature-level
             term (:func:`~.losses.feature_similarity_loss`: the target's inner
             feature maps of the encrypted decode against the original's), read
-            from the same pass as the logits. 0 (default): the logits alone.
+            from the same pass as the logits, for each member that has inner
+            feature maps (:attr:`Target.has_maps`; at least one must). 0 (default): the logits alone.
     """
 
     def __init__(self, target, objective: str = "uaeo", s: float = 0.1, margin: float = 5.0,
@@ -66,6 +67,9 @@ class EncryptionObjective:
             raise ConfigError(f"feature_weight adds to the margin objective, not to {objective!r}")
         self.feature_weight = float(feature_weight)
         self.target, self.objective, self.s, self.margin = target, objective, s, margin
+        if self.feature_weight and not any(getattr(t, "has_maps", False) for t, _ in self.members()):
+            raise ConfigError(f"feature_weight reads the feature maps of a classifier's inner stages: "
+                              f"{getattr(target, 'name', 'the target')} has none (a timm classifier has them)")
         self.amp, self.device_type = amp, device_type
         self.eot = eot_mode(eot)
         self.codec = codec
@@ -83,6 +87,10 @@ class EncryptionObjective:
             weights = getattr(self.target, "weights", None) or [1.0 / len(members)] * len(members)
             return list(zip(members, [float(w) for w in weights]))
         return [(self.target, 1.0)]
+
+    def _maps_of(self, target) -> bool:
+        """Whether the feature term reads ``target``'s inner feature maps (members without them: the margin alone)."""
+        return bool(self.feature_weight) and getattr(target, "has_maps", False)
 
     @property
     def uses_logits(self) -> bool:
@@ -105,7 +113,7 @@ class EncryptionObjective:
                          maps=None)
                 if tgt.kind == "classifier":
                     if feats or logits:  # the predicted labels stand in for the captions
-                        if logits and self.feature_weight:
+                        if logits and self._maps_of(tgt):
                             out, v["maps"] = tgt.logits_and_maps(x)
                             v["logits"] = out.float()
                         else:
@@ -117,7 +125,7 @@ class EncryptionObjective:
                     v["labels"] = torch.arange(n, device=x.device)
                     if feats:
                         v["text_feats"] = tgt.text_features(v["texts"]).float()
-                    if logits and self.feature_weight:
+                    if logits and self._maps_of(tgt):
                         out, v["maps"] = tgt.logits_and_maps(x, v["texts"])
                         v["logits"] = out.float()
                     elif logits:
@@ -145,7 +153,7 @@ class EncryptionObjective:
             texts = v["text_feats"]
             tgt = v["target"]
             with self.autocast():
-                if self.objective == "margin" and self.feature_weight:
+                if self.objective == "margin" and v["maps"] is not None:
                     out, maps = tgt.logits_and_maps(x_enc, v["texts"])
                     loss = losses.untargeted_margin_loss(out.float(), v["labels"].repeat(reps), margin=self.margin)
                     loss = loss + self.feature_weight * losses.feature_similarity_loss(maps, v["maps"])

@@ -426,7 +426,7 @@ class Trainer(TrainingLoop):
 
         if self.probe is None:
             self.probe = ValidationProbe(self.model, self.target, self.val_dataset, images=self.cfg.val_images,
-                                         size=self.cfg.val_size, device=self.device, at_db=self.cfg.val_at_db)
+                                         size=self.cfg.val_size, device=self.device, at_db=self.cfg.val_at_db or None)
         return self.probe.measure(self.model, self.target, amp=self.objective.autocast)
 
     # ------------------------------------------------------------ checkpoints
