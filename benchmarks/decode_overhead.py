@@ -103,6 +103,7 @@ def main(argv=None) -> int:
     p.add_argument("--preset", default="paper", choices=["paper", "official"])
     p.add_argument("--modulation", default="spatial", choices=["bias", "film", "spatial"],
                    help="CLTG modulation (default: spatial, the robust recipe's)")
+    p.add_argument("--spatial-rank", type=int, help="hidden channels of the spatial branch (default: the library's, 32)")
     p.add_argument("--repeats", type=int, default=15, help="timed runs per variant")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
@@ -124,7 +125,8 @@ def main(argv=None) -> int:
     base, source = load_base(args.codec, args.quality, checkpoint)
 
     # the wrapped model gets its own copy: the base codec runs with no hook at all
-    model = wrap_model(copy.deepcopy(base), PSICConfig(preset=args.preset, modulation=args.modulation), key=KEY, quality=args.quality)
+    model = wrap_model(copy.deepcopy(base), PSICConfig(preset=args.preset, modulation=args.modulation,
+                                                        spatial_rank=args.spatial_rank), key=KEY, quality=args.quality)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():  # stand-in for a trained adapter: small non-zero weights everywhere
         for prm in model.psic_adapters.parameters():

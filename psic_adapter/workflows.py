@@ -170,12 +170,13 @@ class Recipe:
     train: Any  # TrainConfig
     preset: str = "paper"
     modulation: str = "bias"
+    spatial_rank: Optional[int] = None
 
     @classmethod
     def named(cls, name: Optional[str] = None, preset: Optional[str] = None, modulation: Optional[str] = None,
-              **train) -> "Recipe":
+              spatial_rank: Optional[int] = None, **train) -> "Recipe":
         """``name`` (default: ``robust`` for stage-2 adapter-only fitting, else ``paper``) with explicit settings
-        winning: ``preset``/``modulation`` for a new adapter, ``train`` for TrainConfig's fields (None: not given)."""
+        winning: ``preset``/``modulation``/``spatial_rank`` for a new adapter, ``train`` for TrainConfig's fields (None: not given)."""
         from .training import TrainConfig, default_recipe
         from .training.config import recipe_settings
 
@@ -183,14 +184,15 @@ class Recipe:
         name = name or default_recipe(train.get("stage", 2), bool(train.get("adapter_only")))
         adapter = recipe_settings(name)["adapter"]
         return cls(name, TrainConfig.from_recipe(name, **train), preset or adapter.get("preset", "paper"),
-                   modulation or adapter.get("modulation", "bias"))
+                   modulation or adapter.get("modulation", "bias"), spatial_rank)
 
     def adapter_config(self, public: bool = False):
         """A new adapter's :class:`~psic_adapter.adapter.PSICConfig` (``public``: the paper's mode bit, no key);
         its ``full_version`` the training's (``"condition"`` where the decoder trains, else ``"base"``)."""
         from .adapter import PSICConfig
 
-        return PSICConfig(preset=self.preset, modulation=self.modulation, condition="public" if public else "key",
+        return PSICConfig(preset=self.preset, modulation=self.modulation, spatial_rank=self.spatial_rank,
+                          condition="public" if public else "key",
                           full_version=self.train.adapter_full_version)
 
 

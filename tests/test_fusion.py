@@ -3,12 +3,15 @@ the same function as the branch as it trains, up to float rounding. Tiny shapes,
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
 from psic_adapter.adapter import PSICConfig, PSICModel, wrap_model
 from psic_adapter.adapter.fusion import folded_branch, fusable_next
+from psic_adapter.errors import ConfigError
 
 from .conftest import make_codec, randomize_adapter, small_trainable_codec
 
@@ -130,3 +133,30 @@ def test_a_deep_copy_of_a_wrapped_model_decodes_as_the_model_does():
         twin.delete_adapter("default")  # the copy's hooks go; the original's stay
         assert len(twin.base.g_s[1]._forward_hooks) == 0 and len(model.base.g_s[1]._forward_hooks) == 1
         assert torch.allclose(model.decompress(enc["strings"], enc["shape"])["x_hat"], mine, atol=1e-6)
+
+
+def test_a_narrower_spatial_branch_saves_loads_and_folds(tmp_path):
+    from psic_adapter.adapter import load_adapter
+
+    codec = small_trainable_codec()
+    model, plain = _pair(codec, spatial_rank=8)
+    assert model.config.to_dict()["spatial_rank"] == 8
+    branches = model.psic_adapters["default"].branches
+    assert all(b.reduce.out_channels == 8 and b.expand.in_channels == 8 for b in branches)
+    own = sum(p.numel() for p in model.psic_adapters["default"].parameters())
+    assert own == model.config.num_parameters()  # the size check before allocation counts the same branch
+    y = torch.randn(1, 48, 4, 6).round()
+    cond = model.encrypted_condition()
+    with torch.no_grad():
+        assert model._fold_points == {"default": 2}
+        assert torch.allclose(model.synthesize(y, cond), plain.synthesize(y, cond), atol=1e-5)
+    model.save_pretrained(tmp_path / "a")
+    again = load_adapter(copy.deepcopy(codec), tmp_path / "a", key=KEY)
+    assert again.config.spatial_rank == 8
+    with torch.no_grad():
+        assert torch.equal(again.synthesize(y, cond), model.synthesize(y, cond))
+    assert "spatial_rank" not in PSICConfig(modulation="spatial").to_dict()  # unset: configs read as before
+    with pytest.raises(ConfigError, match="spatial_rank"):
+        PSICConfig(modulation="film", spatial_rank=8)
+    with pytest.raises(ConfigError, match="spatial_rank"):
+        PSICConfig(modulation="spatial", spatial_rank=10_000)

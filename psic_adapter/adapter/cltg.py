@@ -55,7 +55,8 @@ class CLTGAdapter(nn.Module):
     """Base class: ``forward(condition [B, D]) -> list of [B, factor * C_k, 1, 1]`` per point,
     and :meth:`apply` to put one point's output onto a decoder block's feature map."""
 
-    def __init__(self, cond_dim: int, channels: Sequence[int], modulation: str = "bias"):
+    def __init__(self, cond_dim: int, channels: Sequence[int], modulation: str = "bias",
+                 spatial_rank: int = SPATIAL_RANK):
         super().__init__()
         if modulation not in FACTORS:
             raise ValueError(f"unknown modulation {modulation!r}")
@@ -63,7 +64,8 @@ class CLTGAdapter(nn.Module):
         self.channels = [int(c) for c in channels]
         self.modulation = modulation
         self._factor = FACTORS[modulation]
-        self.branches = nn.ModuleList(SpatialBranch(c) for c in self.channels) if modulation == "spatial" else None
+        self.branches = (nn.ModuleList(SpatialBranch(c, spatial_rank) for c in self.channels)
+                         if modulation == "spatial" else None)
 
     @property
     def film(self) -> bool:
@@ -136,8 +138,9 @@ class _BlockCLTG(nn.Module):
 class PaperCLTG(CLTGAdapter):
     """One independent CLTG per decoder block (paper fig. 2b, eq. 4)."""
 
-    def __init__(self, cond_dim: int, channels: Sequence[int], hidden: int = 64, modulation: str = "bias"):
-        super().__init__(cond_dim, channels, modulation)
+    def __init__(self, cond_dim: int, channels: Sequence[int], hidden: int = 64, modulation: str = "bias",
+                 spatial_rank: int = SPATIAL_RANK):
+        super().__init__(cond_dim, channels, modulation, spatial_rank)
         self.blocks = nn.ModuleList(_BlockCLTG(cond_dim, hidden, c * self._factor) for c in self.channels)
 
     def forward(self, condition: Tensor) -> List[Tensor]:
@@ -158,8 +161,8 @@ class OfficialCLTG(CLTGAdapter):
     """The authors' variant: one shared Fourier-feature MLP, a bias-free projection per point."""
 
     def __init__(self, cond_dim: int, channels: Sequence[int], hidden: int = 512, fourier_freqs: int = 10,
-                 modulation: str = "bias"):
-        super().__init__(cond_dim, channels, modulation)
+                 modulation: str = "bias", spatial_rank: int = SPATIAL_RANK):
+        super().__init__(cond_dim, channels, modulation, spatial_rank)
         self.fourier_freqs = int(fourier_freqs)
         in_dim = cond_dim * (2 * self.fourier_freqs + 1)
         self.mlp = nn.Sequential(
@@ -178,8 +181,10 @@ class OfficialCLTG(CLTGAdapter):
 def build_cltg(config: PSICConfig, channels: Sequence[int]) -> CLTGAdapter:
     """The one factory: a CLTG adapter for ``config`` with these per-point channel counts."""
     if config.preset == "paper":
-        return PaperCLTG(config.cond_dim, channels, hidden=config.resolved_hidden_dim, modulation=config.modulation)
+        return PaperCLTG(config.cond_dim, channels, hidden=config.resolved_hidden_dim, modulation=config.modulation,
+                         spatial_rank=config.resolved_spatial_rank)
     if config.preset == "official":
         return OfficialCLTG(config.cond_dim, channels, hidden=config.resolved_hidden_dim,
-                            fourier_freqs=config.fourier_freqs, modulation=config.modulation)
+                            fourier_freqs=config.fourier_freqs, modulation=config.modulation,
+                            spatial_rank=config.resolved_spatial_rank)
     raise ValueError(f"unknown preset {config.preset!r}")  # PSICConfig.validate rules this out

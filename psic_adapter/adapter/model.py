@@ -210,7 +210,8 @@ class PSICModel(PretrainedMixin, nn.Module):
         self._hooks[adapter_name] = attach_hooks(
             self.base, names, _mark(lambda i, out, owned, _n=adapter_name: self._inject(_n, i, out, owned))
         )
-        nxt = fusable_next(self.base, names[-1]) if config.modulation == "spatial" and names else None
+        nxt = (fusable_next(self.base, names[-1], config.resolved_spatial_rank)
+               if config.modulation == "spatial" and names else None)
         if nxt is not None:  # decodes fold the last spatial branch into the layer after it (fusion.py)
             self._fold_points[adapter_name] = len(names) - 1
             self._hooks[adapter_name].append(get_submodule(self.base, nxt).register_forward_hook(

@@ -28,6 +28,8 @@ def add_parser(sub) -> None:
     p.add_argument("--modulation", choices=["bias", "film", "spatial"],
                    help="CLTG fusion of a new adapter: bias (the paper), film (gain and bias), spatial (film and a "
                         "gated conv branch) (default: the recipe's)")
+    p.add_argument("--spatial-rank", type=int, metavar="N",
+                   help="hidden channels of a new adapter's spatial branch (default 32; 8 halves its decode cost)")
     p.add_argument("--public", action="store_true", help="the paper's public mode bit instead of a key (not access-controlled)")
     p.add_argument("--target", required=True, help="efficientnet-lite0 | clip:MODEL | timm:MODEL | A+B (ensemble)")
     p.add_argument("--target-weights", metavar="F", help="target weights: a local file, a tag (CLIP: openai), or 'random'")
@@ -48,7 +50,8 @@ def recipe_of(args):
     from ..training import TrainConfig
     from ..workflows import Recipe
 
-    return Recipe.named(args.recipe, preset=args.preset, modulation=args.modulation, **given(args, TrainConfig))
+    return Recipe.named(args.recipe, preset=args.preset, modulation=args.modulation, spatial_rank=args.spatial_rank,
+                        **given(args, TrainConfig))
 
 
 def run(args) -> int:
