@@ -258,17 +258,22 @@ def validation_curve(records: Sequence[Dict[str, Any]]) -> Optional[Plot]:
     hi = [0.0 if math.isnan(a) else c[1] - a for a, c in zip(asr, ci)]
     ax.errorbar(steps, asr, yerr=[lo, hi], fmt="o-", color=COLORS["encrypted"], ecolor="#333", elinewidth=0.8,
                 capsize=2, lw=1.2, ms=3, label="validation ASR (95 % interval)")
-    for x, y, p in zip(steps, asr, pts):
-        if not math.isnan(y):
-            ax.annotate(f"{p[1]}/{p[2]}", (x, y), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=6)
     at_pts = [(s, p[5][0], p[2], p[5][1]) for s, p in zip(steps, pts) if p[5] is not None and p[2]]
+    at_asr = {a[0]: 100.0 * a[1] / a[2] for a in at_pts}
+    for x, y, p in zip(steps, asr, pts):  # each k/n on the side away from the other read at that step
+        if not math.isnan(y):
+            up = at_asr.get(x, -1.0) <= y
+            ax.annotate(f"{p[1]}/{p[2]}", (x, y), textcoords="offset points", xytext=(0, 5 if up else -10),
+                        ha="center", fontsize=6)
     at_dbs = sorted({a[3] for a in at_pts})
     if at_pts:  # the same photos with each change rescaled to one drop: reads at equal cost
         ax.plot([a[0] for a in at_pts], [100.0 * a[1] / a[2] for a in at_pts], "^:", color=COLORS["full"], lw=1.2,
                 ms=4, label="ASR at " + "/".join(f"{d:g}" for d in at_dbs) + " dB (each change rescaled)")
+        decoded = dict(zip(steps, asr))
         for s, k, n, _ in at_pts:
-            ax.annotate(f"{k}/{n}", (s, 100.0 * k / n), textcoords="offset points", xytext=(0, -10), ha="center",
-                        fontsize=6, color=COLORS["full"])
+            up = 100.0 * k / n > decoded.get(s, float("inf")) or math.isnan(decoded.get(s, 0.0))
+            ax.annotate(f"{k}/{n}", (s, 100.0 * k / n), textcoords="offset points", xytext=(0, 5 if up else -10),
+                        ha="center", fontsize=6, color=COLORS["full"])
     ax.set_ylim(0, 100)
     ax.set_xlabel("step")
     ax.set_ylabel("ASR (%)")
@@ -277,7 +282,7 @@ def validation_curve(records: Sequence[Dict[str, Any]]) -> Optional[Plot]:
     ax2.set_ylabel("dB under base")
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, fontsize=7, frameon=False, loc="upper left")
+    ax.legend(h1 + h2, l1 + l2, fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
     ax.grid(alpha=0.3)
     images = sorted({p[4] for p in pts if isinstance(p[4], int)})
     on = f" on {images[0]} photos" if len(images) == 1 else ""
