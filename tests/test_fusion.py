@@ -153,6 +153,9 @@ def test_a_narrower_spatial_branch_saves_loads_and_folds(tmp_path):
     model.save_pretrained(tmp_path / "a")
     again = load_adapter(copy.deepcopy(codec), tmp_path / "a", key=KEY)
     assert again.config.spatial_rank == 8
+    from psic_adapter.cli.info import adapter_info
+
+    assert adapter_info(tmp_path / "a")["modulation"] == "spatial (8 hidden channels)"  # psic info says so
     with torch.no_grad():
         assert torch.equal(again.synthesize(y, cond), model.synthesize(y, cond))
     assert "spatial_rank" not in PSICConfig(modulation="spatial").to_dict()  # unset: configs read as before

@@ -69,7 +69,8 @@ def adapter_info(path) -> Dict[str, Any]:
         "folder": str(path),
         "format": cfg.format_version,
         "preset": cfg.preset,
-        "modulation": cfg.modulation,
+        "modulation": cfg.modulation + (f" ({cfg.resolved_spatial_rank} hidden channels)"
+                                        if cfg.modulation == "spatial" else ""),
         "condition": cfg.condition + (" (the owner's key)" if cfg.condition == "key" else " (NOT access-controlled)"),
         "full version": ("the base codec's decode, bit for bit" if cfg.full_version == "base"
                          else "decoded with the owner's condition"),
