@@ -270,10 +270,11 @@ class TimmClassifierTarget(Target):
         classes' columns are returned, in the order given (``B x T``), so that
         a classifier and CLIP score the same candidates.
         """
-        out = self.model.forward_head(self.model.forward_features(self.preprocess(x)))
-        if texts is not None:
-            out = out[:, self.class_indices(texts)]
-        return out
+        return self._columns(self.model.forward_head(self.model.forward_features(self.preprocess(x))), texts)
+
+    def _columns(self, out: torch.Tensor, texts: Optional[Sequence[str]]) -> torch.Tensor:
+        """``out``'s columns of the classes named in ``texts`` (all of them without)."""
+        return out if texts is None else out[:, self.class_indices(texts)]
 
     @property
     def has_maps(self) -> bool:
@@ -283,13 +284,10 @@ class TimmClassifierTarget(Target):
         """:meth:`logits` and the feature maps of every stage but the first (timm's
         ``forward_intermediates``: for EfficientNet-Lite0 24 x 56^2, 40 x 28^2, 112 x 14^2
         and 320 x 7^2 at 224 px), from the same pass."""
-        if not hasattr(self.model, "forward_intermediates"):
+        if not self.has_maps:
             return super().logits_and_maps(x, texts)
         final, maps = self.model.forward_intermediates(self.preprocess(x))
-        out = self.model.forward_head(final)
-        if texts is not None:
-            out = out[:, self.class_indices(texts)]
-        return out, list(maps[1:] if len(maps) > 1 else maps)
+        return self._columns(self.model.forward_head(final), texts), list(maps[1:] if len(maps) > 1 else maps)
 
 
 def efficientnet_lite0_weights_path() -> str:

@@ -27,7 +27,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from ..errors import ConfigError, show
 from ..options import opt
-from .objectives import OBJECTIVES, eot_mode
+from .objectives import OBJECTIVES, check_feature_weight, eot_mode
 
 #: CompressAI's MSE lambdas by zoo quality (paper: "lambda ... to obtain models at different levels")
 COMPRESSAI_LAMBDAS = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483, 7: 0.0932, 8: 0.1800}
@@ -155,8 +155,7 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be at most 1, not {getattr(self, name)!r}")
         if self.warmup >= 1:
             raise ConfigError("warmup is a fraction of the steps, below 1")
-        if self.feature_weight and self.objective != "margin":
-            raise ConfigError(f"feature_weight adds to the margin objective, not to {self.objective!r}")
+        check_feature_weight(self.objective, self.feature_weight)
         if self.val_at_db is not None and not 0 <= self.val_at_db <= 10:
             raise ConfigError("val_at_db is a PSNR drop in dB, at most 10 (0: not read)")
         for name in ("val_every", "val_images", "val_size"):

@@ -31,6 +31,12 @@ from .eot import eot_mode, random_transform, served_transform
 OBJECTIVES = ("uaeo", "naive", "authors", "margin")
 
 
+def check_feature_weight(objective: str, feature_weight: float) -> None:
+    """The feature-level term adds to the margin objective only (TrainConfig and the objective both ask)."""
+    if feature_weight and objective != "margin":
+        raise ConfigError(f"feature_weight adds to the margin objective, not to {objective!r}")
+
+
 View = Dict[str, Any]
 
 
@@ -63,8 +69,7 @@ class EncryptionObjective:
                  generator: Optional[torch.Generator] = None, codec=None, feature_weight: float = 0.0):
         if objective not in OBJECTIVES:
             raise ConfigError(f"objective must be one of {OBJECTIVES}, not {objective!r}")
-        if feature_weight and objective != "margin":
-            raise ConfigError(f"feature_weight adds to the margin objective, not to {objective!r}")
+        check_feature_weight(objective, feature_weight)
         self.feature_weight = float(feature_weight)
         self.target, self.objective, self.s, self.margin = target, objective, s, margin
         if self.feature_weight and not any(getattr(t, "has_maps", False) for t, _ in self.members()):
@@ -92,6 +97,14 @@ class EncryptionObjective:
         """Whether the feature term reads ``target``'s inner feature maps (members without them: the margin alone)."""
         return bool(self.feature_weight) and getattr(target, "has_maps", False)
 
+    @staticmethod
+    def _logits(target, x: Tensor, texts=None, maps: bool = False):
+        """``(logits as float32, inner feature maps or None)`` of one pass of ``target``."""
+        if maps:
+            out, m = target.logits_and_maps(x, texts)
+            return out.float(), m
+        return target.logits(x, texts).float(), None
+
     @property
     def uses_logits(self) -> bool:
         """The objective reads the target's logits (else its features)."""
@@ -113,11 +126,7 @@ class EncryptionObjective:
                          maps=None)
                 if tgt.kind == "classifier":
                     if feats or logits:  # the predicted labels stand in for the captions
-                        if logits and self._maps_of(tgt):
-                            out, v["maps"] = tgt.logits_and_maps(x)
-                            v["logits"] = out.float()
-                        else:
-                            v["logits"] = tgt.logits(x).float()
+                        v["logits"], v["maps"] = self._logits(tgt, x, maps=logits and self._maps_of(tgt))
                         v["labels"] = v["logits"].argmax(-1)
                         v["text_feats"] = tgt.label_features()[v["labels"]].float()
                 else:
@@ -125,11 +134,8 @@ class EncryptionObjective:
                     v["labels"] = torch.arange(n, device=x.device)
                     if feats:
                         v["text_feats"] = tgt.text_features(v["texts"]).float()
-                    if logits and self._maps_of(tgt):
-                        out, v["maps"] = tgt.logits_and_maps(x, v["texts"])
-                        v["logits"] = out.float()
-                    elif logits:
-                        v["logits"] = tgt.logits(x, v["texts"]).float()
+                    if logits:
+                        v["logits"], v["maps"] = self._logits(tgt, x, v["texts"], maps=self._maps_of(tgt))
                 if feats:
                     v["feats"] = tgt.image_features(x).float()
                 views.append(v)
@@ -153,13 +159,11 @@ class EncryptionObjective:
             texts = v["text_feats"]
             tgt = v["target"]
             with self.autocast():
-                if self.objective == "margin" and v["maps"] is not None:
-                    out, maps = tgt.logits_and_maps(x_enc, v["texts"])
-                    loss = losses.untargeted_margin_loss(out.float(), v["labels"].repeat(reps), margin=self.margin)
-                    loss = loss + self.feature_weight * losses.feature_similarity_loss(maps, v["maps"])
-                elif self.objective == "margin":
-                    out = tgt.logits(x_enc, v["texts"]).float()
+                if self.objective == "margin":
+                    out, maps = self._logits(tgt, x_enc, v["texts"], maps=v["maps"] is not None)
                     loss = losses.untargeted_margin_loss(out, v["labels"].repeat(reps), margin=self.margin)
+                    if maps is not None:
+                        loss = loss + self.feature_weight * losses.feature_similarity_loss(maps, v["maps"])
                 else:
                     recon = tgt.image_features(x_enc).float()
                     if self.objective == "naive":
