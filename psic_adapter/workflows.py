@@ -414,12 +414,15 @@ def evaluate_bavaft(directory: PathLike, config, *, target: str, out: PathLike, 
     return write_report(out, [run], title="BAvAFT", force=force)
 
 
-def calibrate(adapter: PathLike, out: PathLike, *, data: str, target_db: float = 0.8, size: Optional[int] = 512,
-              checkpoint=None, count: Optional[int] = 100, force: bool = False, log: Say = _quiet) -> Dict[str, Any]:
+def calibrate(adapter: PathLike, out: PathLike, *, data: str, target_db: float = 0.8,
+              sizes: Sequence[Optional[int]] = (512,), checkpoint=None, count: Optional[int] = 100,
+              force: bool = False, log: Say = _quiet) -> Dict[str, Any]:
     """Fit the adapter's per-image strength (``psic_adapter.adapter.strength``) on the photos of ``data`` and
     save the adapter with it at ``out``: each photo's encrypted version then spends about ``target_db`` of its
-    PSNR. Fit on training photos, never on the ones you measure on. ``count``: at most this many photos,
-    spread evenly over the folder (None: all). Needs no key: the encrypted version is anyone's decode."""
+    PSNR. ``sizes``: the longer sides the photos are coded at (``None``: their own size); with several, the
+    strength also follows the photo's size, so that one adapter spends about ``target_db`` at each. Fit on
+    training photos, never on the ones you measure on. ``count``: at most this many photos, spread evenly over
+    the folder (None: all). Needs no key: the encrypted version is anyone's decode."""
     from .data import build_dataset
     from .adapter.config import CONFIG_NAME, WEIGHTS_NAME
     from .errors import OverwriteError
@@ -435,9 +438,10 @@ def calibrate(adapter: PathLike, out: PathLike, *, data: str, target_db: float =
     dataset = build_dataset(data, crop=None, split="all")
     n = len(dataset)
     picks = range(n) if not count or count >= n else [round(i * n / count) for i in range(count)]
-    log(f"fitting the strength on {len(picks)} photos of {data} at {size or 'their own size'} px ...")
-    res = fit_strength(model, (dataset[i]["image"] for i in picks), target_db, size=size,
-                       fitted_on=f"{len(picks)} photos of {Path(str(data)).name} at {size or 'native'} px")
+    at = " and ".join(f"{s} px" if s else "their own size" for s in dict.fromkeys(sizes))
+    log(f"fitting the strength on {len(picks)} photos of {data} at {at} ...")
+    res = fit_strength(model, (dataset[i]["image"] for i in picks), target_db, sizes=sizes,
+                       fitted_on=f"{len(picks)} photos of {Path(str(data)).name} at {at}")
     model.config.strength = res["strength"]
     saved = model.save_pretrained(out, force=force)
     return {**res, "adapter": saved}

@@ -126,6 +126,8 @@ def test_a_strength_survives_save_and_load(fresh, images, tmp_path):
     ({**spec(), "intercept": True}, "intercept"),
     ({**spec(), "code": "import os"}, "unknown strength field"),
     ({**spec(), "target_db": -1}, "target_db"),
+    ({**spec(), "size_slope": float("inf")}, "size_slope"),
+    ({**spec(), "size_slope": "0.3"}, "size_slope"),
 ])
 def test_a_crafted_strength_is_one_clear_error(model, bad, message):
     d = model.config.to_dict()
@@ -151,12 +153,47 @@ def test_fit_strength_returns_a_spec_that_loads(model):
     g = torch.Generator().manual_seed(2)
     photos = [torch.nn.functional.interpolate(torch.rand(1, 3, k, k, generator=g), size=64, mode="bilinear")[0]
               for k in (2, 4, 8, 16, 32, 64)]
-    out = fit_strength(model, photos, target_db=0.8, size=None)
+    out = fit_strength(model, photos, target_db=0.8, sizes=[None])
     assert out["photos"] == 6 and math.isfinite(out["r2"])
     fitted = PSICConfig.from_dict({**model.config.to_dict(), "strength": out["strength"]})
     assert fitted.strength["target_db"] == 0.8 and model.config.strength is None  # the model untouched
     with pytest.raises(ConfigError, match="target_db"):
         fit_strength(model, photos, target_db=0)
+
+
+def test_a_size_slope_follows_the_latents_size_and_is_absent_by_default():
+    small, large = torch.ones(2, 4, 4, 4), torch.ones(2, 4, 8, 8)  # the same non-zero share, 4x the positions
+    assert torch.equal(strength_of(spec(), small), strength_of(spec(), large))
+    torch.testing.assert_close(strength_of(spec(intercept=-2.0, size_slope=0.5), large)
+                               / strength_of(spec(intercept=-2.0, size_slope=0.5), small),
+                               torch.full((2, 1, 1, 1), 2.0))  # (64 / 16) ** 0.5
+
+
+def test_fit_strength_at_several_sizes_fits_a_size_slope_that_loads(model):
+    from psic_adapter.training.calibrate import fit_strength
+
+    g = torch.Generator().manual_seed(3)
+    photos = [torch.nn.functional.interpolate(torch.rand(1, 3, k, k, generator=g), size=64, mode="bilinear")[0]
+              for k in (2, 4, 8, 16, 32, 64)]
+    one = fit_strength(model, photos, target_db=0.8, sizes=[64])
+    both = fit_strength(model, photos, target_db=0.8, sizes=[32, 64, 32])  # a repeated size counts once
+    assert "size_slope" not in one["strength"] and one["fits"] == 6
+    assert both["photos"] == 6 and both["fits"] == 12 and math.isfinite(both["strength"]["size_slope"])
+    fitted = PSICConfig.from_dict({**model.config.to_dict(), "strength": both["strength"]})
+    assert fitted.strength["size_slope"] == both["strength"]["size_slope"]
+
+
+def test_training_refuses_a_strength_that_reads_the_photos_size(model):
+    from psic_adapter.training import TrainConfig, Trainer
+
+    before = model.config.strength
+    model.config.strength = spec(size_slope=0.2)
+    try:
+        with pytest.raises(ConfigError, match="size"):
+            Trainer(model, None, None, TrainConfig(stage=2, adapter_only=True), "unused-out", device="cpu",
+                    progress=False)
+    finally:
+        model.config.strength = before
 
 
 def test_unwrap_leaves_no_hook_on_the_codec(saved):
@@ -198,11 +235,27 @@ def test_psic_calibrate_writes_an_adapter_with_its_strength(cli_setup, tmp_path,
                "--size", "0", "--target-db", "0.5"])
     printed = capsys.readouterr()
     assert rc == 0, printed.err
-    assert "fitted on 4 photos" in printed.out
+    assert "fitted on 4 photos" in printed.out and "latent positions" not in printed.out
     cfg = json.loads((out / "adapter_config.json").read_text())
-    assert cfg["strength"]["target_db"] == 0.5 and cfg["salt"] == json.loads(
+    assert cfg["strength"]["target_db"] == 0.5 and "size_slope" not in cfg["strength"] and cfg["salt"] == json.loads(
         (s["adapter"] / "adapter_config.json").read_text())["salt"]  # the same adapter and key, with a strength
     assert "strength" not in json.loads((s["adapter"] / "adapter_config.json").read_text())  # the input untouched
+
+
+def test_psic_calibrate_at_two_sizes_fits_the_size_term(cli_setup, tmp_path, capsys):
+    from psic_adapter.cli import main
+
+    s = cli_setup
+    out = tmp_path / "calibrated"
+    rc = main(["calibrate", str(s["adapter"]), str(out), "--data", str(s["photos"]), "--checkpoint", str(s["ckpt"]),
+               "--size", "64", "0", "--target-db", "0.02"])
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err
+    assert "log(latent positions)" in printed.out and "at 64 px and their own size" in printed.out
+    strength = json.loads((out / "adapter_config.json").read_text())["strength"]
+    assert math.isfinite(strength["size_slope"]) and "64 px and their own size" in strength["fitted_on"]
+    assert main(["info", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["strength"].startswith("per image, from the latent and its size")
 
 
 @pytest.mark.parametrize("case, message", [

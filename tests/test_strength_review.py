@@ -107,7 +107,7 @@ def test_a_strength_needs_a_full_version_that_is_the_base_decode(hyperprior):
     model = randomize_adapter(wrap_model(copy.deepcopy(hyperprior), PSICConfig(full_version="condition"), key=KEY))
     photos = [torch.rand(3, 64, 64) for _ in range(2)]
     with pytest.raises(ConfigError, match="full version"):
-        fit_strength(model, photos, target_db=0.8, size=None)
+        fit_strength(model, photos, target_db=0.8, sizes=[None])
 
 
 # ------------------------------------------------------------------ the fit reads the decoder's latent
@@ -122,7 +122,7 @@ def test_fit_strength_reads_the_latent_that_the_decoder_sees(monkeypatch):
     g = torch.Generator().manual_seed(3)
     photos = [torch.nn.functional.interpolate(torch.rand(1, 3, k, k, generator=g), size=64, mode="bilinear")[0]
               for k in (4, 64)]
-    calibrate.fit_strength(model, photos, target_db=0.8, size=None)
+    calibrate.fit_strength(model, photos, target_db=0.8, sizes=[None])
     assert len(seen) == 2
     for photo, y in zip(photos, seen):
         out = model.compress(calibrate.served(photo[None]))

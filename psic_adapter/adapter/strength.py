@@ -7,9 +7,16 @@ leaves most photos far under it (docs/results.md, "where the budget goes"). The 
 error follows how much the latent holds, which the decoder sees: the share of non-zero
 latent entries. ``PSICConfig(strength=...)`` scales the adapter's modulation of each image by
 
-    s = clamp(exp(intercept + slope * log(nonzero share of y_hat)), min, max)
+    s = clamp(exp(intercept + slope * log(nonzero share of y_hat)
+                  + size_slope * log(latent positions of y_hat)), min, max)
 
 (its gains, biases and gates alike), so the change grows where the codec's error is large.
+``size_slope`` (absent: 0) is fitted when the strength is fitted at several sizes (``psic
+calibrate --size 512 0``): the same adapter costs less at a photo's own size than at 512 px
+(the codec's error per pixel differs, and the non-zero share does not follow it all the way),
+so a strength fitted at one size under-spends at the other. It reads the size of the latent it
+decodes, so it holds for whole photos; training decodes windows of photos, which it would read
+as smaller photos, so :func:`check_trainable` refuses to go on training such an adapter.
 It needs no original and no second decode: the decoder computes it from the ``y_hat`` it
 decodes, at the cost of one reduction. ``fit_strength`` (``psic_adapter.training.calibrate``)
 fits ``intercept`` and ``slope`` on training photos so that each photo's encrypted PSNR would
@@ -28,7 +35,7 @@ from ..errors import ConfigError, show, show_names
 
 PROXIES = ("latent_nonzero",)
 #: the fields of a strength spec, and what each may hold
-FIELDS = {"proxy", "intercept", "slope", "min", "max", "target_db", "fitted_on"}
+FIELDS = {"proxy", "intercept", "slope", "size_slope", "min", "max", "target_db", "fitted_on"}
 MAX_STRENGTH = 16.0
 
 
@@ -56,6 +63,8 @@ def check_strength(spec: Any) -> None:
         v = spec.get(name)
         if not _number_in(v, lo, hi):
             raise ConfigError(f"strength {name} must be a finite number in [{lo}, {hi}], not {show(v)}")
+    if "size_slope" in spec and not _number_in(spec["size_slope"], -100, 100):
+        raise ConfigError(f"strength size_slope must be a finite number in [-100, 100], not {show(spec['size_slope'])}")
     if not 0 < spec["min"] <= spec["max"]:
         raise ConfigError("strength needs 0 < min <= max")
     t = spec.get("target_db")
@@ -71,10 +80,27 @@ def latent_activity(y_hat: Tensor) -> Tensor:
     return (y_hat.detach() != 0).flatten(1).float().mean(dim=1).clamp_min(1e-4)
 
 
+def latent_positions(y_hat: Tensor) -> Tensor:
+    """``[B]``: the latent's spatial positions (``h * w``; the same for every image of a batch)."""
+    return y_hat.new_full((y_hat.shape[0],), float(math.prod(y_hat.shape[2:])), dtype=torch.float32)
+
+
 def strength_of(spec: Dict[str, Any], y_hat: Tensor) -> Tensor:
     """``[B, 1, 1, 1]``: the strength of each image's change under ``spec``."""
-    s = torch.exp(spec["intercept"] + spec["slope"] * latent_activity(y_hat).log())
+    log_s = spec["intercept"] + spec["slope"] * latent_activity(y_hat).log()
+    if spec.get("size_slope"):
+        log_s = log_s + spec["size_slope"] * latent_positions(y_hat).log()
+    s = torch.exp(log_s)
     return s.clamp(spec["min"], spec["max"]).view(-1, 1, 1, 1)
+
+
+def check_trainable(spec: Any) -> None:
+    """Refuse to train through a strength that reads the photo's size: training decodes windows of photos,
+    which it would read as smaller photos (their strength would not be the one a decode of the photo uses)."""
+    if spec is not None and spec.get("size_slope"):
+        raise ConfigError("this adapter's strength depends on the photo's size (psic calibrate with several "
+                          "--size), which training windows do not show: go on training the adapter it was "
+                          "calibrated from, then calibrate again")
 
 
 def oracle_strength(base: Tensor, change: Tensor, original: Tensor, drop_db: float) -> float:

@@ -74,7 +74,8 @@ def adapter_info(path) -> Dict[str, Any]:
         "condition": cfg.condition + (" (the owner's key)" if cfg.condition == "key" else " (NOT access-controlled)"),
         "full version": ("the base codec's decode, bit for bit" if cfg.full_version == "base"
                          else "decoded with the owner's condition"),
-        "strength": (f"per image, from the latent (fitted on {cfg.strength.get('fitted_on') or 'photos'} for "
+        "strength": (f"per image, from the latent{' and its size' if cfg.strength.get('size_slope') else ''} "
+                     f"(fitted on {cfg.strength.get('fitted_on') or 'photos'} for "
                      f"{cfg.strength.get('target_db', '?')} dB; psic calibrate)" if cfg.strength else "1 for every image"),
         "injection points": ", ".join(f"{p['module']} ({p['channels']} ch)" for p in cfg.injection_points),
         "parameters": params,

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from ..bitstream.container import PAD_MULTIPLE
 from ..bitstream.images import crop_to, pad_to_multiple
+from ..adapter.strength import check_trainable
 from ..errors import ConfigError, PSICError
 from ..types import PathLike
 from . import losses
@@ -109,6 +110,7 @@ class Trainer(TrainingLoop):
         if not isinstance(model, PSICModel):
             raise ConfigError("Trainer takes a PSICModel (wrap_model(codec, key=...))")
         check_full_version(model.config, config)
+        check_trainable(model.config.strength)
         rank, world = dist_info()
         self._init_loop(dataset, config, out_dir, device, progress, recipe, rank, world)
         self.model, self.target = model, target
