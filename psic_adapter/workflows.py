@@ -221,6 +221,7 @@ def fit(recipe: Recipe, codec: BaseCodec, target, data, out: PathLike, *, key=No
     """
     from .adapter import PSICModel, wrap_model
     from .data import build_dataset
+    from .adapter.strength import check_trainable
     from .training import Trainer, checkpoint_adapter_config
 
     if key is None and not public:
@@ -233,6 +234,7 @@ def fit(recipe: Recipe, codec: BaseCodec, target, data, out: PathLike, *, key=No
             raise ConfigError(f"{adapter}: its full version is the base codec's decode (an adapter-only fit), and "
                               f"stage {cfg.stage}{'' if cfg.stage == 1 else ' without --adapter-only'} trains the "
                               "decoder: fit a new adapter (leave out --adapter), or add --adapter-only")
+        check_trainable(model.config.strength)  # before the data is read (the Trainer refuses it too)
     elif resume_config is not None:  # the checkpoint's adapter (its salt), not a new one
         model = PSICModel(codec.module).add_adapter("default", resume_config, key=key)
     else:

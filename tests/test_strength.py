@@ -173,14 +173,18 @@ def test_fit_strength_at_several_sizes_fits_a_size_slope_that_loads(model):
     from psic_adapter.training.calibrate import fit_strength
 
     g = torch.Generator().manual_seed(3)
-    photos = [torch.nn.functional.interpolate(torch.rand(1, 3, k, k, generator=g), size=64, mode="bilinear")[0]
+    photos = [torch.nn.functional.interpolate(torch.rand(1, 3, k, k, generator=g), size=128, mode="bilinear")[0]
               for k in (2, 4, 8, 16, 32, 64)]
-    one = fit_strength(model, photos, target_db=0.8, sizes=[64])
-    both = fit_strength(model, photos, target_db=0.8, sizes=[32, 64, 32])  # a repeated size counts once
+    one = fit_strength(model, photos, target_db=0.1, sizes=64)  # one size may be given alone
+    both = fit_strength(model, photos, target_db=0.1, sizes=[64, None, 0])  # 0 is None: counted once
     assert "size_slope" not in one["strength"] and one["fits"] == 6
-    assert both["photos"] == 6 and both["fits"] == 12 and math.isfinite(both["strength"]["size_slope"])
+    assert both["photos"] == 6 and both["fits"] == 12 and both["strength"]["size_slope"] != 0
     fitted = PSICConfig.from_dict({**model.config.to_dict(), "strength": both["strength"]})
     assert fitted.strength["size_slope"] == both["strength"]["size_slope"]
+    with pytest.raises(ConfigError, match="one latent size"):  # 64 and 60 px pad to the same latent
+        fit_strength(model, photos, target_db=0.1, sizes=[64, 60])
+    with pytest.raises(ConfigError, match="two photos"):  # one photo at two sizes: 2 fits for 3 numbers
+        fit_strength(model, photos[:1], target_db=0.1, sizes=[64, None])
 
 
 def test_training_refuses_a_strength_that_reads_the_photos_size(model):

@@ -19,8 +19,9 @@ decodes, so it holds for whole photos; training decodes windows of photos, which
 as smaller photos, so :func:`check_trainable` refuses to go on training such an adapter.
 It needs no original and no second decode: the decoder computes it from the ``y_hat`` it
 decodes, at the cost of one reduction. ``fit_strength`` (``psic_adapter.training.calibrate``)
-fits ``intercept`` and ``slope`` on training photos so that each photo's encrypted PSNR would
-sit ``target_db`` under the base's (a per-image oracle, then least squares in log space).
+fits ``intercept`` and ``slope`` (and ``size_slope``, at several sizes) on training photos so
+that each photo's encrypted PSNR would sit ``target_db`` under the base's (a per-image oracle,
+then least squares in log space).
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ def run(args) -> int:
                     sizes=[s or None for s in args.size],
                     checkpoint=args.checkpoint, count=args.count or None, force=args.force, log=print)
     s = res["strength"]
-    by_size = f" + {s['size_slope']:.3f} log(latent positions)" if "size_slope" in s else ""
+    by_size = f" + {s['size_slope']:.3f} log(latent positions)" if s.get("size_slope") else ""
     print(f"{res['adapter']}: strength exp({s['intercept']:.3f} + {s['slope']:.3f} log(non-zero share of the "
           f"latent){by_size}), clamped to [{s['min']}, {s['max']}], fitted on {res['photos']} photos "
           f"(R^2 {res['r2']:.2f}); "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -18,11 +18,13 @@ from .validation import served
 
 
 @torch.no_grad()
-def fit_strength(model, images: Iterable[Tensor], target_db: float, sizes: Sequence[Optional[int]] = (512,),
+def fit_strength(model, images: Iterable[Tensor], target_db: float,
+                 sizes: Union[int, None, Sequence[Optional[int]]] = (512,),
                  clamp: tuple = (0.25, 4.0), fitted_on: str = "") -> Dict[str, Any]:
     """A strength spec for ``model``'s active adapter from ``images`` (``[3, H, W]`` in [0, 1]).
 
-    Each photo is coded at a longer side of each of ``sizes`` px (``None``: as it is), entropy-decoded, and
+    Each photo is coded at a longer side of each of ``sizes`` px (``None`` or 0: as it is; one size may be
+    given alone), entropy-decoded, and
     synthesised with and without the adapter at strength 1 (the decodes ``psic eval`` measures); its oracle
     strength puts it exactly ``target_db`` under the base. ``log(oracle)`` is fitted by least squares on
     ``log(nonzero share of the latent)``, and with several sizes also on ``log(latent positions)`` (the
@@ -32,7 +34,9 @@ def fit_strength(model, images: Iterable[Tensor], target_db: float, sizes: Seque
     """
     if not 0 < target_db <= 20:
         raise ConfigError(f"target_db must be in (0, 20] dB, not {target_db!r}")
-    sizes = list(dict.fromkeys(sizes))  # each size once, in order
+    if sizes is None or isinstance(sizes, int):
+        sizes = [sizes]
+    sizes = list(dict.fromkeys(int(v) if v else None for v in sizes))  # each size once, in order; 0 is None
     if not sizes:
         raise ConfigError("fitting a strength needs at least one size")
     if model.config.full_version != "base":  # a strength would scale the owner's full version too
@@ -44,10 +48,10 @@ def fit_strength(model, images: Iterable[Tensor], target_db: float, sizes: Seque
     spec_before = model.config.strength
     model.config.strength = None  # fit the change at strength 1
     rows: List[List[float]] = []  # (log nonzero share, log latent positions, log oracle strength) per photo and size
-    photos = 0
+    photos = 0  # photos with at least one row
     try:
         for img in images:
-            photos += 1
+            before = len(rows)
             for size in sizes:
                 x = img[None].float()
                 if size:
@@ -69,13 +73,18 @@ def fit_strength(model, images: Iterable[Tensor], target_db: float, sizes: Seque
                 if a > 0 and float((base - x).pow(2).mean()) > 0:
                     rows.append([float(latent_activity(y_hat).log()[0]), float(latent_positions(y_hat).log()[0]),
                                  math.log(min(max(a, clamp[0]), clamp[1]))])
+            photos += len(rows) > before
     finally:
         model.config.strength = spec_before
         model.train(was)
-    if len(rows) < 2:
-        raise ConfigError("fitting a strength needs at least two photos the adapter changes")
-    data = torch.tensor(rows, dtype=torch.float64)
     by_size = len(sizes) > 1
+    if photos < 2 or (by_size and len(rows) <= 3):
+        raise ConfigError("fitting a strength needs at least two photos the adapter changes"
+                          + (", and at several sizes more than three fits" if by_size else ""))
+    data = torch.tensor(rows, dtype=torch.float64)
+    if by_size and float(data[:, 1].max() - data[:, 1].min()) == 0:
+        raise ConfigError(f"the sizes {', '.join(f'{v} px' if v else 'their own' for v in sizes)} code these photos at "
+                          "one latent size: give sizes that differ, or one size")
     x, y = data[:, : 2 if by_size else 1], data[:, 2]  # features (log non-zero share [, log positions]), log strength
     mx, my = x.mean(0), y.mean()
     # least squares on centred features: a constant column (one size, photos of one shape) gets a zero slope
