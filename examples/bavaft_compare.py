@@ -47,7 +47,7 @@ def parse_args(argv=None):
     g.add_argument("--quality", type=int, default=3)
     g.add_argument("--checkpoint", nargs="+", default=["shipped"],
                    help="base codec weights (default: the codec shipped with psic-adapter)")
-    g.add_argument("--target", default="efficientnet-lite0", help="efficientnet-lite0 | clip:MODEL | timm:MODEL | A+B")
+    g.add_argument("--target", default="efficientnet-lite0", help="efficientnet-lite0 (or -lite1, -lite2) | clip:MODEL | timm:MODEL | A+B")
     g.add_argument("--target-weights", metavar="F")
     g = p.add_argument_group("training")
     g.add_argument("--data", default="samples", help="training photos: 'samples' or a folder")

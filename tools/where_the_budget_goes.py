@@ -104,7 +104,7 @@ def main(argv: List[str]) -> int:
     p.add_argument("--adapter", default="demo", help="adapter folder, or 'demo' (the shipped one)")
     p.add_argument("--data", nargs="+", default=["samples"], help="folders of photos and/or 'samples' (test photos)")
     p.add_argument("--size", type=int, default=512, help="longer side the photos are coded at, px")
-    p.add_argument("--target", default="efficientnet-lite0")
+    p.add_argument("--target", default="efficientnet-lite0", help="the target spec (psic train --target): efficientnet-lite0 (or -lite1, -lite2), clip:MODEL, timm:MODEL, A+B")
     p.add_argument("--drops", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0], help="E1's costs, dB")
     p.add_argument("--ceiling-db", type=float, default=1.0, help="E2's cost, dB")
     p.add_argument("--pgd-steps", type=int, default=50, help="E2's steps (0: skip E2)")

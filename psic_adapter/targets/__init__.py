@@ -17,8 +17,8 @@ Weights, through ``weights=`` or an ``@WEIGHTS`` suffix on a member
 (``clip:ViT-B-32@laion2b_s34b_b79k``, ``timm:resnet18@/models/r18.safetensors``):
 
 * ``None`` / no suffix: the target's usual pretrained weights (CLIP:
-  ``openai``; timm: its default pretrained tag, downloaded; efficientnet-lite0:
-  the package's file). ``clip:hf-hub:...`` and ``clip:local-dir:...`` sources
+  ``openai``; timm: its default pretrained tag, downloaded; efficientnet-liteN:
+  its package's file). ``clip:hf-hub:...`` and ``clip:local-dir:...`` sources
   bring their own weights.
 * a local file: loaded as a checkpoint (no network).
 * a tag: an open_clip pretrained tag, or a timm pretrained tag
@@ -33,6 +33,7 @@ CLIP; names of the classes for a classifier, which must have as many).
 from __future__ import annotations
 
 import os
+import re
 from typing import Optional, Sequence, Union
 
 import torch
@@ -40,6 +41,7 @@ import torch
 from ..errors import TargetError
 from .base import Target, resize_center_crop
 from .classifier import (
+    EFFICIENTNET_LITE_VARIANTS,
     EfficientNetLite0Target,
     EfficientNetLiteTarget,
     TimmClassifierTarget,
@@ -56,6 +58,7 @@ __all__ = [
     "TimmClassifierTarget",
     "EfficientNetLite0Target",
     "EfficientNetLiteTarget",
+    "EFFICIENTNET_LITE_VARIANTS",
     "EnsembleTarget",
     "build_target",
     "SPEC_FORMS",
@@ -74,7 +77,7 @@ SPEC_FORMS = (
     "A+B for an ensemble (e.g. efficientnet-lite0+clip:ViT-B-32); "
     "each may end in @WEIGHTS: a tag, a local file or 'random'"
 )
-_EFFNET_NAMES = {f"efficientnet{sep}lite{v}": v for v in (0, 1, 2) for sep in ("-", "_")}
+_EFFNET_NAME = re.compile(r"efficientnet[-_]lite(\d+)")
 
 
 def _is_random(weights: Optional[str]) -> bool:
@@ -95,8 +98,9 @@ def _build_one(
         if weights is not None and weights != suffix:
             raise TargetError(f"target {spec!r} has weights {suffix!r} in its spec and {weights!r} as an argument")
         weights = suffix
-    if spec.lower() in _EFFNET_NAMES:
-        variant = _EFFNET_NAMES[spec.lower()]
+    lite = _EFFNET_NAME.fullmatch(spec.lower())
+    if lite:
+        variant = int(lite.group(1))
         if variant == 0:
             return EfficientNetLite0Target(device=device, weights=weights, class_names=class_names)
         return EfficientNetLiteTarget(variant, device=device, weights=weights, class_names=class_names)
@@ -134,7 +138,7 @@ def build_target(
     """Build a frozen target from a spec string (see the module docstring).
 
     Args:
-        spec: ``"efficientnet-lite0"``, ``"clip:MODEL"``, ``"timm:MODEL"``,
+        spec: ``"efficientnet-lite0"`` (or ``-lite1``, ``-lite2``), ``"clip:MODEL"``, ``"timm:MODEL"``,
             optionally ``@WEIGHTS``, or several joined by ``+`` (an ensemble
             with equal weights; build :class:`EnsembleTarget` yourself for
             other weights).

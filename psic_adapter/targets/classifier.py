@@ -307,6 +307,8 @@ def _lite_install(variant: int) -> str:
 
 
 def _check_variant(variant: int) -> int:
+    if isinstance(variant, bool) or not isinstance(variant, int):
+        raise TargetError(f"EfficientNet-Lite variant must be an int (0, 1 or 2), got {variant!r}")
     if variant not in EFFICIENTNET_LITE_VARIANTS:
         raise TargetError(
             f"efficientnet-lite{variant}: no offline weights package; variants: "
@@ -321,9 +323,10 @@ def efficientnet_lite_weights_path(variant: int = 0) -> str:
 
     _, module, cls = EFFICIENTNET_LITE_VARIANTS[_check_variant(variant)]
     try:
-        path = getattr(importlib.import_module(module), cls).get_model_file_path()
+        package_file = getattr(importlib.import_module(module), cls)
     except (ImportError, AttributeError) as exc:
         raise TargetError(_lite_install(variant)) from exc
+    path = package_file.get_model_file_path()
     if not os.path.isfile(path):
         raise TargetError(f"{_lite_install(variant)} (its weights file {path} is missing)")
     return path
