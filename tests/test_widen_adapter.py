@@ -1,0 +1,77 @@
+"""tools/widen_adapter.py (issue 15, runs WT): a wider spatial branch that decodes as the original did,
+and one-line refusals. Tiny shapes, seconds."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from psic_adapter.adapter import PSICConfig, load_adapter, wrap_model
+
+from .conftest import randomize_adapter, small_trainable_codec
+
+KEY = "the owner's widening test key, 32"
+TOOL = Path(__file__).resolve().parents[1] / "tools" / "widen_adapter.py"
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("widen_adapter", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    codec = small_trainable_codec()
+    model = randomize_adapter(wrap_model(copy.deepcopy(codec), PSICConfig(modulation="spatial", spatial_rank=4),
+                                         key=KEY), std=0.1)
+    folder = tmp_path_factory.mktemp("fitted") / "adapter"
+    model.save_pretrained(folder)
+    return codec, folder
+
+
+def _decodes(codec, folder, y):
+    model = load_adapter(copy.deepcopy(codec), folder, key=KEY)
+    with torch.no_grad():
+        return model.synthesize(y, model.encrypted_condition()), model.synthesize(y, model.full_condition())
+
+
+def test_the_widened_adapter_decodes_as_the_original_and_its_new_channels_can_learn(fitted, tmp_path):
+    codec, folder = fitted
+    out = tmp_path / "wide"
+    assert _tool().main([str(folder), str(out), "--rank", "12", "--seed", "3"]) == 0
+    wide = PSICConfig.load(out)
+    assert wide.spatial_rank == 12 and wide.salt == PSICConfig.load(folder).salt  # same owner's key
+    y = torch.randn(2, 48, 4, 5).round()
+    (enc, full), (wide_enc, wide_full) = _decodes(codec, folder, y), _decodes(codec, out, y)
+    assert (enc - full).abs().max() > 1e-3  # the adapter does something, so equality below means something
+    assert torch.allclose(wide_enc, enc, atol=1e-5), float((wide_enc - enc).abs().max())
+    assert torch.allclose(wide_full, full, atol=1e-5)  # the owner's decode too (this config's full version is keyed)
+    model = load_adapter(copy.deepcopy(codec), out, key=KEY)
+    reduce = model.psic_adapters["default"].branches[0].reduce.weight
+    assert reduce.shape[0] == 12 and reduce[4:].abs().sum() > 0  # new rows initialised, not zero: they get a gradient
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--rank", "4"], "already have 4 hidden channels"),
+    (["--rank", "100000"], "spatial_rank must be an integer"),
+])
+def test_it_refuses_what_it_cannot_widen_in_one_line(fitted, tmp_path, capsys, args, message):
+    _, folder = fitted
+    assert _tool().main([str(folder), str(tmp_path / "wide"), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and not (tmp_path / "wide").exists()
+
+
+def test_it_never_writes_into_an_existing_folder(fitted, tmp_path, capsys):
+    _, folder = fitted
+    (tmp_path / "wide").mkdir()
+    assert _tool().main([str(folder), str(tmp_path / "wide"), "--rank", "8"]) == 2
+    assert "exists" in capsys.readouterr().err and not any((tmp_path / "wide").iterdir())

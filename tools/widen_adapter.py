@@ -1,0 +1,86 @@
+"""Widen a fitted "spatial" adapter's branches, keeping what it decodes (issue 15, runs WT).
+
+The spatial branch at each injection point is ``conv3x3(relu(conv1x1(f)))`` with
+``spatial_rank`` hidden channels (32 by default). This tool gives it ``--rank`` hidden
+channels without changing the adapter's function: the old channels keep their weights,
+the new ``conv1x1`` rows get ``nn.Conv2d``'s default initialisation (seeded), and the
+new input columns of the ``conv3x3`` are zero, so the widened adapter decodes every
+image exactly as the original (the new channels start with a gradient, not an effect).
+Everything else in the folder's config (salt, key check, strength, training record)
+is kept; go on fitting it with ``psic train --adapter OUT``.
+
+    python tools/widen_adapter.py runs/GS0/adapter-cal runs/W128/adapter-start --rank 128 --seed 0
+
+A question the tool answers is whether the recipe, which fits its own training photos
+no better than unseen ones, is short of capacity (docs/results.md, "A wider spatial
+branch"). It is a tool for that experiment, not library API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+
+def widen(state, old_rank: int, rank: int, seed: int):
+    """``state`` (an adapter's tensors) with every spatial branch at ``rank`` hidden channels, same function."""
+    gen = torch.Generator().manual_seed(seed)
+    out = dict(state)
+    for name in sorted(k for k in state if k.endswith(".reduce.weight")):
+        prefix = name[: -len("reduce.weight")]
+        w, b, e = state[name], state[prefix + "reduce.bias"], state[prefix + "expand.weight"]
+        fresh = torch.nn.Conv2d(w.shape[1], rank, 1)  # nn.Conv2d's own initialisation for the new rows
+        with torch.no_grad():
+            bound = 1.0 / (w.shape[1] ** 0.5)  # kaiming_uniform(a=sqrt(5)) on a 1x1 kernel, and its bias
+            fresh.weight.uniform_(-bound, bound, generator=gen)
+            fresh.bias.uniform_(-bound, bound, generator=gen)
+        new_w, new_b = fresh.weight.detach().to(w.dtype), fresh.bias.detach().to(b.dtype)
+        new_w[:old_rank], new_b[:old_rank] = w, b
+        new_e = torch.zeros(e.shape[0], rank, *e.shape[2:], dtype=e.dtype)
+        new_e[:, :old_rank] = e  # the new channels feed nothing yet
+        out[name], out[prefix + "reduce.bias"], out[prefix + "expand.weight"] = (
+            new_w.contiguous(), new_b.contiguous(), new_e.contiguous())
+    return out
+
+
+def main(argv=None) -> int:
+    from safetensors.torch import save
+
+    from psic_adapter.adapter.config import CONFIG_NAME, WEIGHTS_NAME
+    from psic_adapter.adapter.files import check_adapter_files
+    from psic_adapter.errors import PSICError
+    from psic_adapter.fileio import atomic_write, atomic_write_text
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("adapter", help="a fitted adapter folder with modulation 'spatial'")
+    p.add_argument("out", help="the widened adapter's folder (new)")
+    p.add_argument("--rank", type=int, required=True, help="hidden channels of the widened branches")
+    p.add_argument("--seed", type=int, default=0, help="seed of the new channels' initialisation")
+    args = p.parse_args(argv)
+    try:
+        config, state = check_adapter_files(args.adapter)
+        if config.modulation != "spatial":
+            raise PSICError(f"{args.adapter}: modulation {config.modulation!r} has no spatial branch to widen")
+        old = config.resolved_spatial_rank
+        if args.rank <= old:
+            raise PSICError(f"--rank {args.rank}: the branches already have {old} hidden channels (it only widens)")
+        wide = config.replace(spatial_rank=args.rank)  # validates the rank
+        out = Path(args.out)
+        if out.exists():
+            raise PSICError(f"{out} exists: choose a new folder")
+        tensors = widen(state, old, args.rank, args.seed)
+        out.mkdir(parents=True)
+        atomic_write(out / WEIGHTS_NAME, save(tensors))
+        atomic_write_text(out / CONFIG_NAME, wide.to_json_string())
+    except PSICError as exc:
+        print(f"widen_adapter: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{out}: {old} -> {args.rank} hidden channels per spatial branch, same decode")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
