@@ -37,10 +37,13 @@ def fitted(tmp_path_factory):
     return codec, folder
 
 
-def _decodes(codec, folder, y):
+def _decodes(codec, folder, y, grad: bool = False):
+    """Encrypted and owner's decodes of latent ``y``; without autograd the last branch is folded into the
+    decoder's next layer where that is cheaper (adapter/fusion.py), with it the branch runs as it trains."""
     model = load_adapter(copy.deepcopy(codec), folder, key=KEY)
-    with torch.no_grad():
-        return model.synthesize(y, model.encrypted_condition()), model.synthesize(y, model.full_condition())
+    with torch.set_grad_enabled(grad):
+        return (model.synthesize(y, model.encrypted_condition()).detach(),
+                model.synthesize(y, model.full_condition()).detach())
 
 
 def test_the_widened_adapter_decodes_as_the_original_and_its_new_channels_can_learn(fitted, tmp_path):
@@ -50,13 +53,19 @@ def test_the_widened_adapter_decodes_as_the_original_and_its_new_channels_can_le
     wide = PSICConfig.load(out)
     assert wide.spatial_rank == 12 and wide.salt == PSICConfig.load(folder).salt  # same owner's key
     y = torch.randn(2, 48, 4, 5).round()
-    (enc, full), (wide_enc, wide_full) = _decodes(codec, folder, y), _decodes(codec, out, y)
+    enc, full = _decodes(codec, folder, y)
     assert (enc - full).abs().max() > 1e-3  # the adapter does something, so equality below means something
-    assert torch.allclose(wide_enc, enc, atol=1e-5), float((wide_enc - enc).abs().max())
-    assert torch.allclose(wide_full, full, atol=1e-5)  # the owner's decode too (this config's full version is keyed)
+    for grad in (False, True):  # the folded decode (rank 12 folds here, rank 4 does not) and the branch as it trains
+        wide_enc, wide_full = _decodes(codec, out, y, grad=grad)
+        assert torch.allclose(wide_enc, enc, atol=1e-5), (grad, float((wide_enc - enc).abs().max()))
+        assert torch.allclose(wide_full, full, atol=1e-5)  # the owner's decode too (this config's is keyed)
     model = load_adapter(copy.deepcopy(codec), out, key=KEY)
-    reduce = model.psic_adapters["default"].branches[0].reduce.weight
-    assert reduce.shape[0] == 12 and reduce[4:].abs().sum() > 0  # new rows initialised, not zero: they get a gradient
+    assert model._fold_points == {"default": 2} and not load_adapter(copy.deepcopy(codec), folder, key=KEY)._fold_points
+    branch = model.psic_adapters["default"].branches[0]
+    # the new hidden channels are live (their 1x1 rows drawn, not zero) and feed nothing yet (their 3x3 columns
+    # zero): the columns get a gradient from the first step, the rows once the columns have moved
+    assert branch.reduce.weight.shape[0] == 12 and branch.reduce.weight[4:].abs().sum() > 0
+    assert not branch.expand.weight[:, 4:].any()
 
 
 @pytest.mark.parametrize("args,message", [
@@ -75,3 +84,22 @@ def test_it_never_writes_into_an_existing_folder(fitted, tmp_path, capsys):
     (tmp_path / "wide").mkdir()
     assert _tool().main([str(folder), str(tmp_path / "wide"), "--rank", "8"]) == 2
     assert "exists" in capsys.readouterr().err and not any((tmp_path / "wide").iterdir())
+
+
+def test_an_adapter_without_a_spatial_branch_or_no_adapter_at_all_is_refused_in_one_line(tmp_path, capsys):
+    film = tmp_path / "film"
+    wrap_model(small_trainable_codec(), PSICConfig(modulation="film"), key=KEY).save_pretrained(film)
+    assert _tool().main([str(film), str(tmp_path / "wide"), "--rank", "8"]) == 2
+    assert "no spatial branch" in capsys.readouterr().err
+    assert _tool().main([str(tmp_path / "missing"), str(tmp_path / "wide"), "--rank", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("widen_adapter: error:") and err.count("\n") == 1 and not (tmp_path / "wide").exists()
+
+
+def test_an_unwritable_output_is_one_line_and_leaves_nothing(fitted, tmp_path, capsys):
+    _, folder = fitted
+    (tmp_path / "file").write_text("not a folder")
+    assert _tool().main([str(folder), str(tmp_path / "file" / "wide"), "--rank", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write" in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

@@ -7,7 +7,9 @@ the new ``conv1x1`` rows get ``nn.Conv2d``'s default initialisation (seeded), an
 new input columns of the ``conv3x3`` are zero, so the widened adapter decodes every
 image exactly as the original (the new channels start with a gradient, not an effect).
 Everything else in the folder's config (salt, key check, strength, training record)
-is kept; go on fitting it with ``psic train --adapter OUT``.
+is kept (so is its description: edit it if the widened adapter is to be published); go on
+fitting it with ``psic train --adapter OUT``. The same decode is not the same adapter: its
+fingerprint hashes the tensors, so ``.psic`` files made for the original name another adapter.
 
     python tools/widen_adapter.py runs/GS0/adapter-cal runs/W128/adapter-start --rank 128 --seed 0
 
@@ -19,7 +21,9 @@ branch"). It is a tool for that experiment, not library API.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -32,12 +36,9 @@ def widen(state, old_rank: int, rank: int, seed: int):
     for name in sorted(k for k in state if k.endswith(".reduce.weight")):
         prefix = name[: -len("reduce.weight")]
         w, b, e = state[name], state[prefix + "reduce.bias"], state[prefix + "expand.weight"]
-        fresh = torch.nn.Conv2d(w.shape[1], rank, 1)  # nn.Conv2d's own initialisation for the new rows
-        with torch.no_grad():
-            bound = 1.0 / (w.shape[1] ** 0.5)  # kaiming_uniform(a=sqrt(5)) on a 1x1 kernel, and its bias
-            fresh.weight.uniform_(-bound, bound, generator=gen)
-            fresh.bias.uniform_(-bound, bound, generator=gen)
-        new_w, new_b = fresh.weight.detach().to(w.dtype), fresh.bias.detach().to(b.dtype)
+        bound = 1.0 / (w.shape[1] ** 0.5)  # nn.Conv2d's default on a 1x1 kernel and its bias
+        new_w = torch.empty(rank, *w.shape[1:]).uniform_(-bound, bound, generator=gen).to(w.dtype)
+        new_b = torch.empty(rank).uniform_(-bound, bound, generator=gen).to(b.dtype)
         new_w[:old_rank], new_b[:old_rank] = w, b
         new_e = torch.zeros(e.shape[0], rank, *e.shape[2:], dtype=e.dtype)
         new_e[:, :old_rank] = e  # the new channels feed nothing yet
@@ -69,12 +70,21 @@ def main(argv=None) -> int:
             raise PSICError(f"--rank {args.rank}: the branches already have {old} hidden channels (it only widens)")
         wide = config.replace(spatial_rank=args.rank)  # validates the rank
         out = Path(args.out)
-        if out.exists():
+        if out.exists() or out.is_symlink():
             raise PSICError(f"{out} exists: choose a new folder")
         tensors = widen(state, old, args.rank, args.seed)
-        out.mkdir(parents=True)
-        atomic_write(out / WEIGHTS_NAME, save(tensors))
-        atomic_write_text(out / CONFIG_NAME, wide.to_json_string())
+        try:  # both files in a new sibling folder, then one rename: no half-written adapter is ever left
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+            try:
+                atomic_write(tmp / WEIGHTS_NAME, save(tensors))
+                atomic_write_text(tmp / CONFIG_NAME, wide.to_json_string())
+                tmp.rename(out)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        except OSError as exc:
+            raise PSICError(f"cannot write {out}: {exc.strerror or exc}") from None
     except PSICError as exc:
         print(f"widen_adapter: error: {exc}", file=sys.stderr)
         return 2
