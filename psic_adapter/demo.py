@@ -49,7 +49,8 @@ class DemoConfig:
                     cli=False)
     shipped_adapter: bool = opt(True, "show the adapter shipped with psic-adapter", cli=False)
     fit: bool = opt(True, "show the shipped adapter only (no fit)", flag="--no-fit")
-    steps: int = opt(100, "steps of your own adapter's fit (minutes; the shipped adapter took 2100 and two calibrations)")
+    steps: int = opt(100, "steps of your own adapter's fit (minutes; the shipped adapter took 2600 and three "
+                          "calibrations)")
     batch: int = opt(8, "images per step of the fit", cli=False)
     scales: Sequence[str] = opt(("long512", "crops"), "the scales measured", cli=False)
     crops: int = opt(48, "crops per measurement", cli=False)
@@ -204,7 +205,7 @@ def run_demo(out_dir: PathLike = "psic-demo", config: Optional[DemoConfig] = Non
         data = SamplePhotos("train")
         _say(f"fitting it: the robust recipe, {recipe.train.steps} steps on the {len(data)} bundled training photos "
              f"against {target.name} (enough to see the fit work, not to protect; the shipped adapter "
-             f"took 2100 steps on 200 photos and two calibrations). Its first steps are timed for an estimate; "
+             f"took 2600 steps on 200 photos and three calibrations). Its first steps are timed for an estimate; "
              f"docs/benchmarks.md has a step's time on other CPUs")
         t_fit = time.perf_counter()
         res = wf.fit(recipe, wf.BaseCodec(codec, cfg.codec, cfg.quality), target, data, out / "adapter-run",
