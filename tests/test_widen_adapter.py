@@ -37,6 +37,13 @@ def fitted(tmp_path_factory):
     return codec, folder
 
 
+def recorded_fingerprint(folder):
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "adapter_model.safetensors"), "pt") as f:
+        return f.metadata()["adapter_fingerprint"]
+
+
 def _decodes(codec, folder, y, grad: bool = False):
     """Encrypted and owner's decodes of latent ``y``; without autograd the last branch is folded into the
     decoder's next layer where that is cheaper (adapter/fusion.py), with it the branch runs as it trains."""
@@ -60,6 +67,8 @@ def test_the_widened_adapter_decodes_as_the_original_and_its_new_channels_can_le
         assert torch.allclose(wide_enc, enc, atol=1e-5), (grad, float((wide_enc - enc).abs().max()))
         assert torch.allclose(wide_full, full, atol=1e-5)  # the owner's decode too (this config's is keyed)
     model = load_adapter(copy.deepcopy(codec), out, key=KEY)
+    # recorded as save_pretrained records it (psic info and the hub card read it); a new adapter to .psic files
+    assert recorded_fingerprint(out) == model.adapter_fingerprint() != recorded_fingerprint(folder)
     assert model._fold_points == {"default": 2} and not load_adapter(copy.deepcopy(codec), folder, key=KEY)._fold_points
     branch = model.psic_adapters["default"].branches[0]
     # the new hidden channels are live (their 1x1 rows drawn, not zero) and feed nothing yet (their 3x3 columns

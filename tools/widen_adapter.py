@@ -48,12 +48,8 @@ def widen(state, old_rank: int, rank: int, seed: int):
 
 
 def main(argv=None) -> int:
-    from safetensors.torch import save
-
-    from psic_adapter.adapter.config import CONFIG_NAME, WEIGHTS_NAME
-    from psic_adapter.adapter.files import check_adapter_files
+    from psic_adapter.adapter.files import check_adapter_files, write_adapter_files
     from psic_adapter.errors import PSICError
-    from psic_adapter.fileio import atomic_write, atomic_write_text
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("adapter", help="a fitted adapter folder with modulation 'spatial'")
@@ -77,8 +73,7 @@ def main(argv=None) -> int:
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
             try:
-                atomic_write(tmp / WEIGHTS_NAME, save(tensors))
-                atomic_write_text(tmp / CONFIG_NAME, wide.to_json_string())
+                write_adapter_files(tmp, wide, tensors)  # as save_pretrained: its fingerprint in the metadata
                 tmp.rename(out)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)

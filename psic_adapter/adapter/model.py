@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
-import json
 import warnings
 import os
 from typing import Any, Dict, Iterator, List, Optional, Union
@@ -38,6 +36,7 @@ from ..codec.padding import PAD_MULTIPLE, crop_to, pad_to_multiple
 from ..codec import architecture_name, codec_dims, decode_latent, fingerprint
 from ..errors import ConfigError
 from .cltg import build_cltg
+from .files import fingerprint_of
 from .config import PSICConfig, check_adapter_name
 from .keyring import Keyring
 from .pretrained import PretrainedMixin
@@ -518,22 +517,7 @@ class PSICModel(PretrainedMixin, nn.Module):
         ``.psic`` files of container format 1 hold.
         """
         name = self.resolve_adapter_name(adapter_name)
-        cfg = self.psic_configs[name]
-        d = hashlib.sha256(b"psic adapter v1\0" if legacy else b"psic adapter v2\0")
-        d.update((cfg.salt or "").encode())
-        if not legacy:
-            names = ["format_version", "preset", "modulation", "cond_dim", "hidden_dim", "fourier_freqs", "condition",
-                     "full_version", "injection_points"]
-            if cfg.format_version < 3:
-                names += ["key_check", "kdf"]
-            fields = {k: getattr(cfg, k) for k in names}
-            if cfg.strength is not None:  # absent otherwise: adapters without one keep their fingerprints
-                fields["strength"] = cfg.strength
-            d.update(json.dumps(fields, sort_keys=True).encode())
-        for k, v in sorted(self.adapter_state_dict(name).items()):
-            d.update(k.encode())
-            d.update(v.float().numpy().tobytes())
-        return d.hexdigest()[:16]
+        return fingerprint_of(self.psic_configs[name], self.adapter_state_dict(name), legacy=legacy)
 
     def extra_repr(self) -> str:
         parts = []

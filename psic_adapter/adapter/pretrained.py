@@ -22,12 +22,11 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 from torch import Tensor, nn
 
-from .. import __version__
 from ..errors import ConfigError, FingerprintMismatchError, OverwriteError
 from ..fileio import atomic_write, check_output
 from ..weights import describe_mismatch
 from .config import CONFIG_NAME, WEIGHTS_NAME, PSICConfig, check_adapter_name
-from .files import check_adapter_files, read_adapter_weights
+from .files import check_adapter_files, read_adapter_weights, write_adapter_files
 from .keys import KeyLike
 from ..types import PathLike
 
@@ -78,8 +77,6 @@ def state_mismatch(module: nn.Module, state: Dict[str, Tensor]) -> str:
 def save_adapters(model, save_directory: PathLike, adapter_names: Optional[Sequence[str]] = None,
                   force: bool = False) -> Path:
     """Write each adapter of ``model`` (see the module docstring); existing files need ``force``."""
-    from safetensors.torch import save
-
     root = Path(save_directory)
     names = list(adapter_names) if adapter_names is not None else model.adapter_names
     if not names:
@@ -93,15 +90,7 @@ def save_adapters(model, save_directory: PathLike, adapter_names: Optional[Seque
                 raise OverwriteError(f"{sub / fn} exists (pass force=True to overwrite)")
         plans.append((name, sub))
     for name, sub in plans:
-        meta = {
-            "format": "pt",
-            "psic_adapter_version": __version__,
-            "adapter_name": name,
-            "adapter_fingerprint": model.adapter_fingerprint(name),
-            "base_fingerprint": model.psic_configs[name].base_model.get("fingerprint", ""),
-        }
-        atomic_write(sub / WEIGHTS_NAME, save(model.adapter_state_dict(name), metadata=meta), force=True)
-        atomic_write(sub / CONFIG_NAME, model.psic_configs[name].to_json_string().encode(), force=True)
+        write_adapter_files(sub, model.psic_configs[name], model.adapter_state_dict(name), adapter_name=name)
     return root
 
 
