@@ -171,12 +171,14 @@ class Recipe:
     preset: str = "paper"
     modulation: str = "bias"
     spatial_rank: Optional[int] = None
+    spatial_context: Optional[int] = None
 
     @classmethod
     def named(cls, name: Optional[str] = None, preset: Optional[str] = None, modulation: Optional[str] = None,
-              spatial_rank: Optional[int] = None, **train) -> "Recipe":
+              spatial_rank: Optional[int] = None, spatial_context: Optional[int] = None, **train) -> "Recipe":
         """``name`` (default: ``robust`` for stage-2 adapter-only fitting, else ``paper``) with explicit settings
-        winning: ``preset``/``modulation``/``spatial_rank`` for a new adapter, ``train`` for TrainConfig's fields (None: not given)."""
+        winning: ``preset``/``modulation``/``spatial_rank``/``spatial_context`` for a new adapter, ``train`` for
+        TrainConfig's fields (None: not given)."""
         from .training import TrainConfig, default_recipe
         from .training.config import recipe_settings
 
@@ -184,7 +186,7 @@ class Recipe:
         name = name or default_recipe(train.get("stage", 2), bool(train.get("adapter_only")))
         adapter = recipe_settings(name)["adapter"]
         return cls(name, TrainConfig.from_recipe(name, **train), preset or adapter.get("preset", "paper"),
-                   modulation or adapter.get("modulation", "bias"), spatial_rank)
+                   modulation or adapter.get("modulation", "bias"), spatial_rank, spatial_context)
 
     def adapter_config(self, public: bool = False):
         """A new adapter's :class:`~psic_adapter.adapter.PSICConfig` (``public``: the paper's mode bit, no key);
@@ -192,6 +194,7 @@ class Recipe:
         from .adapter import PSICConfig
 
         return PSICConfig(preset=self.preset, modulation=self.modulation, spatial_rank=self.spatial_rank,
+                          spatial_context=self.spatial_context,
                           condition="public" if public else "key",
                           full_version=self.train.adapter_full_version)
 

@@ -85,18 +85,21 @@ def test_train_defaults_are_the_recipes(extra, recipe):
     api = Recipe.named(recipe, **({"stage": 2, "adapter_only": True} if extra[:1] == ["--stage"] else {}))
     cli = recipe_of(args)
     assert cli.name == recipe
-    assert (cli.preset, cli.modulation, cli.spatial_rank) == (api.preset, api.modulation, api.spatial_rank)
+    assert ((cli.preset, cli.modulation, cli.spatial_rank, cli.spatial_context)
+            == (api.preset, api.modulation, api.spatial_rank, api.spatial_context))
     assert cli.train.to_dict() == api.train.to_dict()
     if not extra:
         _flags_unset(args, TrainConfig)
 
 
-def test_a_spatial_rank_reaches_the_new_adapter():
+def test_a_spatial_rank_and_context_reach_the_new_adapter():
     from psic_adapter.cli.train import recipe_of
 
     args = _parse("train", "--target", "t", "--data", "samples", "--out", "x", "--stage", "2", "--adapter-only",
-                  "--spatial-rank", "8")
-    assert recipe_of(args).adapter_config().spatial_rank == 8
+                  "--spatial-rank", "8", "--spatial-context", "16")
+    config = recipe_of(args).adapter_config()
+    assert (config.spatial_rank, config.spatial_context) == (8, 16)
+    assert recipe_of(_parse("train", "--target", "t", "--data", "samples", "--out", "x")).adapter_config().spatial_context is None
 
 
 def test_a_given_flag_wins_over_the_default():

@@ -51,6 +51,34 @@ def test_each_modulation_computes_what_it_says():
     assert torch.allclose(m.apply(0, f, zero_gate), f * (1 + gain) + bias)  # no gate, no branch
 
 
+@pytest.mark.parametrize("preset", ["paper", "official"])
+def test_a_global_context_starts_silent_is_counted_and_then_carries_the_whole_image(preset):
+    cfg = _bound(preset, "spatial").replace(spatial_context=6)
+    module = build_cltg(cfg, CHANNELS)
+    assert sum(p.numel() for p in module.parameters()) == cfg.num_parameters() > _bound(preset, "spatial").num_parameters()
+    branch = module.branches[0]
+    plain = PaperCLTG(16, [8], hidden=4, modulation="spatial").branches[0]
+    plain.load_state_dict({k: v for k, v in branch.state_dict().items() if not k.startswith("context")})
+    f = torch.randn(2, 8, 6, 6)
+    assert torch.equal(branch(f), plain(f))  # zero-initialised: the branch it was without
+    with torch.no_grad():
+        branch.context[2].weight.normal_()
+    far = f.clone()
+    far[:, :, 4:, 4:] += 3.0  # a change far from the top-left corner, beyond the 1x1 + 3x3 branch's reach
+    assert torch.equal(plain(far)[:, :, :2, :2], plain(f)[:, :, :2, :2])  # the local branch cannot see it
+    assert not torch.allclose(branch(far)[:, :, :2, :2], branch(f)[:, :, :2, :2])  # the context does
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"spatial_context": 0}, "spatial_context"),
+    ({"spatial_context": 10 ** 6}, "spatial_context"),
+    ({"spatial_context": 8, "modulation": "film"}, "has not"),
+])
+def test_a_global_context_out_of_range_or_without_a_branch_is_refused(changes, message):
+    with pytest.raises(ValueError, match=message):
+        PSICConfig(**{"modulation": "spatial", **changes})
+
+
 def test_a_trained_cltg_depends_on_the_condition():
     torch.manual_seed(0)
     m = OfficialCLTG(16, CHANNELS, hidden=8, fourier_freqs=2, modulation="film")

@@ -77,9 +77,31 @@ def test_the_widened_adapter_decodes_as_the_original_and_its_new_channels_can_le
     assert not branch.expand.weight[:, 4:].any()
 
 
+def test_an_added_global_context_decodes_as_the_original_and_learns_from_the_first_step(fitted, tmp_path):
+    codec, folder = fitted
+    out = tmp_path / "context"
+    assert _tool().main([str(folder), str(out), "--context", "5", "--seed", "1"]) == 0
+    cfg = PSICConfig.load(out)
+    assert cfg.spatial_context == 5 and cfg.spatial_rank == 4 and cfg.salt == PSICConfig.load(folder).salt
+    y = torch.randn(2, 48, 4, 5).round()
+    enc, full = _decodes(codec, folder, y)
+    for grad in (False, True):
+        got_enc, got_full = _decodes(codec, out, y, grad=grad)
+        assert torch.allclose(got_enc, enc, atol=1e-5) and torch.allclose(got_full, full, atol=1e-5)
+    model = load_adapter(copy.deepcopy(codec), out, key=KEY, is_trainable=True)
+    assert recorded_fingerprint(out) == model.adapter_fingerprint() != recorded_fingerprint(folder)
+    model.synthesize(y, model.encrypted_condition()).square().mean().backward()
+    for branch in model.psic_adapters["default"].branches:  # the zero last layer gets a gradient at once
+        assert branch.context[0].weight.abs().sum() > 0 and branch.context[2].weight.grad.abs().sum() > 0
+    again = tmp_path / "again"
+    assert _tool().main([str(out), str(again), "--context", "5"]) == 2 and not again.exists()  # one context only
+
+
 @pytest.mark.parametrize("args,message", [
     (["--rank", "4"], "already have 4 hidden channels"),
     (["--rank", "100000"], "spatial_rank must be an integer"),
+    ([], "nothing to widen"),
+    (["--context", "0"], "spatial_context must be an integer"),
 ])
 def test_it_refuses_what_it_cannot_widen_in_one_line(fitted, tmp_path, capsys, args, message):
     _, folder = fitted

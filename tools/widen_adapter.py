@@ -1,4 +1,4 @@
-"""Widen a fitted "spatial" adapter's branches, keeping what it decodes (issue 15, runs WT).
+"""Widen a fitted "spatial" adapter's branches, keeping what it decodes (issue 15, runs WT and XC).
 
 The spatial branch at each injection point is ``conv3x3(relu(conv1x1(f)))`` with
 ``spatial_rank`` hidden channels (32 by default). This tool gives it ``--rank`` hidden
@@ -12,6 +12,14 @@ fitting it with ``psic train --adapter OUT``. The same decode is not the same ad
 fingerprint hashes the tensors, so ``.psic`` files made for the original name another adapter.
 
     python tools/widen_adapter.py runs/GS0/adapter-cal runs/W128/adapter-start --rank 128 --seed 0
+
+``--context K`` gives each branch a global context instead (or as well): an MLP of ``K`` hidden
+units from the mean of the block's output over the image to a shift of the branch's hidden
+units (``spatial_context``, see ``psic_adapter.adapter.cltg.SpatialBranch``); its first layer
+gets ``nn.Linear``'s default initialisation (seeded), its last starts at zero, so again the
+decode is unchanged (runs XC: does a change that knows the whole image flip more of them?):
+
+    python tools/widen_adapter.py runs/GS0/adapter-cal runs/XC/adapter-start --context 64 --seed 0
 
 A question the tool answers is whether the recipe, which fits its own training photos
 no better than unseen ones, is short of capacity (docs/results.md, "A wider spatial
@@ -47,6 +55,22 @@ def widen(state, old_rank: int, rank: int, seed: int):
     return out
 
 
+def add_context(state, context: int, seed: int):
+    """``state`` with a zero-output global-context MLP of ``context`` hidden units on every spatial branch."""
+    gen = torch.Generator().manual_seed(seed)
+    out = dict(state)
+    for name in sorted(k for k in state if k.endswith(".reduce.weight")):
+        prefix = name[: -len("reduce.weight")]
+        w = state[name]  # [rank, C, 1, 1]
+        rank, channels = w.shape[0], w.shape[1]
+        bound = 1.0 / (channels ** 0.5)  # nn.Linear's default, weight and bias
+        out[prefix + "context.0.weight"] = torch.empty(context, channels).uniform_(-bound, bound, generator=gen).to(w.dtype)
+        out[prefix + "context.0.bias"] = torch.empty(context).uniform_(-bound, bound, generator=gen).to(w.dtype)
+        out[prefix + "context.2.weight"] = torch.zeros(rank, context, dtype=w.dtype)  # no effect yet
+        out[prefix + "context.2.bias"] = torch.zeros(rank, dtype=w.dtype)
+    return out
+
+
 def main(argv=None) -> int:
     from psic_adapter.adapter.files import check_adapter_files, write_adapter_files
     from psic_adapter.errors import PSICError
@@ -54,21 +78,33 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("adapter", help="a fitted adapter folder with modulation 'spatial'")
     p.add_argument("out", help="the widened adapter's folder (new)")
-    p.add_argument("--rank", type=int, required=True, help="hidden channels of the widened branches")
+    p.add_argument("--rank", type=int, help="hidden channels of the widened branches")
+    p.add_argument("--context", type=int, help="hidden units of a global-context MLP to add to every branch")
     p.add_argument("--seed", type=int, default=0, help="seed of the new channels' initialisation")
     args = p.parse_args(argv)
     try:
         config, state = check_adapter_files(args.adapter)
         if config.modulation != "spatial":
             raise PSICError(f"{args.adapter}: modulation {config.modulation!r} has no spatial branch to widen")
+        if args.rank is None and args.context is None:
+            raise PSICError("give --rank, --context or both: there is nothing to widen")
         old = config.resolved_spatial_rank
-        if args.rank <= old:
+        rank = old if args.rank is None else args.rank
+        if args.rank is not None and args.rank <= old:
             raise PSICError(f"--rank {args.rank}: the branches already have {old} hidden channels (it only widens)")
-        wide = config.replace(spatial_rank=args.rank)  # validates the rank
+        if args.context is not None and config.spatial_context is not None:
+            raise PSICError(f"{args.adapter}: the branches already have a global context "
+                            f"({config.spatial_context} hidden units)")
+        changes = {"spatial_rank": rank} if args.rank is not None else {}
+        if args.context is not None:
+            changes["spatial_context"] = args.context
+        wide = config.replace(**changes)  # validates the rank and the context
         out = Path(args.out)
         if out.exists() or out.is_symlink():
             raise PSICError(f"{out} exists: choose a new folder")
-        tensors = widen(state, old, args.rank, args.seed)
+        tensors = widen(state, old, rank, args.seed) if args.rank is not None else dict(state)
+        if args.context is not None:
+            tensors = add_context(tensors, args.context, args.seed)
         try:  # both files in a new sibling folder, then one rename: no half-written adapter is ever left
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -83,7 +119,9 @@ def main(argv=None) -> int:
     except PSICError as exc:
         print(f"widen_adapter: error: {exc}", file=sys.stderr)
         return 2
-    print(f"{out}: {old} -> {args.rank} hidden channels per spatial branch, same decode")
+    what = [f"{old} -> {rank} hidden channels"] if args.rank is not None else []
+    what += [f"a global context of {args.context} hidden units"] if args.context is not None else []
+    print(f"{out}: {' and '.join(what)} per spatial branch, same decode")
     return 0
 
 

@@ -10,7 +10,10 @@ eq. 4). Other modulations (``PSICConfig(modulation=...)``):
 * ``"spatial"``: FiLM plus a per-channel gate ``g`` on a small convolutional
   branch of the block's own output, ``+ g * conv3x3(relu(conv1x1(f_dec)))``: a
   change that varies across the image with its content, still switched by
-  the condition.
+  the condition. With ``spatial_context`` set, the branch's hidden units also
+  get a per-image shift read from the whole decode, ``MLP(mean(f_dec))``
+  (zero-initialised): each place's change may then depend on what the whole
+  image holds, not only on its neighbourhood (issue 15, runs XC).
 
 Both presets zero-initialise the last factor (``W_d``), so that a fresh
 adapter adds exactly zero: the wrapped codec decodes exactly as the base codec.
@@ -40,15 +43,31 @@ FACTORS = {"bias": 1, "film": 2, "spatial": 3}
 
 
 class SpatialBranch(nn.Module):
-    """``conv3x3(relu(conv1x1(f)))``: the content-dependent part of the "spatial" modulation."""
+    """``conv3x3(relu(conv1x1(f)))``: the content-dependent part of the "spatial" modulation.
 
-    def __init__(self, channels: int, rank: int = SPATIAL_RANK):
+    ``context`` > 0 adds a global context: ``relu(conv1x1(f) + MLP(mean of f over the image))``, an MLP of
+    ``context`` hidden units whose last layer starts at zero (the branch then computes what it did without).
+    """
+
+    def __init__(self, channels: int, rank: int = SPATIAL_RANK, context: int = 0):
         super().__init__()
         self.reduce = nn.Conv2d(channels, rank, 1)
         self.expand = nn.Conv2d(rank, channels, 3, padding=1)
+        self.context = None
+        if context:
+            self.context = nn.Sequential(nn.Linear(channels, context), nn.ReLU(), nn.Linear(context, rank))
+            nn.init.zeros_(self.context[2].weight)
+            nn.init.zeros_(self.context[2].bias)
+
+    def hidden(self, f: Tensor) -> Tensor:
+        """``relu(conv1x1(f))``, plus the image's context where the branch has one: ``[B, rank, H, W]``."""
+        h = self.reduce(f)
+        if self.context is not None:
+            h = h + self.context(f.mean(dim=(2, 3)))[:, :, None, None].to(h.dtype)
+        return torch.relu(h)
 
     def forward(self, f: Tensor) -> Tensor:
-        return self.expand(torch.relu(self.reduce(f)))
+        return self.expand(self.hidden(f))
 
 
 class CLTGAdapter(nn.Module):
@@ -56,7 +75,7 @@ class CLTGAdapter(nn.Module):
     and :meth:`apply` to put one point's output onto a decoder block's feature map."""
 
     def __init__(self, cond_dim: int, channels: Sequence[int], modulation: str = "bias",
-                 spatial_rank: int = SPATIAL_RANK):
+                 spatial_rank: int = SPATIAL_RANK, spatial_context: int = 0):
         super().__init__()
         if modulation not in FACTORS:
             raise ValueError(f"unknown modulation {modulation!r}")
@@ -64,7 +83,7 @@ class CLTGAdapter(nn.Module):
         self.channels = [int(c) for c in channels]
         self.modulation = modulation
         self._factor = FACTORS[modulation]
-        self.branches = (nn.ModuleList(SpatialBranch(c, spatial_rank) for c in self.channels)
+        self.branches = (nn.ModuleList(SpatialBranch(c, spatial_rank, spatial_context) for c in self.channels)
                          if modulation == "spatial" else None)
 
     @property
@@ -87,7 +106,7 @@ class CLTGAdapter(nn.Module):
         decoder's next layer (:mod:`psic_adapter.adapter.fusion`). Spatial modulation only."""
         gain, bias, gate = self._parts(t.to(out.dtype))
         branch = self.branches[index]
-        hidden = torch.relu(branch.reduce(out))  # before ``out`` is modulated in place
+        hidden = branch.hidden(out)  # before ``out`` is modulated in place
         return self._modulate(out, gain, bias, None, in_place and t.shape[0] in (1, out.shape[0])), (hidden, gate)
 
     def _parts(self, t: Tensor):
@@ -139,8 +158,8 @@ class PaperCLTG(CLTGAdapter):
     """One independent CLTG per decoder block (paper fig. 2b, eq. 4)."""
 
     def __init__(self, cond_dim: int, channels: Sequence[int], hidden: int = 64, modulation: str = "bias",
-                 spatial_rank: int = SPATIAL_RANK):
-        super().__init__(cond_dim, channels, modulation, spatial_rank)
+                 spatial_rank: int = SPATIAL_RANK, spatial_context: int = 0):
+        super().__init__(cond_dim, channels, modulation, spatial_rank, spatial_context)
         self.blocks = nn.ModuleList(_BlockCLTG(cond_dim, hidden, c * self._factor) for c in self.channels)
 
     def forward(self, condition: Tensor) -> List[Tensor]:
@@ -161,8 +180,8 @@ class OfficialCLTG(CLTGAdapter):
     """The authors' variant: one shared Fourier-feature MLP, a bias-free projection per point."""
 
     def __init__(self, cond_dim: int, channels: Sequence[int], hidden: int = 512, fourier_freqs: int = 10,
-                 modulation: str = "bias", spatial_rank: int = SPATIAL_RANK):
-        super().__init__(cond_dim, channels, modulation, spatial_rank)
+                 modulation: str = "bias", spatial_rank: int = SPATIAL_RANK, spatial_context: int = 0):
+        super().__init__(cond_dim, channels, modulation, spatial_rank, spatial_context)
         self.fourier_freqs = int(fourier_freqs)
         in_dim = cond_dim * (2 * self.fourier_freqs + 1)
         self.mlp = nn.Sequential(
@@ -182,9 +201,9 @@ def build_cltg(config: PSICConfig, channels: Sequence[int]) -> CLTGAdapter:
     """The one factory: a CLTG adapter for ``config`` with these per-point channel counts."""
     if config.preset == "paper":
         return PaperCLTG(config.cond_dim, channels, hidden=config.resolved_hidden_dim, modulation=config.modulation,
-                         spatial_rank=config.resolved_spatial_rank)
+                         spatial_rank=config.resolved_spatial_rank, spatial_context=config.spatial_context or 0)
     if config.preset == "official":
         return OfficialCLTG(config.cond_dim, channels, hidden=config.resolved_hidden_dim,
                             fourier_freqs=config.fourier_freqs, modulation=config.modulation,
-                            spatial_rank=config.resolved_spatial_rank)
+                            spatial_rank=config.resolved_spatial_rank, spatial_context=config.spatial_context or 0)
     raise ValueError(f"unknown preset {config.preset!r}")  # PSICConfig.validate rules this out

@@ -41,6 +41,8 @@ _DEFAULT_HIDDEN = {"paper": 64, "official": 512}
 SPATIAL_RANK = 32
 #: the widest spatial branch a config may ask for
 MAX_SPATIAL_RANK = 256
+#: the widest global-context MLP of a spatial branch a config may ask for
+MAX_SPATIAL_CONTEXT = 1024
 
 # Bounds that a loaded config cannot leave: an adapter folder is untrusted input.
 MAX_COND_DIM = 4096
@@ -120,6 +122,10 @@ class PSICConfig:
         spatial_rank: hidden channels of the "spatial" branch (``None``: 32). Its
             cost at decode time grows with it: 8 costs about half the decode
             overhead of 32 on the shipped codec (docs/benchmarks.md).
+        spatial_context: ``None`` (the default) or the hidden width of an MLP that reads the
+            mean of the block's output over the whole image and shifts the "spatial" branch's
+            hidden units by it, per image (``cltg.SpatialBranch``): the change may then depend on
+            the whole image's content. Zero-initialised; part of the fingerprint when set.
         condition: ``"key"`` (the full version needs the owner's key) or
             ``"public"`` (the paper's public mode bit; not access-controlled).
         full_version: ``"base"`` (the default from format 3 on): the full version is the base codec's
@@ -144,6 +150,7 @@ class PSICConfig:
     fourier_freqs: int = 10
     modulation: str = "bias"
     spatial_rank: Optional[int] = None
+    spatial_context: Optional[int] = None
     condition: str = "key"
     full_version: Optional[str] = None
     kdf: Dict[str, Any] = field(default_factory=default_kdf)
@@ -201,6 +208,11 @@ class PSICConfig:
             if self.modulation != "spatial":
                 raise ConfigError(f"spatial_rank is the width of the 'spatial' modulation's branch, not of "
                                   f"{show(self.modulation)}")
+        if self.spatial_context is not None:
+            _int_in("spatial_context", self.spatial_context, 1, MAX_SPATIAL_CONTEXT)
+            if self.modulation != "spatial":
+                raise ConfigError(f"spatial_context feeds the 'spatial' modulation's branch, which "
+                                  f"{show(self.modulation)} has not")
         if self.target_modules is not None:
             if isinstance(self.target_modules, str):
                 self.target_modules = [self.target_modules]
@@ -290,6 +302,8 @@ class PSICConfig:
         if self.modulation == "spatial":
             r = self.resolved_spatial_rank
             n += sum(c * r + r + r * c * 9 + c for c in channels)  # per point: 1x1 C->r, 3x3 r->C
+            k = self.spatial_context or 0
+            n += sum(c * k + k + k * r + r for c in channels) if k else 0  # per point: C->k->r
         return n
 
     # ------------------------------------------------------------ serialising
@@ -297,8 +311,9 @@ class PSICConfig:
         d = copy.deepcopy(dataclasses.asdict(self))
         if d["strength"] is None:  # absent unless fitted: configs without it read as before, by older releases too
             del d["strength"]
-        if d["spatial_rank"] is None:  # likewise absent unless set
-            del d["spatial_rank"]
+        for name in ("spatial_rank", "spatial_context"):  # likewise absent unless set
+            if d[name] is None:
+                del d[name]
         return d
 
     @classmethod

@@ -69,7 +69,9 @@ def adapter_info(path) -> Dict[str, Any]:
         "folder": str(path),
         "format": cfg.format_version,
         "preset": cfg.preset,
-        "modulation": cfg.modulation + (f" ({cfg.resolved_spatial_rank} hidden channels)"
+        "modulation": cfg.modulation + (f" ({cfg.resolved_spatial_rank} hidden channels"
+                                        + (f", a global context of {cfg.spatial_context} hidden units"
+                                           if cfg.spatial_context else "") + ")"
                                         if cfg.modulation == "spatial" else ""),
         "condition": cfg.condition + (" (the owner's key)" if cfg.condition == "key" else " (NOT access-controlled)"),
         "full version": ("the base codec's decode, bit for bit" if cfg.full_version == "base"
