@@ -104,6 +104,7 @@ def main(argv=None) -> int:
     p.add_argument("--modulation", default="spatial", choices=["bias", "film", "spatial"],
                    help="CLTG modulation (default: spatial, the robust recipe's)")
     p.add_argument("--spatial-rank", type=int, help="hidden channels of the spatial branch (default: the library's, 32)")
+    p.add_argument("--spatial-context", type=int, help="hidden units of the branch's global context (default: none)")
     p.add_argument("--repeats", type=int, default=15, help="timed runs per variant")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
@@ -126,7 +127,9 @@ def main(argv=None) -> int:
 
     # the wrapped model gets its own copy: the base codec runs with no hook at all
     model = wrap_model(copy.deepcopy(base), PSICConfig(preset=args.preset, modulation=args.modulation,
-                                                        spatial_rank=args.spatial_rank), key=KEY, quality=args.quality)
+                                                        spatial_rank=args.spatial_rank,
+                                                        spatial_context=args.spatial_context),
+                      key=KEY, quality=args.quality)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():  # stand-in for a trained adapter: small non-zero weights everywhere
         for prm in model.psic_adapters.parameters():

@@ -97,6 +97,32 @@ def test_an_added_global_context_decodes_as_the_original_and_learns_from_the_fir
     assert _tool().main([str(out), str(again), "--context", "5"]) == 2 and not again.exists()  # one context only
 
 
+def test_narrowing_keeps_the_channels_that_carry_the_change_and_says_the_decode_changed(fitted, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    codec, folder = fitted
+    state = load_file(str(folder / "adapter_model.safetensors"))
+    silent = [n for n in state if n.endswith(".expand.weight")]
+    for n in silent:  # hidden channels 0 and 2 of every branch feed nothing: narrowing to 2 must drop them
+        state[n][:, [0, 2]] = 0
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "adapter_config.json").write_bytes((folder / "adapter_config.json").read_bytes())
+    save_file(state, str(src / "adapter_model.safetensors"))  # no recorded fingerprint: loads with a note, as a hand-made file
+    out = tmp_path / "narrow"
+    assert _tool().main([str(src), str(out), "--rank", "2"]) == 0
+    assert "DIFFERENT decode" in capsys.readouterr().out
+    assert PSICConfig.load(out).spatial_rank == 2
+    narrow = load_file(str(out / "adapter_model.safetensors"))
+    for n in silent:
+        prefix = n[: -len("expand.weight")]
+        assert torch.equal(narrow[n], state[n][:, [1, 3]])  # channels 1 and 3 kept, in order
+        assert torch.equal(narrow[prefix + "reduce.weight"], state[prefix + "reduce.weight"][[1, 3]])
+    y = torch.randn(2, 48, 4, 5).round()
+    enc = _decodes(codec, src, y)[0]
+    assert torch.allclose(_decodes(codec, out, y)[0], enc, atol=1e-5)  # the dropped channels fed nothing
+
+
 @pytest.mark.parametrize("args,message", [
     (["--rank", "4"], "already have 4 hidden channels"),
     (["--rank", "100000"], "spatial_rank must be an integer"),

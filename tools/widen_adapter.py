@@ -1,4 +1,4 @@
-"""Widen a fitted "spatial" adapter's branches, keeping what it decodes (issue 15, runs WT and XC).
+"""Widen a fitted "spatial" adapter's branches, keeping what it decodes (issue 15, runs WT and XC); or narrow them.
 
 The spatial branch at each injection point is ``conv3x3(relu(conv1x1(f)))`` with
 ``spatial_rank`` hidden channels (32 by default). This tool gives it ``--rank`` hidden
@@ -20,6 +20,15 @@ gets ``nn.Linear``'s default initialisation (seeded), its last starts at zero, s
 decode is unchanged (runs XC: does a change that knows the whole image flip more of them?):
 
     python tools/widen_adapter.py runs/GS0/adapter-cal runs/XC/adapter-start --context 64 --seed 0
+
+A ``--rank`` below the branches' width narrows them instead, the other way round and not
+function-preserving: each branch keeps the ``--rank`` hidden channels that carry the most of
+its change by a weight-based score (the norm of the channel's ``conv1x1`` row and bias times
+the norm of its ``conv3x3`` column), in their order, and drops the rest, so the decode changes
+and the narrowed adapter is a start to fit on, not an adapter to publish (runs NR: does a
+branch of 8 channels, a quarter of the decode cost, hold the effect once fitted?):
+
+    python tools/widen_adapter.py runs/GS0/adapter-cal runs/NR/adapter-start --rank 8
 
 A question the tool answers is whether the recipe, which fits its own training photos
 no better than unseen ones, is short of capacity (docs/results.md, "A wider spatial
@@ -52,6 +61,21 @@ def widen(state, old_rank: int, rank: int, seed: int):
         new_e[:, :old_rank] = e  # the new channels feed nothing yet
         out[name], out[prefix + "reduce.bias"], out[prefix + "expand.weight"] = (
             new_w.contiguous(), new_b.contiguous(), new_e.contiguous())
+    return out
+
+
+def narrow(state, rank: int):
+    """``state`` with every spatial branch cut to the ``rank`` hidden channels of largest weight-based score."""
+    out = dict(state)
+    for name in sorted(k for k in state if k.endswith(".reduce.weight")):
+        prefix = name[: -len("reduce.weight")]
+        w, b, e = state[name], state[prefix + "reduce.bias"], state[prefix + "expand.weight"]
+        score = (w.flatten(1).float().square().sum(1) + b.float().square()).sqrt() * e.float().transpose(0, 1).flatten(1).norm(dim=1)
+        keep = score.topk(rank).indices.sort().values
+        out[name], out[prefix + "reduce.bias"] = w[keep].contiguous(), b[keep].contiguous()
+        out[prefix + "expand.weight"] = e[:, keep].contiguous()
+        for k in [k for k in state if k.startswith(prefix + "context.2.")]:  # a context shifts the kept units only
+            out[k] = state[k][keep].contiguous()
     return out
 
 
@@ -90,8 +114,8 @@ def main(argv=None) -> int:
             raise PSICError("give --rank, --context or both: there is nothing to widen")
         old = config.resolved_spatial_rank
         rank = old if args.rank is None else args.rank
-        if args.rank is not None and args.rank <= old:
-            raise PSICError(f"--rank {args.rank}: the branches already have {old} hidden channels (it only widens)")
+        if args.rank is not None and args.rank == old:
+            raise PSICError(f"--rank {args.rank}: the branches already have {old} hidden channels")
         if args.context is not None and config.spatial_context is not None:
             raise PSICError(f"{args.adapter}: the branches already have a global context "
                             f"({config.spatial_context} hidden units)")
@@ -102,7 +126,10 @@ def main(argv=None) -> int:
         out = Path(args.out)
         if out.exists() or out.is_symlink():
             raise PSICError(f"{out} exists: choose a new folder")
-        tensors = widen(state, old, rank, args.seed) if args.rank is not None else dict(state)
+        if args.rank is None:
+            tensors = dict(state)
+        else:
+            tensors = widen(state, old, rank, args.seed) if rank > old else narrow(state, rank)
         if args.context is not None:
             tensors = add_context(tensors, args.context, args.seed)
         try:  # both files in a new sibling folder, then one rename: no half-written adapter is ever left
@@ -121,7 +148,9 @@ def main(argv=None) -> int:
         return 2
     what = [f"{old} -> {rank} hidden channels"] if args.rank is not None else []
     what += [f"a global context of {args.context} hidden units"] if args.context is not None else []
-    print(f"{out}: {' and '.join(what)} per spatial branch, same decode")
+    same = rank >= old
+    print(f"{out}: {' and '.join(what)} per spatial branch, "
+          + ("same decode" if same else "a DIFFERENT decode (narrowed): fit it on with psic train --adapter"))
     return 0
 
 
