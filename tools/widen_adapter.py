@@ -14,8 +14,8 @@ fingerprint hashes the tensors, so ``.psic`` files made for the original name an
     python tools/widen_adapter.py runs/GS0/adapter-cal runs/W128/adapter-start --rank 128 --seed 0
 
 ``--context K`` gives each branch a global context instead (or as well): an MLP of ``K`` hidden
-units from the mean of the block's output over the image to a shift of the branch's hidden
-units (``spatial_context``, see ``psic_adapter.adapter.cltg.SpatialBranch``); its first layer
+units from each channel's mean and spread over the image (``spatial_context``, see
+``psic_adapter.adapter.cltg.SpatialBranch``); its first layer
 gets ``nn.Linear``'s default initialisation (seeded), its last starts at zero, so again the
 decode is unchanged (runs XC: does a change that knows the whole image flip more of them?):
 
@@ -87,8 +87,8 @@ def add_context(state, context: int, seed: int):
         prefix = name[: -len("reduce.weight")]
         w = state[name]  # [rank, C, 1, 1]
         rank, channels = w.shape[0], w.shape[1]
-        bound = 1.0 / (channels ** 0.5)  # nn.Linear's default, weight and bias
-        out[prefix + "context.0.weight"] = torch.empty(context, channels).uniform_(-bound, bound, generator=gen).to(w.dtype)
+        bound = 1.0 / ((2 * channels) ** 0.5)  # nn.Linear's default on [means, deviations], weight and bias
+        out[prefix + "context.0.weight"] = torch.empty(context, 2 * channels).uniform_(-bound, bound, generator=gen).to(w.dtype)
         out[prefix + "context.0.bias"] = torch.empty(context).uniform_(-bound, bound, generator=gen).to(w.dtype)
         out[prefix + "context.2.weight"] = torch.zeros(rank, context, dtype=w.dtype)  # no effect yet
         out[prefix + "context.2.bias"] = torch.zeros(rank, dtype=w.dtype)

@@ -45,8 +45,9 @@ FACTORS = {"bias": 1, "film": 2, "spatial": 3}
 class SpatialBranch(nn.Module):
     """``conv3x3(relu(conv1x1(f)))``: the content-dependent part of the "spatial" modulation.
 
-    ``context`` > 0 adds a global context: ``relu(conv1x1(f) + MLP(mean of f over the image))``, an MLP of
-    ``context`` hidden units whose last layer starts at zero (the branch then computes what it did without).
+    ``context`` > 0 adds a global context: ``relu(conv1x1(f) + MLP(s))``, where ``s`` is each channel's mean and
+    standard deviation over the image, scaled to unit RMS (:meth:`summary`), and the MLP has ``context`` hidden
+    units and a last layer that starts at zero (the branch then computes what it did without).
     """
 
     def __init__(self, channels: int, rank: int = SPATIAL_RANK, context: int = 0):
@@ -55,15 +56,29 @@ class SpatialBranch(nn.Module):
         self.expand = nn.Conv2d(rank, channels, 3, padding=1)
         self.context = None
         if context:
-            self.context = nn.Sequential(nn.Linear(channels, context), nn.ReLU(), nn.Linear(context, rank))
+            self.context = nn.Sequential(nn.Linear(2 * channels, context), nn.ReLU(), nn.Linear(context, rank))
             nn.init.zeros_(self.context[2].weight)
             nn.init.zeros_(self.context[2].bias)
+
+    @staticmethod
+    def summary(f: Tensor) -> Tensor:
+        """``[B, 2 C]``: each channel's mean and standard deviation over the image, the vector scaled to unit RMS.
+
+        A decoder block's pooled output is small (about 0.05 per channel on the shipped codec) and the part that
+        differs between images smaller still: fed raw to an MLP at its default initialisation it leaves most
+        hidden units dead and the rest nearly constant, so the context cannot learn to tell images apart (runs
+        XC, docs/results.md). The scale of the vector is the codec's, not the image's: dividing it out keeps
+        what distinguishes one image from another at the MLP's own scale."""
+        x = f.float().flatten(2)
+        stats = torch.cat([x.mean(dim=2), x.std(dim=2, unbiased=False)], dim=1)
+        return stats * stats.square().mean(dim=1, keepdim=True).add(1e-12).rsqrt()
 
     def hidden(self, f: Tensor) -> Tensor:
         """``relu(conv1x1(f))``, plus the image's context where the branch has one: ``[B, rank, H, W]``."""
         h = self.reduce(f)
         if self.context is not None:
-            h = h + self.context(f.mean(dim=(2, 3)))[:, :, None, None].to(h.dtype)
+            c = self.context(self.summary(f).to(self.context[0].weight.dtype))
+            h = h + c[:, :, None, None].to(h.dtype)
         return torch.relu(h)
 
     def forward(self, f: Tensor) -> Tensor:

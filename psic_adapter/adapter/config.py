@@ -123,7 +123,7 @@ class PSICConfig:
             cost at decode time grows with it: 8 costs about half the decode
             overhead of 32 on the shipped codec (docs/benchmarks.md).
         spatial_context: ``None`` (the default) or the hidden width of an MLP that reads the
-            mean of the block's output over the whole image and shifts the "spatial" branch's
+            mean and spread of the block's output over the whole image and shifts the "spatial" branch's
             hidden units by it, per image (``cltg.SpatialBranch``): the change may then depend on
             the whole image's content. Zero-initialised; part of the fingerprint when set.
         condition: ``"key"`` (the full version needs the owner's key) or
@@ -303,7 +303,7 @@ class PSICConfig:
             r = self.resolved_spatial_rank
             n += sum(c * r + r + r * c * 9 + c for c in channels)  # per point: 1x1 C->r, 3x3 r->C
             k = self.spatial_context or 0
-            n += sum(c * k + k + k * r + r for c in channels) if k else 0  # per point: C->k->r
+            n += sum(2 * c * k + k + k * r + r for c in channels) if k else 0  # per point: 2C->k->r
         return n
 
     # ------------------------------------------------------------ serialising
