@@ -69,7 +69,25 @@ def test_a_global_context_starts_silent_is_counted_and_then_carries_the_whole_im
     assert not torch.allclose(branch(far)[:, :, :2, :2], branch(f)[:, :, :2, :2])  # the context does
 
 
+def test_the_context_summary_is_per_image_scale_free_and_finite_on_a_flat_map():
+    from psic_adapter.adapter.cltg import SpatialBranch
+
+    torch.manual_seed(0)
+    f = torch.randn(3, 8, 6, 7) * 0.3 + 0.05
+    x = f.flatten(2)
+    want = torch.cat([x.mean(2), x.std(2, unbiased=False)], 1)
+    want = want / want.square().mean(1, keepdim=True).sqrt()
+    assert torch.allclose(SpatialBranch.summary(f), want, atol=1e-4)
+    assert torch.allclose(SpatialBranch.summary(f * 10), SpatialBranch.summary(f), atol=1e-4)  # the codec's scale out
+    assert torch.allclose(SpatialBranch.summary(f[1:2]), SpatialBranch.summary(f)[1:2])  # each image its own
+    flat = torch.zeros(1, 8, 6, 7, requires_grad=True)
+    out = SpatialBranch.summary(flat)
+    out.sum().backward()
+    assert torch.isfinite(out).all() and out.abs().max() < 0.1 and torch.isfinite(flat.grad).all()
+
+
 @pytest.mark.parametrize("changes,message", [
+    ({"spatial_context": True}, "spatial_context"),
     ({"spatial_context": 0}, "spatial_context"),
     ({"spatial_context": 10 ** 6}, "spatial_context"),
     ({"spatial_context": 8, "modulation": "film"}, "has not"),

@@ -97,6 +97,27 @@ def test_an_added_global_context_decodes_as_the_original_and_learns_from_the_fir
     assert _tool().main([str(out), str(again), "--context", "5"]) == 2 and not again.exists()  # one context only
 
 
+def test_a_context_survives_widening_and_the_folded_decode_carries_it(fitted, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    codec, folder = fitted
+    ctx = tmp_path / "ctx"
+    assert _tool().main([str(folder), str(ctx), "--rank", "4", "--context", "3"]) == 0  # same rank, a context
+    state = load_file(str(ctx / "adapter_model.safetensors"))
+    g = torch.Generator().manual_seed(0)
+    for k in [k for k in state if ".context.2." in k]:  # a context that does something
+        state[k] = torch.randn(state[k].shape, generator=g)
+    save_file(state, str(ctx / "adapter_model.safetensors"))  # hand-edited: loads without a recorded fingerprint
+    wide = tmp_path / "wide"
+    assert _tool().main([str(ctx), str(wide), "--rank", "12", "--seed", "2"]) == 0  # folds at rank 12
+    y = torch.randn(2, 48, 4, 5).round()
+    enc = _decodes(codec, ctx, y)[0]
+    without = _decodes(codec, folder, y)[0]
+    assert (enc - without).abs().max() > 1e-4  # the context changes the decode
+    for grad in (False, True):  # folded (no autograd) and as it trains: the same, context included
+        assert torch.allclose(_decodes(codec, wide, y, grad=grad)[0], enc, atol=1e-5), grad
+
+
 def test_narrowing_keeps_the_channels_that_carry_the_change_and_says_the_decode_changed(fitted, tmp_path, capsys):
     from safetensors.torch import load_file, save_file
 

@@ -61,6 +61,11 @@ def widen(state, old_rank: int, rank: int, seed: int):
         new_e[:, :old_rank] = e  # the new channels feed nothing yet
         out[name], out[prefix + "reduce.bias"], out[prefix + "expand.weight"] = (
             new_w.contiguous(), new_b.contiguous(), new_e.contiguous())
+        for k in [k for k in state if k.startswith(prefix + "context.2.")]:  # a context shifts no new channel yet
+            c = state[k]
+            grown = torch.zeros(rank, *c.shape[1:], dtype=c.dtype)
+            grown[:old_rank] = c
+            out[k] = grown.contiguous()
     return out
 
 
@@ -96,7 +101,9 @@ def add_context(state, context: int, seed: int):
 
 
 def main(argv=None) -> int:
+    from psic_adapter.adapter.cltg import build_cltg
     from psic_adapter.adapter.files import check_adapter_files, write_adapter_files
+    from psic_adapter.weights import describe_mismatch
     from psic_adapter.errors import PSICError
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -114,7 +121,7 @@ def main(argv=None) -> int:
             raise PSICError("give --rank, --context or both: there is nothing to widen")
         old = config.resolved_spatial_rank
         rank = old if args.rank is None else args.rank
-        if args.rank is not None and args.rank == old:
+        if args.rank is not None and args.rank == old and args.context is None:
             raise PSICError(f"--rank {args.rank}: the branches already have {old} hidden channels")
         if args.context is not None and config.spatial_context is not None:
             raise PSICError(f"{args.adapter}: the branches already have a global context "
@@ -126,12 +133,16 @@ def main(argv=None) -> int:
         out = Path(args.out)
         if out.exists() or out.is_symlink():
             raise PSICError(f"{out} exists: choose a new folder")
-        if args.rank is None:
+        if rank == old:
             tensors = dict(state)
         else:
             tensors = widen(state, old, rank, args.seed) if rank > old else narrow(state, rank)
         if args.context is not None:
             tensors = add_context(tensors, args.context, args.seed)
+        points = [int(p["channels"]) for p in wide.injection_points]
+        mismatch = describe_mismatch(build_cltg(wide, points).state_dict(), tensors)
+        if mismatch:  # what load_adapter would refuse: never write it
+            raise PSICError(f"{args.adapter}: the reshaped tensors do not fit the new config: {mismatch}")
         try:  # both files in a new sibling folder, then one rename: no half-written adapter is ever left
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -146,9 +157,9 @@ def main(argv=None) -> int:
     except PSICError as exc:
         print(f"widen_adapter: error: {exc}", file=sys.stderr)
         return 2
-    what = [f"{old} -> {rank} hidden channels"] if args.rank is not None else []
+    what = [f"{old} -> {rank} hidden channels"] if rank != old else []
     what += [f"a global context of {args.context} hidden units"] if args.context is not None else []
-    same = rank >= old
+    same = rank >= old  # widening and adding a context keep the decode; narrowing does not
     print(f"{out}: {' and '.join(what)} per spatial branch, "
           + ("same decode" if same else "a DIFFERENT decode (narrowed): fit it on with psic train --adapter"))
     return 0

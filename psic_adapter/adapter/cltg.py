@@ -11,8 +11,8 @@ eq. 4). Other modulations (``PSICConfig(modulation=...)``):
   branch of the block's own output, ``+ g * conv3x3(relu(conv1x1(f_dec)))``: a
   change that varies across the image with its content, still switched by
   the condition. With ``spatial_context`` set, the branch's hidden units also
-  get a per-image shift read from the whole decode, ``MLP(mean(f_dec))``
-  (zero-initialised): each place's change may then depend on what the whole
+  get a per-image shift read from the whole decode, ``MLP(summary(f_dec))``
+  (each channel's mean and spread; zero-initialised): each place's change may then depend on what the whole
   image holds, not only on its neighbourhood (issue 15, runs XC).
 
 Both presets zero-initialise the last factor (``W_d``), so that a fresh
@@ -68,12 +68,16 @@ class SpatialBranch(nn.Module):
         differs between images smaller still: fed raw to an MLP at its default initialisation it leaves most
         hidden units dead and the rest nearly constant, so the context cannot learn to tell images apart (runs
         XC, docs/results.md). The scale of the vector is the codec's, not the image's: dividing it out keeps
-        what distinguishes one image from another at the MLP's own scale."""
+        what distinguishes one image from another at the MLP's own scale. Training decodes windows of photos
+        (``training/views.py``), so there it summarises the window, which a whole decode does not: a 224-512 px
+        window reads like a smaller photo of the same scene."""
         x = f.float()
         mean = x.mean(dim=(2, 3))  # mean and norm: one cheap pass each (var_mean costs 15x more on a CPU)
         mean_square = torch.linalg.vector_norm(x, dim=(2, 3)).square() / (x.shape[2] * x.shape[3])
+        # E[x^2] - E[x]^2 loses the spread where |mean| >> spread: decoder features sit near zero (about 0.05 and
+        # 0.1-0.5 here), where float32 keeps it; a flat map gets spread 1e-6, and the epsilon keeps it near zero
         stats = torch.cat([mean, (mean_square - mean.square()).clamp_min(1e-12).sqrt()], dim=1)
-        return stats * stats.square().mean(dim=1, keepdim=True).add(1e-12).rsqrt()
+        return stats * stats.square().mean(dim=1, keepdim=True).add(1e-6).rsqrt()
 
     def hidden(self, f: Tensor) -> Tensor:
         """``relu(conv1x1(f))``, plus the image's context where the branch has one: ``[B, rank, H, W]``."""

@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
                    help="hidden channels of a new adapter's spatial branch (default 32; 8 halves its decode cost)")
     p.add_argument("--spatial-context", type=int, metavar="K",
                    help="give a new adapter's spatial branches a global context: an MLP of K hidden units from the "
-                        "image's mean features (default: none)")
+                        "image's per-channel means and spreads (default: none)")
     p.add_argument("--public", action="store_true", help="the paper's public mode bit instead of a key (not access-controlled)")
     p.add_argument("--target", required=True, help="efficientnet-lite0 (or -lite1, -lite2) | clip:MODEL | timm:MODEL | A+B (ensemble)")
     p.add_argument("--target-weights", metavar="F", help="target weights: a local file, a tag (CLIP: openai), or 'random'")

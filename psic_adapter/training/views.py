@@ -23,7 +23,9 @@ MSE). Both the base and the encrypted decode carry that error, so a distortion
 budget measured on such windows is diluted toward a ratio of 1 and does not hold
 on whole images. So each window is decoded with ``context`` latents (default 2,
 32 px) around it where the image has them, and cropped back (:class:`Windows`):
-the window is then the whole decode's pixels, up to float rounding.
+the window is then the whole decode's pixels, up to float rounding. (Not quite with
+a ``spatial_context``: its summary of the block output is the window's, where a whole
+decode summarises the photo.)
 """
 
 from __future__ import annotations
