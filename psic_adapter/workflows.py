@@ -172,6 +172,9 @@ class Recipe:
     modulation: str = "bias"
     spatial_rank: Optional[int] = None
     spatial_context: Optional[int] = None
+    #: the adapter settings given explicitly (to :meth:`named`): they shape a new adapter, so :func:`fit` refuses
+    #: them beside an adapter to go on fitting, which keeps its own
+    shape_given: Tuple[str, ...] = ()
 
     @classmethod
     def named(cls, name: Optional[str] = None, preset: Optional[str] = None, modulation: Optional[str] = None,
@@ -185,8 +188,10 @@ class Recipe:
         train = {k: v for k, v in train.items() if v is not None}
         name = name or default_recipe(train.get("stage", 2), bool(train.get("adapter_only")))
         adapter = recipe_settings(name)["adapter"]
+        given = tuple(n for n, v in (("preset", preset), ("modulation", modulation), ("spatial_rank", spatial_rank),
+                                     ("spatial_context", spatial_context)) if v is not None)
         return cls(name, TrainConfig.from_recipe(name, **train), preset or adapter.get("preset", "paper"),
-                   modulation or adapter.get("modulation", "bias"), spatial_rank, spatial_context)
+                   modulation or adapter.get("modulation", "bias"), spatial_rank, spatial_context, given)
 
     def adapter_config(self, public: bool = False):
         """A new adapter's :class:`~psic_adapter.adapter.PSICConfig` (``public``: the paper's mode bit, no key);
@@ -212,6 +217,15 @@ def training_data(spec, config, split: str = "train"):
     return build_dataset(spec, crop=config.crop, split=split, seed=config.seed, repeats=repeats)
 
 
+def refuse_reshaping(recipe: Recipe, adapter: Optional[PathLike]) -> None:
+    """Settings that shape a new adapter, given beside an adapter to go on fitting (which keeps its own shape:
+    they were silently ignored before): a one-line error."""
+    if adapter and recipe.shape_given:
+        flags = ", ".join("--" + n.replace("_", "-") for n in recipe.shape_given)
+        raise ConfigError(f"{flags} shape a new adapter, and {adapter} has its own: leave them out to go on fitting "
+                          "it, or leave out --adapter to fit a new one")
+
+
 def fit(recipe: Recipe, codec: BaseCodec, target, data, out: PathLike, *, key=None, public: bool = False,
         adapter: Optional[PathLike] = None, device: str = "cpu", resume: bool = False, force: bool = False,
         info: Optional[Dict[str, Any]] = None, prepare: Optional[Callable[[Any], None]] = None) -> Dict[str, Any]:
@@ -229,6 +243,7 @@ def fit(recipe: Recipe, codec: BaseCodec, target, data, out: PathLike, *, key=No
 
     if key is None and not public:
         raise ConfigError("training needs the owner's key: --key-file F (make one with `psic keygen F`) or --key-env VAR")
+    refuse_reshaping(recipe, adapter)
     cfg = recipe.train
     resume_config = checkpoint_adapter_config(out) if resume and not adapter else None
     if adapter:
@@ -279,6 +294,7 @@ def train(recipe: Recipe, *, target: str, data: str, out: PathLike, target_weigh
 
     if key is None and not public:  # before anything is loaded
         raise ConfigError("training needs the owner's key: --key-file F (make one with `psic keygen F`) or --key-env VAR")
+    refuse_reshaping(recipe, adapter)  # likewise
     device = train_device(device)
     base = base_codec(codec, quality, checkpoint, adapter=adapter, from_scratch=from_scratch, device=device)
     judge = build_target(target, weights=target_weights, device=device)

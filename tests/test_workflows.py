@@ -35,6 +35,18 @@ def test_recipe_holds_both_configs_and_explicit_settings_win():
         Recipe.named("nonsense")
 
 
+def test_settings_that_shape_a_new_adapter_are_refused_beside_one_to_go_on_fitting(tmp_path):
+    from psic_adapter import workflows as wf
+
+    assert Recipe.named("robust").shape_given == () and Recipe.named(spatial_rank=8).shape_given == ("spatial_rank",)
+    recipe = Recipe.named("robust", modulation="film", spatial_context=4)
+    with pytest.raises(ConfigError, match="--modulation, --spatial-context shape a new adapter") as err:
+        wf.train(recipe, target="efficientnet-lite0", data="samples", out=tmp_path / "run", adapter=tmp_path / "a",
+                 key="k" * 32)  # refused before the codec, the target or the adapter is loaded
+    assert "\n" not in str(err.value) and not (tmp_path / "run").exists()
+    wf.refuse_reshaping(recipe, None)  # a new adapter: they are what shapes it
+
+
 def test_a_recipe_builds_its_adapter_with_the_full_version_its_training_needs():
     """Where the decoder trains the adapter says so up front (full_version "condition"): the trainer no longer
     changes it, so ``psic train`` builds it that way; adapter-only fits keep the base decode."""
