@@ -46,12 +46,17 @@ from pathlib import Path
 import torch
 
 
+def branches(state):
+    """The name prefix of each spatial branch in an adapter's tensors (``...branches.K.``), in order."""
+    return [k[: -len("reduce.weight")] for k in sorted(state) if k.endswith(".reduce.weight")]
+
+
 def widen(state, old_rank: int, rank: int, seed: int):
     """``state`` (an adapter's tensors) with every spatial branch at ``rank`` hidden channels, same function."""
     gen = torch.Generator().manual_seed(seed)
     out = dict(state)
-    for name in sorted(k for k in state if k.endswith(".reduce.weight")):
-        prefix = name[: -len("reduce.weight")]
+    for prefix in branches(state):
+        name = prefix + "reduce.weight"
         w, b, e = state[name], state[prefix + "reduce.bias"], state[prefix + "expand.weight"]
         bound = 1.0 / (w.shape[1] ** 0.5)  # nn.Conv2d's default on a 1x1 kernel and its bias
         new_w = torch.empty(rank, *w.shape[1:]).uniform_(-bound, bound, generator=gen).to(w.dtype)
@@ -72,8 +77,8 @@ def widen(state, old_rank: int, rank: int, seed: int):
 def narrow(state, rank: int):
     """``state`` with every spatial branch cut to the ``rank`` hidden channels of largest weight-based score."""
     out = dict(state)
-    for name in sorted(k for k in state if k.endswith(".reduce.weight")):
-        prefix = name[: -len("reduce.weight")]
+    for prefix in branches(state):
+        name = prefix + "reduce.weight"
         w, b, e = state[name], state[prefix + "reduce.bias"], state[prefix + "expand.weight"]
         score = (w.flatten(1).float().square().sum(1) + b.float().square()).sqrt() * e.float().transpose(0, 1).flatten(1).norm(dim=1)
         keep = score.topk(rank).indices.sort().values
@@ -88,9 +93,8 @@ def add_context(state, context: int, seed: int):
     """``state`` with a zero-output global-context MLP of ``context`` hidden units on every spatial branch."""
     gen = torch.Generator().manual_seed(seed)
     out = dict(state)
-    for name in sorted(k for k in state if k.endswith(".reduce.weight")):
-        prefix = name[: -len("reduce.weight")]
-        w = state[name]  # [rank, C, 1, 1]
+    for prefix in branches(state):
+        w = state[prefix + "reduce.weight"]  # [rank, C, 1, 1]
         rank, channels = w.shape[0], w.shape[1]
         bound = 1.0 / ((2 * channels) ** 0.5)  # nn.Linear's default on [means, deviations], weight and bias
         out[prefix + "context.0.weight"] = torch.empty(context, 2 * channels).uniform_(-bound, bound, generator=gen).to(w.dtype)
@@ -101,9 +105,7 @@ def add_context(state, context: int, seed: int):
 
 
 def main(argv=None) -> int:
-    from psic_adapter.adapter.cltg import build_cltg
-    from psic_adapter.adapter.files import check_adapter_files, write_adapter_files
-    from psic_adapter.weights import describe_mismatch
+    from psic_adapter.adapter.files import check_adapter_files, tensors_mismatch, write_adapter_files
     from psic_adapter.errors import PSICError
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -139,8 +141,7 @@ def main(argv=None) -> int:
             tensors = widen(state, old, rank, args.seed) if rank > old else narrow(state, rank)
         if args.context is not None:
             tensors = add_context(tensors, args.context, args.seed)
-        points = [int(p["channels"]) for p in wide.injection_points]
-        mismatch = describe_mismatch(build_cltg(wide, points).state_dict(), tensors)
+        mismatch = tensors_mismatch(wide, tensors)
         if mismatch:  # what load_adapter would refuse: never write it
             raise PSICError(f"{args.adapter}: the reshaped tensors do not fit the new config: {mismatch}")
         try:  # both files in a new sibling folder, then one rename: no half-written adapter is ever left

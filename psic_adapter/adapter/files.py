@@ -49,11 +49,17 @@ def read_adapter_weights(weights: Path, config: PSICConfig) -> Dict[str, Tensor]
         raise ConfigError(f"{weights}: cannot read adapter weights ({exc})") from None
 
 
+def tensors_mismatch(config: PSICConfig, state: Dict[str, Tensor]) -> str:
+    """What keeps ``state`` from being the tensors of a fitted ``config``'s CLTG modules ("" when they fit),
+    naming the tensors."""
+    from .cltg import build_cltg
+
+    return describe_mismatch(build_cltg(config, [p["channels"] for p in config.injection_points]).state_dict(), state)
+
+
 def check_adapter_files(directory: PathLike, regular: bool = False) -> Tuple[PSICConfig, Dict[str, Tensor]]:
     """The config and the tensors of a fitted adapter folder, after every check that needs no codec (see the
     module docstring). ``regular``: both files regular, not symbolic links (what ``psic push`` publishes)."""
-    from .cltg import build_cltg
-
     directory = Path(directory)
     if regular:
         for fn in (CONFIG_NAME, WEIGHTS_NAME):
@@ -63,8 +69,7 @@ def check_adapter_files(directory: PathLike, regular: bool = False) -> Tuple[PSI
         raise ConfigError(f"{directory}: the adapter config is not fitted to a codec (save it with save_pretrained)")
     weights = directory / WEIGHTS_NAME
     state = read_adapter_weights(weights, config)
-    own = build_cltg(config, [p["channels"] for p in config.injection_points]).state_dict()
-    problem = describe_mismatch(own, state)
+    problem = tensors_mismatch(config, state)
     if problem:
         raise ConfigError(f"{weights}: tensors do not fit the adapter config: {problem}")
     return config, state
