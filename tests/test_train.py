@@ -171,6 +171,23 @@ def test_stage2_adapter_only_leaves_the_base_codec_bit_identical(base_codec, tar
     assert not (tmp_path / "codec.safetensors").exists()
 
 
+def test_a_spatial_context_learns_at_a_tenth_of_the_adapters_rate(base_codec, target, batch, tmp_path):
+    """Adam at the adapter's rate drove every hidden unit of the context dead in run XCN0 (CONTEXT_LR_SCALE)."""
+    from psic_adapter.adapter.cltg import CONTEXT_LR_SCALE, context_parameters
+    from psic_adapter.adapter.config import PSICConfig
+
+    plain = new_trainer(new_model(base_codec), target, [batch], tmp_path / "plain", stage=2, adapter_only=True)
+    assert [g["name"] for g in plain.optimizer.param_groups] == ["adapter"]
+
+    model = wrap_model(copy.deepcopy(base_codec), PSICConfig(modulation="spatial", spatial_context=8), key=KEY)
+    tr = new_trainer(model, target, [batch], tmp_path / "context", stage=2, adapter_only=True, adapter_lr=2e-3)
+    groups = {g["name"]: g for g in tr.optimizer.param_groups}
+    context = context_parameters(model.psic_adapters[model.resolve_adapter_name()])
+    assert context and {id(p) for p in groups["context"]["params"]} == {id(p) for p in context}
+    assert {id(p) for g in groups.values() for p in g["params"]} == {id(p) for p in model.adapter_parameters()}
+    assert groups["adapter"]["lr"] == 2e-3 and groups["context"]["lr"] == pytest.approx(2e-3 * CONTEXT_LR_SCALE)
+    assert tr.log_fields()["lr"] == 2e-3
+
 # ------------------------------------------------------------------ conditions
 def capture_conditions(monkeypatch, model):
     """Record the condition of every conditioned decode (forward or synthesize)."""

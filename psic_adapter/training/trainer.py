@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from ..bitstream.container import PAD_MULTIPLE
 from ..bitstream.images import crop_to, pad_to_multiple
+from ..adapter.cltg import CONTEXT_LR_SCALE, context_parameters
 from ..adapter.strength import check_trainable
 from ..errors import ConfigError, PSICError
 from ..types import PathLike
@@ -169,7 +170,13 @@ class Trainer(TrainingLoop):
         param_groups = []
         if self.groups["base"]:
             param_groups.append({"params": self.groups["base"], "lr": config.resolved_lr(), "name": "base"})
-        param_groups.append({"params": self.groups["adapter"], "lr": config.resolved_adapter_lr(), "name": "adapter"})
+        # a spatial context's MLP learns at a tenth of the adapter's rate (CONTEXT_LR_SCALE: why)
+        context = {id(p) for p in context_parameters(model.psic_adapters[model.resolve_adapter_name()])}
+        param_groups.append({"params": [p for p in self.groups["adapter"] if id(p) not in context],
+                             "lr": config.resolved_adapter_lr(), "name": "adapter"})
+        if context:
+            param_groups.append({"params": [p for p in self.groups["adapter"] if id(p) in context],
+                                 "lr": config.resolved_adapter_lr() * CONTEXT_LR_SCALE, "name": "context"})
         self.optimizer = torch.optim.Adam(param_groups)
         self.aux_optimizer = torch.optim.Adam(self.groups["aux"], lr=config.aux_lr) if self.groups["aux"] else None
         self.scheduler = lr_scheduler(self.optimizer, config)
@@ -418,7 +425,7 @@ class Trainer(TrainingLoop):
         return out
 
     def log_fields(self) -> Dict[str, Any]:
-        return {"lr": self.optimizer.param_groups[-1]["lr"]}
+        return {"lr": next(g["lr"] for g in self.optimizer.param_groups if g["name"] == "adapter")}
 
     def validate(self) -> Dict[str, Any]:
         """The validation ASR at the scale of use (``val_every`` steps; see :class:`~.validation.ValidationProbe`)."""
@@ -462,6 +469,11 @@ class Trainer(TrainingLoop):
                 if k in own and own[k].shape != v.shape:
                     own[k].resize_(v.shape)
             self.model.base.load_state_dict(state["base_state"])
+        saved_groups = len(state["optimizer"]["param_groups"])
+        if saved_groups != len(self.optimizer.param_groups):
+            raise PSICError(f"{path} was written with {saved_groups} optimiser groups, this run has "
+                            f"{len(self.optimizer.param_groups)} (a spatial context learns in its own group since "
+                            "0.1.3): start the run again without --resume")
         self.optimizer.load_state_dict(state["optimizer"])
         if self.aux_optimizer is not None and state["aux_optimizer"] is not None:
             self.aux_optimizer.load_state_dict(state["aux_optimizer"])
