@@ -16,6 +16,13 @@ For an adapter and a set of photos coded at a longer side of ``--size`` px
 * **E2, the ceiling.** Per-image PGD on a pixel change at exactly ``--ceiling-db``
   under the base (the same pipeline: base decode + change, 8 bits, the target's
   own preprocessing): what any decoder-side change could reach at this cost.
+* **E3, the ceiling of a global context** (``--context-steps``, a "spatial"
+  adapter). A global context (``spatial_context``) can only add one shift per
+  hidden unit of each branch, the same all over the photo. Here that shift is
+  chosen per photo by Adam on the target's own margin, the best any context
+  could learn, with the change rescaled to the adapter's own energy (the same
+  dB): if even this flips few more photos than the adapter, a context is not
+  where the missing photos are.
 
 Run (the shipped demo adapter on photos/val + the three test photos):
 
@@ -99,6 +106,38 @@ def pgd_ceiling(target, base: torch.Tensor, x: torch.Tensor, label: int, drop_db
     return served(base + delta.detach())
 
 
+def context_ceiling(model, target, base: torch.Tensor, y_hat: torch.Tensor, hw, energy: float, label: int,
+                    steps: int, lr: float) -> torch.Tensor:
+    """The encrypted decode with one shift per hidden unit of each spatial branch chosen to minimise the target's
+    margin on ``label`` (an oracle per photo), its change rescaled to ``energy`` (sum of squares, 0-1 scale)."""
+    from psic_adapter.bitstream.images import crop_to
+
+    branches = [b for b in model.psic_adapters[model.resolve_adapter_name()].modules() if hasattr(b, "reduce")]
+    shifts = [torch.zeros(b.reduce.out_channels, requires_grad=True) for b in branches]
+    for b, s in zip(branches, shifts):  # the instance attribute wins over SpatialBranch.hidden
+        b.hidden = lambda f, b=b, s=s: torch.relu(b.reduce(f) + s[None, :, None, None])
+    opt = torch.optim.Adam(shifts, lr=lr)
+    with torch.no_grad():
+        raw = crop_to(model.synthesize(y_hat, None), hw)  # the change is against the unrounded base decode
+    try:
+        for _ in range(steps):
+            d = crop_to(model.synthesize(y_hat, model.encrypted_condition()), hw) - raw
+            x = (base + d * math.sqrt(energy / float(d.detach().pow(2).sum()))).clamp(0, 1)
+            loss = margin(target.logits(x), label).sum()
+            if float(loss.detach()) < -1.0:  # flipped with room for the 8-bit rounding
+                break
+            grads = torch.autograd.grad(loss, shifts)  # not into the codec's or the target's weights
+            for s, g in zip(shifts, grads):
+                s.grad = g
+            opt.step()
+        with torch.no_grad():
+            d = crop_to(model.synthesize(y_hat, model.encrypted_condition()), hw) - raw
+            return served(base + d * math.sqrt(energy / float(d.pow(2).sum())))
+    finally:
+        for b in branches:
+            del b.hidden
+
+
 def main(argv: List[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--adapter", default="demo", help="adapter folder, or 'demo' (the shipped one)")
@@ -108,6 +147,8 @@ def main(argv: List[str]) -> int:
     p.add_argument("--drops", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0], help="E1's costs, dB")
     p.add_argument("--ceiling-db", type=float, default=1.0, help="E2's cost, dB")
     p.add_argument("--pgd-steps", type=int, default=50, help="E2's steps (0: skip E2)")
+    p.add_argument("--context-steps", type=int, default=0, help="E3's Adam steps per photo (0: skip E3)")
+    p.add_argument("--context-lr", type=float, default=0.05, help="E3's Adam learning rate")
     p.add_argument("--limit", type=int, default=0, help="at most this many photos (0: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the numbers here")
@@ -172,6 +213,14 @@ def main(argv: List[str]) -> int:
                 with torch.no_grad():
                     row["e2_flip"] = int(target.predict(xa)) != label
                 row["e2_db"] = 10 * math.log10(mse(xa, x) / mse(base, x))
+            if args.context_steps:
+                with torch.no_grad():
+                    row["e3_adapter_flip"] = int(target.predict(enc)) != label
+                xs = context_ceiling(model, target, base, y_hat, hw, float(d.pow(2).sum()), label,
+                                     args.context_steps, args.context_lr)
+                with torch.no_grad():
+                    row["e3_flip"] = int(target.predict(xs)) != label
+                row["e3_db"] = 10 * math.log10(mse(xs, x) / mse(base, x))
         rows.append(row)
         print(f"[{k + 1}/{len(photos)} {time.time() - t0:.0f}s] right={right} drop={row['drop_db']:.2f} dB "
               f"L2 photo/crop/target {row['l2_photo']:.0f}/{row['l2_in_crop']:.0f}/{row['l2_at_target']:.0f}",
@@ -194,6 +243,11 @@ def main(argv: List[str]) -> int:
     if args.pgd_steps and right:
         summary["E2"] = {"asr": mean("e2_flip", right), "flipped": sum(r["e2_flip"] for r in right),
                          "db": mean("e2_db", right), "steps": args.pgd_steps}
+    if args.context_steps and right:
+        summary["E3"] = {"asr": mean("e3_flip", right), "flipped": sum(r["e3_flip"] for r in right),
+                         "adapter_asr": mean("e3_adapter_flip", right),
+                         "adapter_flipped": sum(r["e3_adapter_flip"] for r in right),
+                         "db": mean("e3_db", right), "steps": args.context_steps, "lr": args.context_lr}
     print(json.dumps(summary, indent=1))
     if args.json:
         with open(args.json, "w") as fh:
