@@ -190,8 +190,11 @@ class Recipe:
         adapter = recipe_settings(name)["adapter"]
         given = tuple(n for n, v in (("preset", preset), ("modulation", modulation), ("spatial_rank", spatial_rank),
                                      ("spatial_context", spatial_context)) if v is not None)
+        modulation = modulation or adapter.get("modulation", "bias")
+        if spatial_rank is None and modulation == "spatial":  # the recipe's branch width, where there is a branch
+            spatial_rank = adapter.get("spatial_rank")
         return cls(name, TrainConfig.from_recipe(name, **train), preset or adapter.get("preset", "paper"),
-                   modulation or adapter.get("modulation", "bias"), spatial_rank, spatial_context, given)
+                   modulation, spatial_rank, spatial_context, given)
 
     def adapter_config(self, public: bool = False):
         """A new adapter's :class:`~psic_adapter.adapter.PSICConfig` (``public``: the paper's mode bit, no key);

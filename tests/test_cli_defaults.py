@@ -102,6 +102,20 @@ def test_a_spatial_rank_and_context_reach_the_new_adapter():
     assert recipe_of(_parse("train", "--target", "t", "--data", "samples", "--out", "x")).adapter_config().spatial_context is None
 
 
+@pytest.mark.parametrize("extra,rank", [(["--stage", "2", "--adapter-only"], 8),  # the robust recipe's branch
+                                        (["--stage", "2", "--adapter-only", "--spatial-rank", "32"], 32),
+                                        (["--stage", "2", "--adapter-only", "--modulation", "film"], None),
+                                        (["--modulation", "spatial"], None)])  # paper: no width named, 32
+def test_the_robust_recipe_writes_a_branch_of_8_channels(extra, rank):
+    """A config that names its width: one without ``spatial_rank`` means 32, the width before 0.1.3."""
+    from psic_adapter.adapter import PSICConfig
+    from psic_adapter.cli.train import recipe_of
+
+    config = recipe_of(_parse("train", "--target", "t", "--data", "samples", "--out", "x", *extra)).adapter_config()
+    assert config.spatial_rank == rank
+    assert PSICConfig.from_dict(config.to_dict()).resolved_spatial_rank == (rank or 32)
+
+
 def test_a_given_flag_wins_over_the_default():
     from psic_adapter.cli.bavaft import train_config
 

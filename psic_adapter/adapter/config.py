@@ -119,9 +119,11 @@ class PSICConfig:
             ``"spatial"`` (FiLM plus a small convolutional branch on the block's
             output, gated per channel by the condition: changes that vary across
             the image with its content).
-        spatial_rank: hidden channels of the "spatial" branch (``None``: 32). Its
-            cost at decode time grows with it: 8 costs about half the decode
-            overhead of 32 on the shipped codec (docs/benchmarks.md).
+        spatial_rank: hidden channels of the "spatial" branch (``None``: 32, which
+            is what a saved config without the field means). Its cost at decode
+            time grows with it: 8 costs about half the decode overhead of 32 on
+            the shipped codec (docs/benchmarks.md) and flips as many photos (runs
+            NR, docs/results.md), so the ``robust`` recipe writes 8.
         spatial_context: ``None`` (the default) or the hidden width of an MLP that reads the
             mean and spread of the block's output over the whole image and shifts the "spatial" branch's
             hidden units by it, per image (``cltg.SpatialBranch``): the change may then depend on

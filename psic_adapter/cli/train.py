@@ -29,7 +29,8 @@ def add_parser(sub) -> None:
                    help="CLTG fusion of a new adapter: bias (the paper), film (gain and bias), spatial (film and a "
                         "gated conv branch) (default: the recipe's)")
     p.add_argument("--spatial-rank", type=int, metavar="N",
-                   help="hidden channels of a new adapter's spatial branch (default 32; 8 halves its decode cost)")
+                   help="hidden channels of a new adapter's spatial branch (default: the recipe's, 8 for robust; "
+                        "32 where a recipe names none)")
     p.add_argument("--spatial-context", type=int, metavar="K",
                    help="give a new adapter's spatial branches a global context: an MLP of K hidden units from the "
                         "image's per-channel means and spreads (default: none)")
