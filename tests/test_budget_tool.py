@@ -55,3 +55,24 @@ def test_the_context_ceiling_lowers_the_margin_at_the_adapters_own_energy():
     with torch.no_grad():  # and the adapter is left as it was
         assert torch.equal(tool.served(model.synthesize(y_hat, model.encrypted_condition())), enc)
     assert not any("hidden" in vars(m) for m in model.modules())
+
+
+def test_context_activity_tells_a_used_context_from_an_unused_one():
+    """tools/context_activity.py: a fresh context (zero last layer) adds nothing to any photo; a fitted one
+    (here random) a shift that differs from photo to photo. The branches are left as they were."""
+    spec = importlib.util.spec_from_file_location("context_activity", TOOL.parent / "context_activity.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    codec = small_trainable_codec()
+    config = PSICConfig(modulation="spatial", spatial_rank=4, spatial_context=6)
+    fresh = wrap_model(copy.deepcopy(codec), config, key="the owner's budget test key, 32b").eval()
+    used = randomize_adapter(copy.deepcopy(fresh), std=0.3).eval()
+    g = torch.Generator().manual_seed(1)
+    photos = [torch.rand(3, 64, 64, generator=g), torch.rand(3, 48, 64, generator=g) * 0.5]
+
+    quiet, busy = tool.activity(fresh, photos, 64), tool.activity(used, photos, 64)
+
+    assert len(quiet) == len(busy) == len(fresh.config.injection_points) > 0
+    assert all(r["shift_rms"] == 0 and r["across_photos"] == 0 for r in quiet)
+    assert all(r["across_photos"] > 0 and 0 <= r["dead"] <= r["units"] == 6 for r in busy)
+    assert not any("hidden" in vars(m) for m in used.modules())

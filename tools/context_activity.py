@@ -1,0 +1,106 @@
+"""Is an adapter's global context used? (issue 15, runs XCN / XCL)
+
+A ``spatial_context`` MLP shifts each spatial branch's hidden units by an amount read from the
+whole decode. It helps only if that shift differs from photo to photo. For an adapter folder,
+and optionally training checkpoints of the same adapter, this prints per injection point:
+
+* the MLP's dead hidden units (zero on every photo),
+* the RMS of the shift it adds,
+* how much the shift varies across photos, against the spread of the branch's own hidden units.
+
+The photos are coded at a longer side of ``--size`` px and decoded whole (training sees windows).
+
+    python tools/context_activity.py runs/XCL0/adapter --data ../shared/data/photos/val
+    python tools/context_activity.py runs/XCN-start0 runs/XCL0/checkpoint.safetensors --data photos/val
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List
+
+import torch
+
+
+def activity(model, photos: List[torch.Tensor], size: int) -> List[dict]:
+    """Per spatial branch with a context: dead units, the shift's RMS, its spread across ``photos``."""
+    from psic_adapter.adapter.cltg import SpatialBranch
+    from psic_adapter.bitstream.images import pad_to_multiple, resize_longer_side
+
+    adapter = model.psic_adapters[model.resolve_adapter_name()]
+    branches = [b for b in adapter.modules() if isinstance(b, SpatialBranch) and b.context is not None]
+    seen = {id(b): [] for b in branches}
+    real = {}
+    for b in branches:  # record each branch's input on the encrypted decode
+        real[id(b)] = b.hidden
+        b.hidden = lambda f, b=b: (seen[id(b)].append(f.detach()), real[id(b)](f))[1]
+    try:
+        with torch.no_grad():
+            for img in photos:
+                x, _ = pad_to_multiple(resize_longer_side(img[None].float(), size), 64)
+                model.synthesize(model.analyze(x)["y_hat"], model.encrypted_condition())
+    finally:
+        for b in branches:
+            del b.hidden
+    rows = []
+    with torch.no_grad():
+        for k, b in enumerate(branches):
+            feats = seen[id(b)]
+            z = torch.cat([b.summary(f) for f in feats])
+            h = torch.relu(b.context[0](z))
+            shift = b.context[2](h)
+            spread = torch.stack([b.reduce(f).std() for f in feats]).mean()
+            varies = (shift - shift.mean(0)).pow(2).mean().sqrt()
+            rows.append({"point": k, "dead": int((h.max(0).values == 0).sum()), "units": h.shape[1],
+                         "shift_rms": float(shift.pow(2).mean().sqrt()), "across_photos": float(varies),
+                         "hidden_spread": float(spread)})
+    return rows
+
+
+def main(argv: List[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("adapter", help="an adapter folder with spatial_context")
+    p.add_argument("checkpoints", nargs="*", help="training checkpoints of the same adapter (checkpoint.safetensors)")
+    p.add_argument("--data", default="samples", help="a folder of photos, or 'samples' (default)")
+    p.add_argument("--size", type=int, default=512, help="longer side the photos are coded at, px")
+    p.add_argument("--count", type=int, default=16, help="at most this many photos")
+    args = p.parse_args(argv)
+
+    from psic_adapter.adapter import load_adapter
+    from psic_adapter.codec import load_codec
+    from psic_adapter.data import build_dataset
+    from psic_adapter.errors import PSICError
+    from psic_adapter.training.checkpoints import load_state
+
+    try:
+        codec = load_codec("bmshj2018-hyperprior", 3, ["shipped"], device="cpu")
+        model = load_adapter(codec, args.adapter).eval()
+        if not model.config.spatial_context:
+            raise PSICError(f"{args.adapter} has no global context (spatial_context)")
+        ds = build_dataset(args.data, crop=None, split="test")
+        photos = [ds[i]["image"] for i in range(min(len(ds), args.count))]
+        adapter = model.psic_adapters[model.resolve_adapter_name()]
+        for source in [None] + args.checkpoints:
+            if source is not None:
+                state = load_state(source)
+                if not isinstance(state, dict) or "adapter_state" not in state:
+                    raise PSICError(f"{source} is not a PSIC training checkpoint")
+                try:
+                    adapter.load_state_dict(state["adapter_state"])
+                except (RuntimeError, TypeError) as exc:
+                    raise PSICError(f"{source} does not fit {args.adapter}: {str(exc).splitlines()[0][:160]}") from None
+            rows = activity(model, photos, args.size)
+            print(f"{source or args.adapter} ({len(photos)} photos at {args.size} px):")
+            for r in rows:
+                print(f"  point {r['point']}: {r['dead']}/{r['units']} hidden units dead, shift RMS {r['shift_rms']:.4f}, "
+                      f"across photos {r['across_photos']:.4f} ({r['across_photos'] / r['hidden_spread']:.1%} of the "
+                      f"branch's hidden spread {r['hidden_spread']:.3f})")
+    except PSICError as exc:
+        print(f"context_activity: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
