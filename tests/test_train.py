@@ -377,6 +377,36 @@ def test_resume_refuses_another_adapter(base_codec, target, photos, tmp_path):
         other.train(resume=True)
 
 
+def test_a_run_with_a_context_resumes_and_one_from_before_its_own_group_is_refused(base_codec, target, photos,
+                                                                                   tmp_path):
+    from psic_adapter.adapter.config import PSICConfig
+    from psic_adapter.training.checkpoints import load_state, save_state
+
+    init = wrap_model(copy.deepcopy(base_codec), PSICConfig(modulation="spatial", spatial_rank=4, spatial_context=4),
+                      key=KEY).save_pretrained(tmp_path / "init")
+
+    def trainer(steps):
+        model = load_adapter(copy.deepcopy(base_codec), init, key=KEY, is_trainable=True)
+        return new_trainer(model, target, photos, tmp_path / "run", stage=2, adapter_only=True, steps=steps)
+
+    trainer(1).train()
+    resumed = trainer(2)
+    resumed.train(resume=True)
+    assert resumed.step_count == 2 and [g["name"] for g in resumed.optimizer.param_groups] == ["adapter", "context"]
+
+    # a checkpoint of 0.1.2, where the context learnt in the adapter's group
+    state = load_state(tmp_path / "run" / CHECKPOINT_NAME)
+    groups = state["optimizer"]["param_groups"]
+    groups[0]["params"] = groups[0]["params"] + groups[1]["params"]
+    state["optimizer"]["param_groups"] = groups[:1]
+    save_state(tmp_path / "run" / CHECKPOINT_NAME, state)
+    again = trainer(3)
+    before = copy.deepcopy(again.model.adapter_state_dict())
+    with pytest.raises(PSICError, match="optimiser groups"):
+        again.train(resume=True)
+    _state_equal(before, again.model.adapter_state_dict(), "adapter")  # refused before anything was loaded
+
+
 # ------------------------------------------------------------------ objectives
 @pytest.mark.parametrize("objective", ["uaeo", "naive", "authors", "margin"])
 def test_every_objective_gives_a_finite_loss(objective, base_codec, target, batch, tmp_path):

@@ -20,9 +20,9 @@ For an adapter and a set of photos coded at a longer side of ``--size`` px
   adapter). A global context (``spatial_context``) can only add one shift per
   hidden unit of each branch, the same all over the photo. Here that shift is
   chosen per photo by Adam on the target's own margin, the best any context
-  could learn, with the change rescaled to the adapter's own energy (the same
-  dB): if even this flips few more photos than the adapter, a context is not
-  where the missing photos are.
+  could learn, with the change rescaled to the adapter's own cost (its dB under
+  the base on that photo): if even this flips few more photos than the
+  adapter, a context is not where the missing photos are.
 
 Run (the shipped demo adapter on photos/val + the three test photos):
 
@@ -106,24 +106,32 @@ def pgd_ceiling(target, base: torch.Tensor, x: torch.Tensor, label: int, drop_db
     return served(base + delta.detach())
 
 
-def context_ceiling(model, target, base: torch.Tensor, y_hat: torch.Tensor, hw, energy: float, label: int,
-                    steps: int, lr: float) -> torch.Tensor:
-    """The encrypted decode with one shift per hidden unit of each spatial branch chosen to minimise the target's
-    margin on ``label`` (an oracle per photo), its change rescaled to ``energy`` (sum of squares, 0-1 scale)."""
+def context_ceiling(model, target, x: torch.Tensor, base: torch.Tensor, y_hat: torch.Tensor, hw, drop_db: float,
+                    label: int, steps: int, lr: float) -> torch.Tensor:
+    """The encrypted decode with one shift per hidden unit of each spatial branch (on top of the branch's own
+    context, if it has one) chosen to minimise the target's margin on ``label``: an oracle per photo. While it
+    searches, the change keeps the energy of the adapter's own change (the rescaling is part of what it
+    differentiates); the result is rescaled to exactly ``drop_db`` under the base, the adapter's own cost."""
+    from psic_adapter.adapter.cltg import SpatialBranch
     from psic_adapter.bitstream.images import crop_to
 
-    branches = [b for b in model.psic_adapters[model.resolve_adapter_name()].modules() if hasattr(b, "reduce")]
+    branches = [b for b in model.psic_adapters[model.resolve_adapter_name()].modules() if isinstance(b, SpatialBranch)]
     shifts = [torch.zeros(b.reduce.out_channels, requires_grad=True) for b in branches]
-    for b, s in zip(branches, shifts):  # the instance attribute wins over SpatialBranch.hidden
-        b.hidden = lambda f, b=b, s=s: torch.relu(b.reduce(f) + s[None, :, None, None])
-    opt = torch.optim.Adam(shifts, lr=lr)
-    with torch.no_grad():
-        raw = crop_to(model.synthesize(y_hat, None), hw)  # the change is against the unrounded base decode
+
+    def change():
+        return crop_to(model.synthesize(y_hat, model.encrypted_condition()), hw) - raw
+
     try:
+        for b, s in zip(branches, shifts):  # the instance attribute wins over SpatialBranch.hidden
+            b.hidden = lambda f, b=b, s=s: torch.relu(b.pre_activation(f) + s[None, :, None, None])
+        opt = torch.optim.Adam(shifts, lr=lr)
+        with torch.no_grad():
+            raw = crop_to(model.synthesize(y_hat, None), hw)  # the change is against the unrounded base decode
+            energy = change().pow(2).sum()  # the adapter's own (every shift zero)
         for _ in range(steps):
-            d = crop_to(model.synthesize(y_hat, model.encrypted_condition()), hw) - raw
-            x = (base + d * math.sqrt(energy / float(d.detach().pow(2).sum()))).clamp(0, 1)
-            loss = margin(target.logits(x), label).sum()
+            d = change()
+            loss = margin(target.logits((base + d * (energy / d.pow(2).sum().clamp_min(1e-20)).sqrt()).clamp(0, 1)),
+                          label).sum()
             if float(loss.detach()) < -1.0:  # flipped with room for the 8-bit rounding
                 break
             grads = torch.autograd.grad(loss, shifts)  # not into the codec's or the target's weights
@@ -131,11 +139,11 @@ def context_ceiling(model, target, base: torch.Tensor, y_hat: torch.Tensor, hw, 
                 s.grad = g
             opt.step()
         with torch.no_grad():
-            d = crop_to(model.synthesize(y_hat, model.encrypted_condition()), hw) - raw
-            return served(base + d * math.sqrt(energy / float(d.pow(2).sum())))
+            d = change()
+            return served(base + oracle_strength(base, d, x, drop_db) * d)
     finally:
         for b in branches:
-            del b.hidden
+            vars(b).pop("hidden", None)
 
 
 def main(argv: List[str]) -> int:
@@ -169,6 +177,10 @@ def main(argv: List[str]) -> int:
     else:
         adapter = args.adapter
     model = load_adapter(codec, adapter).eval()
+    if args.context_steps and model.config.modulation != "spatial":
+        print(f"where_the_budget_goes: --context-steps needs a 'spatial' adapter; {args.adapter} is "
+              f"{model.config.modulation!r}", file=sys.stderr)
+        return 2
     target = build_target(args.target, device="cpu").eval()
     photos = []
     for spec in args.data:
@@ -216,7 +228,7 @@ def main(argv: List[str]) -> int:
             if args.context_steps:
                 with torch.no_grad():
                     row["e3_adapter_flip"] = int(target.predict(enc)) != label
-                xs = context_ceiling(model, target, base, y_hat, hw, float(d.pow(2).sum()), label,
+                xs = context_ceiling(model, target, x, base, y_hat, hw, row["drop_db"], label,
                                      args.context_steps, args.context_lr)
                 with torch.no_grad():
                     row["e3_flip"] = int(target.predict(xs)) != label

@@ -39,8 +39,8 @@ from torch import Tensor, nn
 from .config import SPATIAL_RANK, PSICConfig
 
 #: the learning rate of a spatial branch's context MLP, as a share of the adapter's. Adam moves every weight by
-#: about the learning rate per step whatever its gradient; at the adapter's 1e-3 that is 500x the MLP's
-#: ``1/sqrt(fan_in)`` weights (about 0.06) in 500 steps, and in run XCN0 it drove every hidden unit dead (a
+#: about the learning rate per step whatever its gradient; at the adapter's 1e-3 that is up to 0.5 in 500 steps,
+#: 8x the MLP's ``1/sqrt(fan_in)`` weights (about 0.06), and in run XCN0 it drove every hidden unit dead (a
 #: constant shift, the same for every image). A tenth keeps the drift near the weights' own scale.
 CONTEXT_LR_SCALE = 0.1
 
@@ -91,13 +91,21 @@ class SpatialBranch(nn.Module):
         stats = torch.cat([mean, (mean_square - mean.square()).clamp_min(1e-12).sqrt()], dim=1)
         return stats * stats.square().mean(dim=1, keepdim=True).add(1e-6).rsqrt()
 
-    def hidden(self, f: Tensor) -> Tensor:
-        """``relu(conv1x1(f))``, plus the image's context where the branch has one: ``[B, rank, H, W]``."""
+    def context_shift(self, f: Tensor) -> Tensor:
+        """``[B, rank]``: the shift the context adds to the hidden units for each image (``None`` without one)."""
+        if self.context is None:
+            return None
+        return self.context(self.summary(f).to(self.context[0].weight.dtype))
+
+    def pre_activation(self, f: Tensor) -> Tensor:
+        """``conv1x1(f)``, plus the image's context where the branch has one: ``[B, rank, H, W]``."""
         h = self.reduce(f)
-        if self.context is not None:
-            c = self.context(self.summary(f).to(self.context[0].weight.dtype))
-            h = h + c[:, :, None, None].to(h.dtype)
-        return torch.relu(h)
+        c = self.context_shift(f)
+        return h if c is None else h + c[:, :, None, None].to(h.dtype)
+
+    def hidden(self, f: Tensor) -> Tensor:
+        """``relu(pre_activation(f))``: the branch's hidden units."""
+        return torch.relu(self.pre_activation(f))
 
     def forward(self, f: Tensor) -> Tensor:
         return self.expand(self.hidden(f))

@@ -460,6 +460,11 @@ class Trainer(TrainingLoop):
             raise PSICError(f"{path} is not a PSIC training checkpoint")
         if state["adapter_config"]["salt"] != self.model.config.salt:
             raise PSICError(f"{path} belongs to another adapter (its salt differs): resume with the same adapter")
+        saved_groups = [g.get("name") if isinstance(g, dict) else None for g in state["optimizer"]["param_groups"]]
+        if saved_groups != [g["name"] for g in self.optimizer.param_groups]:  # before anything is loaded
+            raise PSICError(f"{path} was written with other optimiser groups than this run's "
+                            f"({', '.join(g['name'] for g in self.optimizer.param_groups)}; a spatial context learns "
+                            "in its own group from 0.1.3): start the run again without --resume")
         self.model.psic_adapters[self.model.active_adapter].load_state_dict(state["adapter_state"])
         if state["base_state"]:
             # The entropy coder's tables (e.g. ``_quantized_cdf``) change size when
@@ -469,11 +474,6 @@ class Trainer(TrainingLoop):
                 if k in own and own[k].shape != v.shape:
                     own[k].resize_(v.shape)
             self.model.base.load_state_dict(state["base_state"])
-        saved_groups = len(state["optimizer"]["param_groups"])
-        if saved_groups != len(self.optimizer.param_groups):
-            raise PSICError(f"{path} was written with {saved_groups} optimiser groups, this run has "
-                            f"{len(self.optimizer.param_groups)} (a spatial context learns in its own group since "
-                            "0.1.3): start the run again without --resume")
         self.optimizer.load_state_dict(state["optimizer"])
         if self.aux_optimizer is not None and state["aux_optimizer"] is not None:
             self.aux_optimizer.load_state_dict(state["aux_optimizer"])
