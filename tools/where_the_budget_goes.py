@@ -22,7 +22,9 @@ For an adapter and a set of photos coded at a longer side of ``--size`` px
   chosen per photo by Adam on the target's own margin, the best any context
   could learn, with the change rescaled to the adapter's own cost (its dB under
   the base on that photo): if even this flips few more photos than the
-  adapter, a context is not where the missing photos are.
+  adapter, a context is not where the missing photos are. It also counts, among
+  the photos still right after JPEG-75 / a 0.5x resize / a blur of the base
+  decode, how many the adapter's and the chosen change flip after the same.
 
 Run (the shipped demo adapter on photos/val + the three test photos):
 
@@ -45,6 +47,7 @@ from typing import Dict, List
 import torch
 
 from psic_adapter.adapter.strength import oracle_strength
+from psic_adapter.perturbations import PERTURBATIONS
 from psic_adapter.training.validation import served
 
 
@@ -232,6 +235,10 @@ def main(argv: List[str]) -> int:
                                      args.context_steps, args.context_lr)
                 with torch.no_grad():
                     row["e3_flip"] = int(target.predict(xs)) != label
+                    for name, perturb in PERTURBATIONS.items():  # does the chosen shift survive what a photo goes through?
+                        if int(target.predict(perturb(base))) == label:  # among photos still right after it
+                            row[f"e3_{name}_adapter_flip"] = int(target.predict(perturb(enc))) != label
+                            row[f"e3_{name}_flip"] = int(target.predict(perturb(xs))) != label
                 row["e3_db"] = 10 * math.log10(mse(xs, x) / mse(base, x))
         rows.append(row)
         print(f"[{k + 1}/{len(photos)} {time.time() - t0:.0f}s] right={right} drop={row['drop_db']:.2f} dB "
@@ -259,7 +266,12 @@ def main(argv: List[str]) -> int:
         summary["E3"] = {"asr": mean("e3_flip", right), "flipped": sum(r["e3_flip"] for r in right),
                          "adapter_asr": mean("e3_adapter_flip", right),
                          "adapter_flipped": sum(r["e3_adapter_flip"] for r in right),
-                         "db": mean("e3_db", right), "steps": args.context_steps, "lr": args.context_lr}
+                         "db": mean("e3_db", right), "steps": args.context_steps, "lr": args.context_lr,
+                         "after": {}}
+        for name in PERTURBATIONS:
+            kept = [r for r in right if f"e3_{name}_flip" in r]
+            summary["E3"]["after"][name] = {"right": len(kept), "flipped": sum(r[f"e3_{name}_flip"] for r in kept),
+                                            "adapter_flipped": sum(r[f"e3_{name}_adapter_flip"] for r in kept)}
     print(json.dumps(summary, indent=1))
     if args.json:
         with open(args.json, "w") as fh:
