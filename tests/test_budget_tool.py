@@ -139,3 +139,21 @@ def test_context_activity_refuses_another_adapters_checkpoint_and_junk_in_one_li
         assert says in err and len(err.splitlines()) == 1 and "Traceback" not in err
     with pytest.raises(SystemExit):
         tool.main(args + ["--count", "0"])
+
+
+def test_learn_context_shift_finds_a_map_where_there_is_one_and_none_where_there_is_not():
+    spec = importlib.util.spec_from_file_location("learn_context_shift", TOOL.parent / "learn_context_shift.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    g = torch.Generator().manual_seed(0)
+    summaries = torch.randn(120, 8, generator=g)
+    mapping = torch.randn(8, 3, generator=g)
+    unrelated = torch.randn(120, 3, generator=g)
+    records = [{"summary": [s], "shift": [s @ mapping]} for s in summaries]
+    noise = [{"summary": [s], "shift": [u]} for s, u in zip(summaries, unrelated)]
+
+    (told,), (untold,) = tool.fit(records), tool.fit(noise)
+
+    assert told["heldout_r2"] > 0.99 and torch.allclose(tool.predict(told["w"], summaries[:2]), summaries[:2] @ mapping,
+                                                         atol=0.05)
+    assert untold["heldout_r2"] < 0.05

@@ -109,17 +109,28 @@ def pgd_ceiling(target, base: torch.Tensor, x: torch.Tensor, label: int, drop_db
     return served(base + delta.detach())
 
 
+def spatial_branches(model) -> list:
+    from psic_adapter.adapter.cltg import SpatialBranch
+
+    return [b for b in model.psic_adapters[model.resolve_adapter_name()].modules() if isinstance(b, SpatialBranch)]
+
+
 def context_ceiling(model, target, x: torch.Tensor, base: torch.Tensor, y_hat: torch.Tensor, hw, drop_db: float,
-                    label: int, steps: int, lr: float) -> torch.Tensor:
+                    label: int, steps: int, lr: float, start=None, found=None) -> torch.Tensor:
     """The encrypted decode with one shift per hidden unit of each spatial branch (on top of the branch's own
     context, if it has one) chosen to minimise the target's margin on ``label``: an oracle per photo. While it
     searches, the change keeps the energy of the adapter's own change (the rescaling is part of what it
-    differentiates); the result is rescaled to exactly ``drop_db`` under the base, the adapter's own cost."""
-    from psic_adapter.adapter.cltg import SpatialBranch
+    differentiates); the result is rescaled to exactly ``drop_db`` under the base, the adapter's own cost.
+    ``start``: the shifts to start from (zeros); ``steps=0`` decodes with them. ``found``: a list that receives
+    the shifts."""
     from psic_adapter.bitstream.images import crop_to
 
-    branches = [b for b in model.psic_adapters[model.resolve_adapter_name()].modules() if isinstance(b, SpatialBranch)]
-    shifts = [torch.zeros(b.reduce.out_channels, requires_grad=True) for b in branches]
+    branches = spatial_branches(model)
+    shifts = [(torch.zeros(b.reduce.out_channels) if start is None else start[k].detach().clone()).requires_grad_()
+              for k, b in enumerate(branches)]
+    with torch.no_grad():
+        raw = crop_to(model.synthesize(y_hat, None), hw)  # the change is against the unrounded base decode
+        energy = (crop_to(model.synthesize(y_hat, model.encrypted_condition()), hw) - raw).pow(2).sum()  # the adapter's
 
     def change():
         return crop_to(model.synthesize(y_hat, model.encrypted_condition()), hw) - raw
@@ -128,9 +139,6 @@ def context_ceiling(model, target, x: torch.Tensor, base: torch.Tensor, y_hat: t
         for b, s in zip(branches, shifts):  # the instance attribute wins over SpatialBranch.hidden
             b.hidden = lambda f, b=b, s=s: torch.relu(b.pre_activation(f) + s[None, :, None, None])
         opt = torch.optim.Adam(shifts, lr=lr)
-        with torch.no_grad():
-            raw = crop_to(model.synthesize(y_hat, None), hw)  # the change is against the unrounded base decode
-            energy = change().pow(2).sum()  # the adapter's own (every shift zero)
         for _ in range(steps):
             d = change()
             loss = margin(target.logits((base + d * (energy / d.pow(2).sum().clamp_min(1e-20)).sqrt()).clamp(0, 1)),
@@ -143,10 +151,28 @@ def context_ceiling(model, target, x: torch.Tensor, base: torch.Tensor, y_hat: t
             opt.step()
         with torch.no_grad():
             d = change()
+            if found is not None:
+                found.extend(s.detach().clone() for s in shifts)
             return served(base + oracle_strength(base, d, x, drop_db) * d)
     finally:
         for b in branches:
             vars(b).pop("hidden", None)
+
+
+def branch_summaries(model, y_hat) -> List[torch.Tensor]:
+    """What a global context would read on this photo: each spatial branch's :meth:`summary` of its input, on the
+    adapter's own encrypted decode."""
+    seen = []
+    branches = spatial_branches(model)
+    try:
+        for b in branches:
+            b.hidden = lambda f, b=b: (seen.append(b.summary(f)[0]), type(b).hidden(b, f))[1]
+        with torch.no_grad():
+            model.synthesize(y_hat, model.encrypted_condition())
+    finally:
+        for b in branches:
+            vars(b).pop("hidden", None)
+    return seen
 
 
 def main(argv: List[str]) -> int:
