@@ -125,17 +125,20 @@ def device_of(name: str) -> str:
 
 # ------------------------------------------------------------------ .psic files
 def protect_file(image: PathLike, out: PathLike, *, adapter: Optional[PathLike] = None, codec: Optional[str] = None,
-                 quality: Optional[int] = None, checkpoint=None, model=None, force: bool = False, inputs=()):
+                 quality: Optional[int] = None, checkpoint=None, model=None, force: bool = False, inputs=(),
+                 shift_search=None):
     """Compress ``image`` into the ``.psic`` file ``out`` (the base codec's bitstream; the adapter's fingerprint
     recorded). The codec: ``model`` (a codec or wrapped model, named ``codec``/``quality``), or
-    :func:`base_codec` of the other arguments, wrapped with ``adapter``. Returns the
+    :func:`base_codec` of the other arguments, wrapped with ``adapter``. ``shift_search``: the owner's per-photo
+    shift is chosen and stored (:class:`~psic_adapter.adapter.photo_shift.ShiftSearch`). Returns the
     :class:`~psic_adapter.bitstream.coding.EncodeResult`."""
     from .bitstream.coding import encode_file
 
     if model is None:
         base = base_codec(codec, quality, checkpoint, adapter=None if codec else adapter)
         model, codec, quality = with_adapter(base.module, adapter), base.name, base.quality
-    return encode_file(image, out, model, codec_name=codec, quality=quality, force=force, inputs=inputs)
+    return encode_file(image, out, model, codec_name=codec, quality=quality, force=force, inputs=inputs,
+                       shift_search=shift_search)
 
 
 def open_file(psic: PathLike, out: PathLike, *, adapter: Optional[PathLike] = None, key=None, plain: bool = False,
@@ -352,8 +355,10 @@ def evaluate(decoder, target, samples, config, name: str, meta: Optional[Dict[st
 
 
 def evaluate_adapters(adapters: Sequence[PathLike], target, samples, config, *, key=None, checkpoint=None,
-                      data: Sequence[str] = (), say: Say = _quiet) -> List[Any]:
-    """``psic eval``: each adapter (a folder or hub id, on the codec it fits) measured with :func:`evaluate`."""
+                      data: Sequence[str] = (), say: Say = _quiet, shift_search=None) -> List[Any]:
+    """``psic eval``: each adapter (a folder or hub id, on the codec it fits) measured with :func:`evaluate`;
+    with ``shift_search``, each photo's encrypted version with the owner's per-photo shift (as ``psic compress
+    --shift-for`` stores it)."""
     from .adapter import codec_for_adapter
     from .eval.protocol import PSICDecoder
 
@@ -362,7 +367,10 @@ def evaluate_adapters(adapters: Sequence[PathLike], target, samples, config, *, 
         model = with_adapter(codec_for_adapter(adapter, checkpoint), adapter)  # entropy coding on the CPU
         meta = {"adapter": str(adapter), "data": [str(d) for d in data], "key_given": key is not None,
                 "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.__dict__.items()}}
-        runs.append(evaluate(PSICDecoder(model, key), target, samples, config, run_name(adapter), meta=meta,
+        if shift_search is not None:
+            meta["photo_shift"] = {"target": getattr(shift_search.target, "name", ""), "steps": shift_search.steps,
+                                   "lr": shift_search.lr, "budget_db": shift_search.budget_db}
+        runs.append(evaluate(PSICDecoder(model, key, shift_search=shift_search), target, samples, config, run_name(adapter), meta=meta,
                              log=run_log(adapter), say=say))
     return runs
 

@@ -35,7 +35,7 @@ def _with_crc(body: bytes) -> bytes:
     return body + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF)
 
 
-def _raw_file(header_bytes: bytes, payload: bytes = b"abc", version: int = container.FORMAT_VERSION) -> bytes:
+def _raw_file(header_bytes: bytes, payload: bytes = b"abc", version: int = container.PLAIN_FORMAT_VERSION) -> bytes:
     """A file with a valid checksum around any header bytes (to reach the header checks)."""
     return _with_crc(struct.pack(">4sBI", container.MAGIC, version, len(header_bytes)) + header_bytes + payload)
 
@@ -60,7 +60,7 @@ def elic():
 # ------------------------------------------------------------------ round trips
 def test_round_trip_hyperprior(hyperprior, hp_file):
     enc, data = hp_file["enc"], hp_file["data"]
-    assert data[:4] == b"PSIC" and data[4] == container.FORMAT_VERSION
+    assert data[:4] == b"PSIC" and data[4] == container.PLAIN_FORMAT_VERSION
     got, header, alpha = unpack(data)
     assert got["strings"] == enc["strings"]  # the codec's bytes, unchanged
     assert got["shape"] == tuple(enc["shape"])
@@ -68,7 +68,7 @@ def test_round_trip_hyperprior(hyperprior, hp_file):
     assert (header.codec, header.quality, header.height, header.width) == ("bmshj2018-hyperprior", 1, 64, 64)
     assert header.dims == {"N": 128, "M": 192} and header.base_fingerprint == "ab" * 16
     assert header.alpha_len == len(hp_file["alpha"]) and header.alpha_raw_len == 64 * 64
-    assert header.mode == "RGBA" and header.latent_check == [0.0, 1.5] and header.version == container.FORMAT_VERSION
+    assert header.mode == "RGBA" and header.latent_check == [0.0, 1.5] and header.version == container.PLAIN_FORMAT_VERSION
     with torch.no_grad():
         x_hat = hyperprior.decompress(got["strings"], got["shape"])["x_hat"]
     assert torch.equal(x_hat, hp_file["direct"])

@@ -44,7 +44,7 @@ def activity(model, photos: List[torch.Tensor], size: int) -> List[dict]:
 
     try:
         for b in branches:  # the instance attribute wins over SpatialBranch.hidden
-            b.hidden = lambda f, b=b: record(b, f)
+            b.hidden = lambda f, shift=None, b=b: record(b, f)
         with torch.no_grad():
             for img in photos:
                 x, _ = pad_to_multiple(resize_longer_side(img[None].float(), size), 64)

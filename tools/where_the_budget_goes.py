@@ -46,6 +46,7 @@ from typing import Dict, List
 
 import torch
 
+from psic_adapter.adapter.photo_shift import margin
 from psic_adapter.adapter.strength import oracle_strength
 from psic_adapter.perturbations import PERTURBATIONS
 from psic_adapter.training.validation import served
@@ -82,12 +83,6 @@ def preprocess(target, x: torch.Tensor) -> torch.Tensor:
     from psic_adapter.targets.base import resize_center_crop
 
     return resize_center_crop(x, target.image_size, target.resize_size, target.resize_mode, target.interpolation)
-
-
-def margin(logits: torch.Tensor, label: int) -> torch.Tensor:
-    other = logits.clone()
-    other[:, label] = -float("inf")
-    return logits[:, label] - other.max(dim=1).values
 
 
 def pgd_ceiling(target, base: torch.Tensor, x: torch.Tensor, label: int, drop_db: float, steps: int) -> torch.Tensor:
@@ -137,7 +132,7 @@ def context_ceiling(model, target, x: torch.Tensor, base: torch.Tensor, y_hat: t
 
     try:
         for b, s in zip(branches, shifts):  # the instance attribute wins over SpatialBranch.hidden
-            b.hidden = lambda f, b=b, s=s: torch.relu(b.pre_activation(f) + s[None, :, None, None])
+            b.hidden = lambda f, shift=None, b=b, s=s: torch.relu(b.pre_activation(f) + s[None, :, None, None])
         opt = torch.optim.Adam(shifts, lr=lr)
         for _ in range(steps):
             d = change()
@@ -166,7 +161,7 @@ def branch_summaries(model, y_hat) -> List[torch.Tensor]:
     branches = spatial_branches(model)
     try:
         for b in branches:
-            b.hidden = lambda f, b=b: (seen.append(b.summary(f)[0]), type(b).hidden(b, f))[1]
+            b.hidden = lambda f, shift=None, b=b: (seen.append(b.summary(f)[0]), type(b).hidden(b, f, shift))[1]
         with torch.no_grad():
             model.synthesize(y_hat, model.encrypted_condition())
     finally:

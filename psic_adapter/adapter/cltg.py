@@ -31,7 +31,7 @@ adapter adds exactly zero: the wrapped codec decodes exactly as the base codec.
 from __future__ import annotations
 
 import math
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -103,12 +103,17 @@ class SpatialBranch(nn.Module):
         c = self.context_shift(f)
         return h if c is None else h + c[:, :, None, None].to(h.dtype)
 
-    def hidden(self, f: Tensor) -> Tensor:
-        """``relu(pre_activation(f))``: the branch's hidden units."""
-        return torch.relu(self.pre_activation(f))
+    def hidden(self, f: Tensor, shift: Optional[Tensor] = None) -> Tensor:
+        """``relu(pre_activation(f) + shift)``: the branch's hidden units. ``shift`` (``[rank]``, or none): one
+        number per hidden unit for the whole image, the per-photo shift an owner may choose at compression
+        (:mod:`psic_adapter.adapter.photo_shift`)."""
+        h = self.pre_activation(f)
+        if shift is not None:
+            h = h + shift.to(h.device, h.dtype)[None, :, None, None]
+        return torch.relu(h)
 
-    def forward(self, f: Tensor) -> Tensor:
-        return self.expand(self.hidden(f))
+    def forward(self, f: Tensor, shift: Optional[Tensor] = None) -> Tensor:
+        return self.expand(self.hidden(f, shift))
 
 
 class CLTGAdapter(nn.Module):
@@ -131,23 +136,26 @@ class CLTGAdapter(nn.Module):
     def film(self) -> bool:
         return self.modulation != "bias"
 
-    def apply(self, index: int, out: Tensor, t: Tensor, in_place: bool = False) -> Tensor:
+    def apply(self, index: int, out: Tensor, t: Tensor, in_place: bool = False,
+              shift: Optional[Tensor] = None) -> Tensor:
         """Block ``index``'s output ``out`` modulated by ``t`` (that point's part of :meth:`forward`).
 
         ``in_place``: the caller owns ``out`` and no autograd graph is recorded, so
         it may be changed in place (saves one feature-map allocation per block).
+        ``shift``: the spatial branch's per-photo shift of its hidden units (:meth:`SpatialBranch.hidden`).
         """
         gain, bias, gate = self._parts(t.to(out.dtype))
-        extra = gate * self.branches[index](out) if gate is not None else None
+        extra = gate * self.branches[index](out, shift) if gate is not None else None
         return self._modulate(out, gain, bias, extra, in_place and t.shape[0] in (1, out.shape[0]))
 
-    def apply_deferred(self, index: int, out: Tensor, t: Tensor, in_place: bool = False):
+    def apply_deferred(self, index: int, out: Tensor, t: Tensor, in_place: bool = False,
+                       shift: Optional[Tensor] = None):
         """:meth:`apply` but for the spatial branch's last convolution: ``(out modulated by its gain and bias,
         (the branch's hidden map relu(conv1x1(out)), the gate))``, for the caller to fold the rest into the
         decoder's next layer (:mod:`psic_adapter.adapter.fusion`). Spatial modulation only."""
         gain, bias, gate = self._parts(t.to(out.dtype))
         branch = self.branches[index]
-        hidden = branch.hidden(out)  # before ``out`` is modulated in place
+        hidden = branch.hidden(out, shift)  # before ``out`` is modulated in place
         return self._modulate(out, gain, bias, None, in_place and t.shape[0] in (1, out.shape[0])), (hidden, gate)
 
     def _parts(self, t: Tensor):

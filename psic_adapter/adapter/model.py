@@ -61,11 +61,12 @@ PUBLIC_MODES_DOC = {
 class _Active:
     """The condition of the call in progress (set by :meth:`PSICModel.conditioned`)."""
 
-    __slots__ = ("adapter", "condition", "biases", "latent", "deferred")
+    __slots__ = ("adapter", "condition", "biases", "latent", "deferred", "photo_shift")
 
-    def __init__(self, adapter: str, condition: Tensor):
+    def __init__(self, adapter: str, condition: Tensor, photo_shift=None):
         self.adapter = adapter
         self.condition = condition
+        self.photo_shift = photo_shift  # a PhotoShift: this photo's branch shifts and strength (photo_shift.py)
         self.biases: Optional[List[Tensor]] = None
         self.latent: Optional[Tensor] = None  # what g_s decodes now (for a per-image strength)
         self.deferred = None  # (adapter, hidden map, gate): a spatial branch to fold into the next layer
@@ -369,11 +370,14 @@ class PSICModel(PretrainedMixin, nn.Module):
         return self.condition_for(key=key, mode=mode)
 
     @contextlib.contextmanager
-    def conditioned(self, condition: Tensor, adapter_name: Optional[str] = None) -> Iterator[None]:
-        """Inside this context ``self.base`` decodes with ``condition`` ([1, D] or [B, D])."""
+    def conditioned(self, condition: Tensor, adapter_name: Optional[str] = None, photo_shift=None) -> Iterator[None]:
+        """Inside this context ``self.base`` decodes with ``condition`` ([1, D] or [B, D]), and with the owner's
+        per-photo ``photo_shift`` (a :class:`~psic_adapter.adapter.photo_shift.PhotoShift`) where one is given."""
         name = self.resolve_adapter_name(adapter_name)
+        if photo_shift is not None:
+            photo_shift.check_fits(self, name)
         old = self._active
-        self._active = _Active(name, condition)
+        self._active = _Active(name, condition, photo_shift)
         try:
             yield
         finally:
@@ -391,19 +395,24 @@ class PSICModel(PretrainedMixin, nn.Module):
         if act is None or act.adapter != name or self._disabled:
             return None
         module = self.psic_adapters[name]
+        ps = act.photo_shift
         if act.biases is None:
             act.biases = module(act.condition)
             spec = self.psic_configs[name].strength
-            if spec is not None and act.latent is not None and act.latent.dim() >= 2:
+            if ps is not None and ps.strength is not None:  # the owner's strength for this photo
+                act.biases = [t * ps.strength_tensor().to(t.device, t.dtype) for t in act.biases]
+            elif spec is not None and act.latent is not None and act.latent.dim() >= 2:
                 s = strength_of(spec, act.latent)
                 act.biases = [t * s.to(t.device, t.dtype) for t in act.biases]
+        shift = ps.shifts[index] if ps is not None else None
         # Without autograd the block's own output may be changed in place (saves an allocation), and the last
         # spatial branch is folded into the next layer (the same function; fusion.py): training keeps it plain.
         if not torch.is_grad_enabled() and self._fold_points.get(name) == index:
-            out, (hidden, gate) = module.apply_deferred(index, out, act.biases[index], in_place=owned)
+            out, (hidden, gate) = module.apply_deferred(index, out, act.biases[index], in_place=owned, shift=shift)
             act.deferred = (name, index, hidden, gate)
             return out
-        return module.apply(index, out, act.biases[index], in_place=owned and not torch.is_grad_enabled())
+        return module.apply(index, out, act.biases[index], in_place=owned and not torch.is_grad_enabled(),
+                            shift=shift)
 
     def _fold(self, name: str, layer: nn.Module, out: Tensor) -> Optional[Tensor]:
         """The layer after a folded spatial point: its output plus the branch's part (see :meth:`_inject`)."""
@@ -437,14 +446,19 @@ class PSICModel(PretrainedMixin, nn.Module):
         return out
 
     def decompress(self, strings, shape, key: Optional[KeyLike] = None, mode: Optional[str] = None,
-                   condition: Optional[Tensor] = None, size=None, **kwargs) -> Dict[str, Any]:
+                   condition: Optional[Tensor] = None, size=None, photo_shift=None, **kwargs) -> Dict[str, Any]:
         """Decode a bitstream: encrypted by default, full with the owner's ``key``.
 
         ``size``: the (H, W) that :meth:`compress` returned; the decode is cropped to it (without it, the
-        decode has the padded size). Without autograd, like entropy coding itself; for gradients through
-        the synthesis use :meth:`decode_latent` and :meth:`synthesize`."""
+        decode has the padded size). ``photo_shift``: the owner's per-photo shift
+        (:mod:`~psic_adapter.adapter.photo_shift`), applied to the encrypted version only (the full one never
+        reads it). Without autograd, like entropy coding itself; for gradients through the synthesis use
+        :meth:`decode_latent` and :meth:`synthesize`."""
         cond = self._resolve(key, mode, condition)
-        with (self._plain() if cond is None else self.conditioned(cond)), torch.no_grad():
+        if cond is not None and photo_shift is not None and not torch.equal(
+                cond.cpu(), self.encrypted_condition().cpu()):
+            photo_shift = None  # the full version (a public mode bit, or a key): the codec's own decode
+        with (self._plain() if cond is None else self.conditioned(cond, photo_shift=photo_shift)), torch.no_grad():
             out = self.base.decompress(strings, shape, **kwargs)
         if size is not None:
             out = {**out, "x_hat": crop_to(out["x_hat"], tuple(int(v) for v in size))}
@@ -481,12 +495,13 @@ class PSICModel(PretrainedMixin, nn.Module):
         with self._plain():
             return decode_latent(self.base, strings, shape, **kwargs)
 
-    def synthesize(self, y_hat: Tensor, condition: Optional[Tensor]) -> Tensor:
-        """``g_s(y_hat)`` under ``condition`` (``None``: the base decoder alone; not clamped, as in ``forward``)."""
+    def synthesize(self, y_hat: Tensor, condition: Optional[Tensor], photo_shift=None) -> Tensor:
+        """``g_s(y_hat)`` under ``condition`` (``None``: the base decoder alone; not clamped, as in ``forward``),
+        with the owner's per-photo ``photo_shift`` (:mod:`~psic_adapter.adapter.photo_shift`) where given."""
         if condition is None:
             with self._plain():
                 return self.base.g_s(y_hat)
-        with self.conditioned(condition.to(y_hat.device)):
+        with self.conditioned(condition.to(y_hat.device), photo_shift=photo_shift):
             return self.base.g_s(y_hat)
 
     # ------------------------------------------------------------ parameters

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ..codec import architecture_name, codec_dims, decode_latent, entropy_tables_hash, fingerprint
-from ..errors import ContainerError, FingerprintMismatchError, KeyMismatchError, OverwriteError, PSICError
+from ..errors import ConfigError, ContainerError, FingerprintMismatchError, KeyMismatchError, OverwriteError, PSICError
 from ..codec.padding import PAD_MULTIPLE, crop_to, pad_to_multiple, padded_size
 from ..types import KeyLike, PathLike
 from . import container
@@ -191,6 +191,7 @@ class EncodeResult:
     stream_bytes: int
     height: int
     width: int
+    shift_search: Optional[Dict[str, Any]] = None  # what the per-photo shift's search saw (ShiftSearch)
 
     @property
     def bpp(self) -> float:
@@ -208,11 +209,14 @@ def _psic_name(dst: Path, force: bool) -> None:
 
 
 def encode_file(src: PathLike, dst: PathLike, model: nn.Module, codec_name: Optional[str] = None,
-                quality: Optional[int] = None, force: bool = False, inputs=()) -> EncodeResult:
+                quality: Optional[int] = None, force: bool = False, inputs=(), shift_search=None) -> EncodeResult:
     """Compress an image file into a ``.psic`` file.
 
     ``model`` is a codec or a :class:`~psic_adapter.PSICModel`; with an adapter the
     file records the adapter's fingerprint (the bitstream is the same either way).
+    ``shift_search`` (a :class:`~psic_adapter.adapter.photo_shift.ShiftSearch`, a "spatial" adapter): the
+    owner's per-photo shift is chosen for this photo and stored in the header (format 3); the codec's
+    bytes are the same.
     The output must not be the input (nor one of ``inputs``, the other files the
     caller read: the checkpoint, the adapter), must be named ``.psic`` unless
     ``force``, and an existing one needs ``force``; it is written atomically.
@@ -226,9 +230,14 @@ def encode_file(src: PathLike, dst: PathLike, model: nn.Module, codec_name: Opti
     x, info = load_image(src)
     container.check_size(info.height, info.width, str(src))  # what its own decoder will accept
     base = _base(model)
+    if shift_search is not None and not _is_wrapped(model):
+        raise PSICError("a per-photo shift needs an adapter (--adapter DIR)")
     enc = encode(model, x)
     y_hat = _latent_of(model, enc["strings"], enc["shape"])
     alpha = info.alpha_bytes()
+    shift = search = None
+    if shift_search is not None:
+        shift, search = shift_search(model, y_hat, x)
     header = container.ContainerHeader(
         codec=codec_name or architecture_name(base),
         quality=quality,
@@ -243,6 +252,7 @@ def encode_file(src: PathLike, dst: PathLike, model: nn.Module, codec_name: Opti
         padded=padded_size(info.height, info.width),
         alpha_raw_len=info.height * info.width * (2 if info.bit_depth == 16 else 1) if alpha else 0,
         latent_check=latent_check(y_hat),
+        photo_shift=shift.to_json() if shift is not None else None,
     )
     data = container.pack(enc["strings"], enc["shape"], header, alpha=alpha)
     try:
@@ -250,7 +260,7 @@ def encode_file(src: PathLike, dst: PathLike, model: nn.Module, codec_name: Opti
     except ContainerError as exc:
         raise ContainerError(f"{src} cannot be stored as a .psic file: {exc}") from None
     container.write(dst, data, force=force, inputs=inputs)
-    return EncodeResult(dst, len(data), count_bytes(enc["strings"]), info.height, info.width)
+    return EncodeResult(dst, len(data), count_bytes(enc["strings"]), info.height, info.width, search)
 
 
 def check_codec(header: container.ContainerHeader, model: nn.Module) -> None:
@@ -330,6 +340,14 @@ def decode_file(src: PathLike, dst: PathLike, model: nn.Module, key: Optional[Ke
         _check_adapter(src, header, model)
     if key is not None and not wrapped:
         raise PSICError("a key needs an adapter (--adapter DIR)")
+    from ..adapter.photo_shift import photo_shift_of
+
+    shift = photo_shift_of(header.photo_shift)
+    if shift is not None and wrapped:
+        try:
+            shift.check_fits(model)
+        except ConfigError as exc:
+            raise ContainerError(f"{src}: {exc}") from None
     if wrapped and key is not None and not model.key_matches(key):
         raise KeyMismatchError(f"the key does not match this adapter: nothing written (without a key, {src} "
                                "decodes to the encrypted version)")
@@ -345,10 +363,12 @@ def decode_file(src: PathLike, dst: PathLike, model: nn.Module, key: Optional[Ke
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the key was checked above
                 cond = model.condition_for(key=key)
-            x_hat = model.synthesize(y_hat, cond)
+            # the owner's per-photo shift: the encrypted version only (the full one is the codec's own decode)
+            x_hat = model.synthesize(y_hat, cond, photo_shift=shift if key is None else None)
         else:
             x_hat = model.g_s(y_hat)
         x_hat = finite_decode(crop_to(x_hat, (header.height, header.width))).clamp(0, 1)
     save_image(x_hat, dst, info, force=force, inputs=inputs)
     version = "plain" if not wrapped else ("full" if key is not None else "encrypted")
-    return {"path": dst, "version": version, "key_matched": True if key is not None else None, "header": header}
+    return {"path": dst, "version": version, "key_matched": True if key is not None else None, "header": header,
+            "photo_shift": shift is not None and version == "encrypted"}

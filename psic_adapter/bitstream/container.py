@@ -8,7 +8,8 @@ Layout (all integers big-endian)::
     header     hlen      UTF-8 JSON (compact): codec, quality, dims, base and
                          adapter fingerprints, entropy-table hash, image size,
                          padded size, mode and bit depth, latent shape, string
-                         lengths, alpha length, latent checksum
+                         lengths, alpha length, latent checksum; from format 3,
+                         the owner's per-photo shift (``photo_shift``)
     payload              the codec's strings, concatenated, then the alpha plane
     checksum   4 bytes   CRC-32 of everything before it
 
@@ -23,6 +24,12 @@ allocated; :mod:`psic_adapter.bitstream.coding` then checks the fields against t
 fingerprints) and, after entropy decoding, the latent checksum. The CRC only
 tells accidental corruption; a file crafted with a recomputed CRC must still
 fail one of those checks or decode to what its header says.
+
+Format 3 is format 2 with a ``photo_shift`` in the header (the owner's per-photo shift of a
+"spatial" adapter's branches, chosen at compression: :mod:`psic_adapter.adapter.photo_shift`); a
+file without one is written as format 2, byte for byte as before, so older readers read it, and an
+older reader refuses a format-3 file by its version ("upgrade psic-adapter") rather than decoding
+it without its shift.
 
 Format 1 (psic-adapter 0.1) files are still read (``psic info`` describes them);
 they have no latent checksum, so :func:`psic_adapter.bitstream.coding.decode_file`
@@ -44,7 +51,9 @@ from ..codec.padding import PAD_MULTIPLE, padded_size  # noqa: F401 (the codec's
 from ..errors import ContainerError, show, show_names
 
 MAGIC = b"PSIC"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+#: the format a file without a per-photo shift is written in (what psic-adapter 0.1.1-0.1.3 wrote and read)
+PLAIN_FORMAT_VERSION = 2
 _PREFIX = struct.Struct(">4sBI")
 _CRC = struct.Struct(">I")
 
@@ -89,10 +98,13 @@ class ContainerHeader:
     alpha_len: int = 0
     alpha_raw_len: int = 0  # decompressed size of the alpha plane
     latent_check: Optional[List[float]] = None  # projections of the decoded latent (coding.latent_check)
+    photo_shift: Optional[Dict[str, Any]] = None  # format 3: the owner's per-photo shift (PhotoShift.to_json)
     version: int = FORMAT_VERSION  # the container format the file was read from (not stored)
 
     def to_json(self) -> bytes:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "version"}
+        if d["photo_shift"] is None:
+            del d["photo_shift"]  # a format-2 header, byte for byte
         return json.dumps(d, separators=(",", ":"), sort_keys=True).encode("utf-8")
 
 
@@ -153,7 +165,8 @@ def pack(strings, shape, header: ContainerHeader, alpha: bytes = b"") -> bytes:
     header.shape = shape_to_json(shape)
     header.alpha_len = len(alpha)
     hdr = header.to_json()
-    body = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(hdr)) + hdr + b"".join(flat) + alpha
+    version = FORMAT_VERSION if header.photo_shift is not None else PLAIN_FORMAT_VERSION
+    body = _PREFIX.pack(MAGIC, version, len(hdr)) + hdr + b"".join(flat) + alpha
     return body + _CRC.pack(zlib.crc32(body) & 0xFFFFFFFF)
 
 
@@ -273,6 +286,14 @@ def check_header(header: ContainerHeader, payload_len: int) -> None:
         raise _bad("latent_check", header.latent_check)
     if header.version >= 2 and header.latent_check is None:
         raise ContainerError("the file's header is corrupted (no latent checksum)")
+    if header.photo_shift is not None:
+        if header.version < 3:
+            raise ContainerError(f"the file's header is corrupted (a photo_shift in a format-{header.version} file)")
+        from ..adapter.photo_shift import PhotoShift
+
+        PhotoShift.from_json(header.photo_shift)  # shape, numbers and size; whether it fits the adapter: decode
+    elif header.version >= 3:
+        raise ContainerError("the file's header is corrupted (a format-3 file without its photo_shift)")
 
 
 def unpack(data: bytes) -> Tuple[Dict[str, Any], ContainerHeader, bytes]:

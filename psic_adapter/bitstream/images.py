@@ -31,6 +31,11 @@ DEFAULT_MAX_PIXELS = 40_000_000
 _max_pixels: Optional[int] = None
 
 
+def served(x: torch.Tensor) -> torch.Tensor:
+    """A decode as it is served: clamped and rounded to 8 bits."""
+    return (x.float().clamp(0, 1) * 255).round() / 255
+
+
 def max_pixels() -> int:
     """The pixel limit: :func:`set_max_pixels`, else the ``PSIC_MAX_PIXELS`` environment variable,
     else :data:`DEFAULT_MAX_PIXELS`."""

@@ -27,6 +27,34 @@ def add_key_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--key-env", metavar="VAR", help="environment variable holding the owner's key")
 
 
+def add_shift_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("per-photo shift (the owner's, at compression; a 'spatial' adapter)")
+    g.add_argument("--shift-for", metavar="TARGET",
+                   help="choose this photo's shift of the adapter's branches against TARGET (efficientnet-lite0, "
+                        "clip:MODEL, timm:MODEL, A+B): stronger protection against it, seconds to a minute a photo "
+                        "on a CPU; stored in the file (format 3), the codec's bytes unchanged")
+    g.add_argument("--shift-steps", type=int, default=40, help="the search's steps at most (default 40)")
+    g.add_argument("--shift-db", type=float, metavar="DB",
+                   help="this photo's encrypted version exactly DB under the base decode (default: the adapter's "
+                        "own cost on this photo)")
+    g.add_argument("--shift-target-weights", metavar="F", help="weights for --shift-for's target")
+
+
+def shift_search_of(args):
+    """The :class:`~psic_adapter.adapter.photo_shift.ShiftSearch` the flags ask for (None without --shift-for)."""
+    if not getattr(args, "shift_for", None):
+        for flag in ("shift_db", "shift_target_weights"):
+            if getattr(args, flag, None) is not None:
+                raise SystemExit(f"psic: --{flag.replace('_', '-')} needs --shift-for TARGET")
+        return None
+    from ..adapter.photo_shift import ShiftSearch
+    from ..targets import build_target
+
+    search = ShiftSearch(None, steps=args.shift_steps, budget_db=args.shift_db)  # the numbers, before the target loads
+    search.target = build_target(args.shift_for, weights=args.shift_target_weights, device="cpu").eval()
+    return search
+
+
 def read_key(args) -> Optional[bytes]:
     from ..adapter.keys import read_key_env, read_key_file
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import add_codec_args, input_files
+from .common import add_codec_args, add_shift_args, input_files, shift_search_of
 
 
 def add_parser(sub) -> None:
@@ -12,14 +12,25 @@ def add_parser(sub) -> None:
     add_codec_args(p)
     p.add_argument("--adapter", metavar="DIR", help="adapter the file is meant for (recorded; bitstream unchanged)")
     p.add_argument("--force", action="store_true", help="overwrite OUTPUT (never one of the inputs: the image, the checkpoint, the adapter)")
+    add_shift_args(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from ..workflows import protect_file
 
+    from ..fileio import check_output
+
+    if args.shift_for and not args.adapter:
+        raise SystemExit("psic: --shift-for needs --adapter DIR (a 'spatial' adapter)")
+    check_output(args.output, force=args.force, inputs=[args.input, *input_files(args)])  # before a target loads
     res = protect_file(args.input, args.output, adapter=args.adapter, codec=args.codec, quality=args.quality,
-                       checkpoint=args.checkpoint, force=args.force, inputs=input_files(args))
+                       checkpoint=args.checkpoint, force=args.force, inputs=input_files(args),
+                       shift_search=shift_search_of(args))
     print(f"{res.path}: {res.width}x{res.height}, {res.file_bytes} bytes, {res.bpp:.4f} bpp (bitstream), "
           f"{res.file_bpp:.4f} bpp (file)")
+    if res.shift_search is not None:
+        s = res.shift_search
+        print(f"per-photo shift against {args.shift_for}: {s['steps']} steps, margin {s['margin_before']:.2f} -> "
+              f"{s['margin_after']:.2f} (below 0: its answer changed), {s['drop_db']:.2f} dB under the base decode")
     return 0

@@ -30,5 +30,6 @@ def run(args) -> int:
     res, header = open_file(args.input, args.output, adapter=args.adapter, key=lambda: read_key(args), plain=args.plain,
                             checkpoint=args.checkpoint, force=args.force, inputs=inputs,
                             allow_format_1=args.allow_format_1)
-    print(f"{res['path']}: {res['version']} version, {header.width}x{header.height}")
+    shifted = " with the owner's per-photo shift" if res.get("photo_shift") else ""
+    print(f"{res['path']}: {res['version']} version{shifted}, {header.width}x{header.height}")
     return 0

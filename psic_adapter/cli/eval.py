@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import add_key_args, read_key
+from .common import add_key_args, add_shift_args, read_key, shift_search_of
 
 
 #: the command's line in `psic --help`, which lists it without building its options
@@ -40,6 +40,7 @@ def add_parser(sub) -> None:
                    "(Flickr_8k.devImages.txt) or a Karpathy JSON split")
     p.add_argument("--no-robustness", action="store_true", help="skip JPEG / resize / blur / codec re-encoding")
     p.add_argument("--device", default="cpu", help="device for the target model")
+    add_shift_args(p)
     add_config_flags(p.add_argument_group("what to measure (defaults: EvalConfig's)"), EvalConfig)
     p.add_argument("--out", required=True, help="report folder (metrics.json, report.html)")
     p.add_argument("--force", action="store_true", help="overwrite an existing report")
@@ -81,7 +82,7 @@ def run(args) -> int:
     crops_only = args.crop is not None and not args.scales  # then --count counts crops
     samples = evaluation_samples(args.data, seed=cfg.seed, count=None if crops_only else args.count)
     runs = evaluate_adapters(args.adapter, target, samples, cfg, key=key, checkpoint=args.checkpoint, data=args.data,
-                             say=lambda line: print(line, flush=True))
+                             say=lambda line: print(line, flush=True), shift_search=shift_search_of(args))
     print(f"report: {write_report(args.out, runs, force=args.force)}")
     return 0
 

@@ -17,6 +17,7 @@ def add_parser(sub) -> None:
 def file_info(path) -> Dict[str, Any]:
     """The facts of a .psic file, from its checked header."""
     from ..bitstream import container
+    from ..adapter.photo_shift import describe, photo_shift_of
     from ..bitstream.coding import count_bytes
     from ..codec import SHIPPED_CODEC
 
@@ -40,6 +41,8 @@ def file_info(path) -> Dict[str, Any]:
         "needs": ("--adapter (the one with this fingerprint); the owner's key for the full version"
                   if header.adapter_fingerprint else "nothing but the base codec"),
         "latent checksum": "yes" if header.latent_check is not None else "no (format 1)",
+        "per-photo shift": (describe(photo_shift_of(header.photo_shift)) + ": the encrypted version applies it"
+                            if header.photo_shift is not None else "none (the adapter's own change)"),
     }
 
 

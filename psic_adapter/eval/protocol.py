@@ -82,15 +82,20 @@ class PSICDecoder(VersionDecoder):
     method = "PSIC"
     has_conditions = True
 
-    def __init__(self, model, key=None):
+    def __init__(self, model, key=None, shift_search=None):
         self.model = model
         self.key = key
+        #: the owner's per-photo shift (:class:`~psic_adapter.adapter.photo_shift.ShiftSearch`), chosen on each
+        #: original as ``psic compress --shift-for`` does, for the encrypted version
+        self.shift_search = shift_search
         if key is not None and not model.key_matches(key):
             raise ConfigError("the key given does not match this adapter (the full version would be the encrypted one)")
         self.versions = ("base", "full", "encrypted") if key is not None else ("base", "encrypted")
         full = ("the base codec's decode (the adapter bypassed)" if model.bypasses_full()
                 else "decoded with the owner's condition")
-        self.descriptions = {"base": "the base codec alone", "encrypted": "no key (or a wrong one)",
+        self.descriptions = {"base": "the base codec alone",
+                             "encrypted": "no key (or a wrong one)" + (
+                                 ", with the owner's per-photo shift" if shift_search is not None else ""),
                              "full": f"the owner's key: {full}"}
         model.eval()
 
@@ -109,7 +114,11 @@ class PSICDecoder(VersionDecoder):
         bpp = M.bpp_from_strings(enc["strings"], h * w)
         base = finite_decode(self.model.synthesize(y_hat, None)).clamp(0, 1)[..., :h, :w]
         images = {"base": base}
-        images["encrypted"] = finite_decode(self.model.synthesize(y_hat, self.model.encrypted_condition())).clamp(0, 1)[..., :h, :w]
+        shift = None
+        if self.shift_search is not None:
+            shift, _ = self.shift_search(self.model, y_hat, x[..., :h, :w])
+        images["encrypted"] = finite_decode(self.model.synthesize(y_hat, self.model.encrypted_condition(),
+                                                                  photo_shift=shift)).clamp(0, 1)[..., :h, :w]
         if self.key is not None:
             cond = self.model.condition_for(key=self.key)
             images["full"] = base if cond is None else finite_decode(self.model.synthesize(y_hat, cond)).clamp(0, 1)[..., :h, :w]

@@ -26,18 +26,13 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 
 from ..adapter.strength import oracle_strength
-from ..bitstream.images import crop_to, pad_to_multiple, resize_longer_side
+from ..bitstream.images import crop_to, pad_to_multiple, resize_longer_side, served  # noqa: F401 (served: named here too)
 from ..errors import DataError
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     mse = float((a - b).pow(2).mean())
     return 100.0 if mse <= 1e-10 else -10.0 * torch.log10(torch.tensor(mse)).item()
-
-
-def served(x: torch.Tensor) -> torch.Tensor:
-    """A decode as it is served: clamped and rounded to 8 bits."""
-    return (x.float().clamp(0, 1) * 255).round() / 255
 
 
 class ValidationProbe:

@@ -1,0 +1,217 @@
+"""The owner's per-photo shift (``psic compress --shift-for``; psic_adapter/adapter/photo_shift.py): chosen at
+compression against a classifier, stored in the file's header (format 3), applied by the encrypted decode only.
+Tiny codecs and a stand-in classifier, seconds."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from psic_adapter import ConfigError, ContainerError, PSICConfig, wrap_model
+from psic_adapter.adapter.photo_shift import MAX_SHIFT, PhotoShift, ShiftSearch, margin, psnr_drop
+from psic_adapter.bitstream import coding, container
+from psic_adapter.bitstream.images import served
+from psic_adapter.cli import main
+
+from .conftest import randomize_adapter, small_trainable_codec
+from .psic_files import DELETE, edit_psic
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+
+KEY = "the owner's photo-shift test key"
+
+
+class MeanColour(torch.nn.Module):
+    """A stand-in classifier: three classes scored by the image's mean red, green and blue."""
+
+    def logits(self, x):
+        return x.mean(dim=(2, 3)) * 10
+
+    def predict(self, x):
+        return self.logits(x).argmax(dim=1)
+
+
+def _spatial(**config):
+    """A random spatial adapter on a codec whose decodes sit inside [0, 1] as a photo's do."""
+    codec = copy.deepcopy(small_trainable_codec())
+    with torch.no_grad():
+        codec.g_s[-1].bias += 0.5
+    return randomize_adapter(wrap_model(codec, PSICConfig(modulation="spatial", spatial_rank=4, **config), key=KEY),
+                             std=0.1).eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _spatial()
+
+
+@pytest.fixture(scope="module")
+def photo():
+    g = torch.Generator().manual_seed(1)
+    small = torch.rand(1, 3, 8, 8, generator=g)
+    return torch.nn.functional.interpolate(small, size=(64, 64), mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+def _latent(model, x):
+    enc = coding.encode(model, x)
+    return model.decode_latent(enc["strings"], enc["shape"])
+
+
+def _decode(model, y_hat, shift=None):
+    with torch.no_grad():
+        return served(model.synthesize(y_hat, model.encrypted_condition(), photo_shift=shift))
+
+
+# ------------------------------------------------------------------ the search
+def test_the_search_lowers_the_margin_at_the_adapters_own_cost(model, photo):
+    y_hat = _latent(model, photo)
+    target = MeanColour()
+    with torch.no_grad():
+        base = served(model.synthesize(y_hat, None))
+    label = int(target.predict(base))
+    own = _decode(model, y_hat)
+
+    shift, seen = ShiftSearch(target, steps=30, lr=0.5)(model, y_hat, photo)
+
+    shifted = _decode(model, y_hat, shift)
+    assert seen["label"] == label and 1 <= seen["steps"] <= 30
+    assert float(margin(target.logits(shifted), label)) < float(margin(target.logits(own), label))
+    assert psnr_drop(shifted, base, photo) == pytest.approx(psnr_drop(own, base, photo), abs=0.05)
+    assert seen["drop_db"] == pytest.approx(psnr_drop(shifted, base, photo))
+    assert len(shift.shifts) == 3 and all(s.shape == (4,) for s in shift.shifts) and shift.strength > 0
+    assert torch.equal(_decode(model, y_hat), own)  # the adapter is left as it was
+
+
+def test_a_budget_puts_each_photo_at_that_cost(model, photo):
+    y_hat = _latent(model, photo)
+    with torch.no_grad():
+        base = served(model.synthesize(y_hat, None))
+    for budget in (0.3, 1.0):
+        shift, _ = ShiftSearch(MeanColour(), steps=2, lr=0.5, budget_db=budget)(model, y_hat, photo)
+        assert psnr_drop(_decode(model, y_hat, shift), base, photo) == pytest.approx(budget, abs=0.05)
+
+
+def test_the_search_refuses_bad_settings_and_adapters_without_branches(photo):
+    for bad in (dict(steps=-1), dict(steps=1.5), dict(lr=0), dict(lr=float("nan")), dict(budget_db=0),
+                dict(budget_db=float("inf"))):
+        with pytest.raises(ConfigError):
+            ShiftSearch(MeanColour(), **bad)
+    film = randomize_adapter(wrap_model(small_trainable_codec(), PSICConfig(modulation="film"), key=KEY), std=0.1)
+    with pytest.raises(ConfigError, match="needs a 'spatial' adapter"):
+        ShiftSearch(MeanColour(), steps=1)(film, _latent(film, photo), photo)
+
+
+# ------------------------------------------------------------------ applying it
+def test_only_the_encrypted_version_reads_the_shift(model, photo):
+    enc = coding.encode(model, photo)
+    shift = PhotoShift([torch.full((4,), 0.5)] * 3, 1.5)
+    args = (enc["strings"], enc["shape"])
+    plain = model.decompress(*args)["x_hat"]
+    shifted = model.decompress(*args, photo_shift=shift)["x_hat"]
+    assert not torch.equal(plain, shifted)  # no key: the shift changes the encrypted version
+    assert torch.equal(model.decompress(*args, key=KEY, photo_shift=shift)["x_hat"],
+                       model.decompress(*args, key=KEY)["x_hat"])  # the owner's key: the codec's own decode
+    with torch.no_grad():  # the decode without autograd (the folded branch) is the function the search differentiates
+        y_hat = model.decode_latent(*args)
+    torch.testing.assert_close(shifted, model.synthesize(y_hat, model.encrypted_condition(), photo_shift=shift).detach(),
+                               atol=1e-5, rtol=0)
+
+
+def test_a_shift_must_fit_the_adapter(model):
+    with pytest.raises(ConfigError, match=r"has \[4, 4\] units per branch; the adapter's branches have \[4, 4, 4\]"):
+        PhotoShift([torch.zeros(4)] * 2).check_fits(model)
+    with pytest.raises(ConfigError, match="chosen for another adapter"):
+        PhotoShift([torch.zeros(4), torch.zeros(4), torch.zeros(5)]).check_fits(model)
+
+
+@pytest.mark.parametrize("field, what", [
+    ("nope", "not an object"),
+    ({"shifts": [[0.0]], "extra": 1}, "not an object"),
+    ({"strength": 1.0}, "not an object"),
+    ({"shifts": []}, "not a list of 1 to"),
+    ({"shifts": [[]]}, "not a non-empty list"),
+    ({"shifts": [[0.0, "1"]]}, "finite numbers"),
+    ({"shifts": [[0.0, True]]}, "finite numbers"),
+    ({"shifts": [[MAX_SHIFT * 2]]}, "finite numbers"),
+    ({"shifts": [[float("nan")]]}, "finite numbers"),
+    ({"shifts": [[0.0] * 600, [0.0] * 600]}, "more than 1024 numbers"),
+    ({"shifts": [[0.0]] * 17}, "not a list of 1 to 16"),
+    ({"shifts": [[0.0]], "strength": 0}, "strength must be"),
+    ({"shifts": [[0.0]], "strength": -1.0}, "strength must be"),
+    ({"shifts": [[0.0]], "strength": 1e300}, "strength must be"),
+])
+def test_a_stored_shift_is_checked_before_use(field, what):
+    with pytest.raises(ContainerError, match=f"bad photo_shift: .*{what}"):
+        PhotoShift.from_json(field)
+
+
+def test_a_stored_shift_decodes_as_the_search_saw_it(model, photo):
+    y_hat = _latent(model, photo)
+    shift = PhotoShift([torch.randn(4, generator=torch.Generator().manual_seed(k)) for k in range(3)], 1.2345678)
+    again = PhotoShift.from_json(json.loads(json.dumps(shift.to_json())))
+    assert torch.equal(_decode(model, y_hat, again), _decode(model, y_hat, shift))
+
+
+# ------------------------------------------------------------------ files
+def _png(tmp_path, x):
+    path = tmp_path / "photo.png"
+    Image.fromarray((x[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path)
+    return path
+
+
+def test_a_file_with_a_shift_keeps_the_codecs_bytes_and_decodes_both_versions(model, photo, tmp_path, capsys):
+    png = _png(tmp_path, photo)
+    plain, shifted = tmp_path / "plain.psic", tmp_path / "shifted.psic"
+    coding.encode_file(png, plain, model)
+    res = coding.encode_file(png, shifted, model, shift_search=ShiftSearch(MeanColour(), steps=5, lr=0.5))
+    a, ha, _ = container.read(plain)
+    b, hb, _ = container.read(shifted)
+    assert a["strings"] == b["strings"]  # the base codec's bytes either way
+    assert (ha.version, hb.version) == (2, 3) and ha.photo_shift is None
+    assert plain.read_bytes()[4] == 2 and b'"photo_shift"' not in plain.read_bytes()  # format 2, as before
+    assert res.shift_search["steps"] >= 1
+
+    out = coding.decode_file(shifted, tmp_path / "enc.png", model)
+    assert out["photo_shift"] is True
+    shift = PhotoShift.from_json(hb.photo_shift)
+    want = _decode(model, model.decode_latent(b["strings"], b["shape"]), shift)
+    got = torch.from_numpy(np.array(Image.open(tmp_path / "enc.png"))).permute(2, 0, 1)[None].float() / 255
+    assert torch.equal(got, want)
+    coding.decode_file(shifted, tmp_path / "full.png", model, key=KEY)
+    coding.decode_file(plain, tmp_path / "full-plain.png", model, key=KEY)
+    assert (tmp_path / "full.png").read_bytes() == (tmp_path / "full-plain.png").read_bytes()
+
+    assert main(["info", str(shifted)]) == 0
+    assert re.search(r"per-photo shift +13 numbers \(3 branches x \[4, 4, 4\] units", capsys.readouterr().out)
+
+
+def test_a_shift_that_does_not_fit_or_a_format_that_does_not_match_is_refused(model, photo, tmp_path):
+    png = _png(tmp_path, photo)
+    shifted = tmp_path / "shifted.psic"
+    coding.encode_file(png, shifted, model, shift_search=ShiftSearch(MeanColour(), steps=1))
+    data = shifted.read_bytes()
+    misfit = tmp_path / "misfit.psic"
+    misfit.write_bytes(edit_psic(data, photo_shift={"shifts": [[0.0] * 5] * 3}))
+    with pytest.raises(ContainerError, match=r"misfit.psic: this per-photo shift has \[5, 5, 5\] units"):
+        coding.decode_file(misfit, tmp_path / "out.png", model)
+    assert not (tmp_path / "out.png").exists()
+    with pytest.raises(ContainerError, match="a format-3 file without its photo_shift"):
+        container.unpack(edit_psic(data, photo_shift=DELETE))
+    with pytest.raises(ContainerError, match="a photo_shift in a format-2 file"):
+        container.unpack(edit_psic(data, version=2))
+
+
+def test_psic_compress_shift_flags_are_checked_first(tmp_path, capsys):
+    png = _png(tmp_path, torch.rand(1, 3, 64, 64))
+    with pytest.raises(SystemExit, match="--shift-db needs --shift-for"):
+        main(["compress", str(png), str(tmp_path / "a.psic"), "--checkpoint", "shipped", "--shift-db", "0.5"])
+    with pytest.raises(SystemExit, match="--shift-for needs --adapter"):
+        main(["compress", str(png), str(tmp_path / "a.psic"), "--checkpoint", "shipped",
+              "--shift-for", "efficientnet-lite0"])
+    assert not (tmp_path / "a.psic").exists()
