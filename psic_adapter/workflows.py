@@ -360,8 +360,12 @@ def evaluate_adapters(adapters: Sequence[PathLike], target, samples, config, *, 
     with ``shift_search``, each photo's encrypted version with the owner's per-photo shift (as ``psic compress
     --shift-for`` stores it)."""
     from .adapter import codec_for_adapter
+    from .adapter.photo_shift import check_shiftable
     from .eval.protocol import PSICDecoder
 
+    if shift_search is not None:
+        for adapter in adapters:  # before any is measured
+            check_shiftable(adapter)
     runs = []
     for adapter in adapters:
         model = with_adapter(codec_for_adapter(adapter, checkpoint), adapter)  # entropy coding on the CPU

@@ -15,6 +15,7 @@ from PIL import Image
 
 from psic_adapter import ConfigError, ContainerError, PSICConfig, wrap_model
 from psic_adapter.adapter.photo_shift import MAX_SHIFT, PhotoShift, ShiftSearch, margin, psnr_drop
+from psic_adapter.adapter.strength import MAX_STRENGTH
 from psic_adapter.bitstream import coding, container
 from psic_adapter.bitstream.images import served
 from psic_adapter.cli import main
@@ -37,12 +38,12 @@ class MeanColour(torch.nn.Module):
         return self.logits(x).argmax(dim=1)
 
 
-def _spatial(**config):
+def _spatial(rank: int = 4):
     """A random spatial adapter on a codec whose decodes sit inside [0, 1] as a photo's do."""
     codec = copy.deepcopy(small_trainable_codec())
     with torch.no_grad():
         codec.g_s[-1].bias += 0.5
-    return randomize_adapter(wrap_model(codec, PSICConfig(modulation="spatial", spatial_rank=4, **config), key=KEY),
+    return randomize_adapter(wrap_model(codec, PSICConfig(modulation="spatial", spatial_rank=rank), key=KEY),
                              std=0.1).eval()
 
 
@@ -207,11 +208,84 @@ def test_a_shift_that_does_not_fit_or_a_format_that_does_not_match_is_refused(mo
         container.unpack(edit_psic(data, version=2))
 
 
-def test_psic_compress_shift_flags_are_checked_first(tmp_path, capsys):
+def test_psic_compress_and_eval_check_the_shift_flags_before_anything_loads(model, tmp_path, capsys, monkeypatch):
+    import psic_adapter.targets as targets
+
+    def no_target(*a, **k):  # a refusal must come before the target loads
+        raise AssertionError("the target was loaded")
+
+    monkeypatch.setattr(targets, "build_target", no_target)
     png = _png(tmp_path, torch.rand(1, 3, 64, 64))
-    with pytest.raises(SystemExit, match="--shift-db needs --shift-for"):
-        main(["compress", str(png), str(tmp_path / "a.psic"), "--checkpoint", "shipped", "--shift-db", "0.5"])
-    with pytest.raises(SystemExit, match="--shift-for needs --adapter"):
-        main(["compress", str(png), str(tmp_path / "a.psic"), "--checkpoint", "shipped",
-              "--shift-for", "efficientnet-lite0"])
-    assert not (tmp_path / "a.psic").exists()
+    out = str(tmp_path / "a.psic")
+    film = tmp_path / "film"
+    wrap_model(small_trainable_codec(), PSICConfig(modulation="film"), key=KEY).save_pretrained(film)
+    spatial = tmp_path / "spatial"
+    model.save_pretrained(spatial)
+    for argv, says in [
+        (["--shift-db", "0.5"], "--shift-db need(s) --shift-for"),
+        (["--shift-steps", "5"], "--shift-steps need(s) --shift-for"),
+        (["--shift-for", "efficientnet-lite0"], "--shift-for needs --adapter"),
+        (["--shift-for", "", "--adapter", str(spatial)], "--shift-for needs a target"),
+        (["--shift-for", "clip:ViT-B-32", "--adapter", str(spatial)], "needs a classifier"),
+        (["--shift-for", "efficientnet-lite0+clip:RN50", "--adapter", str(spatial)], "needs a classifier"),
+        (["--shift-for", "efficientnet-lite0", "--shift-steps", "0", "--adapter", str(spatial)], "steps must be 1 to"),
+        (["--shift-for", "efficientnet-lite0", "--adapter", str(film)], "needs a 'spatial' adapter"),
+    ]:
+        assert main(["compress", str(png), out, "--checkpoint", "shipped", *argv]) == 1
+        assert says in capsys.readouterr().err
+    assert main(["compress", str(png), str(tmp_path / "a.png"), "--checkpoint", "shipped", "--adapter",
+                 str(spatial), "--shift-for", "efficientnet-lite0"]) == 1
+    assert "needs a .psic name" in capsys.readouterr().err
+    assert not list(tmp_path.glob("a.*psic"))
+    for argv, says in [
+        (["--shift-db", "0.5"], "--shift-db need(s) --shift-for"),
+        (["--shift-for", "efficientnet-lite0", "--adapter", str(film)], "needs a 'spatial' adapter"),
+        (["--shift-for", "efficientnet-lite0", "--adapter", str(spatial), "--task", "celeba"], "not --task celeba"),
+    ]:
+        if "--adapter" not in argv:
+            argv = [*argv, "--adapter", str(spatial)]
+        assert main(["eval", "--target", "efficientnet-lite0", "--out", str(tmp_path / "r"), *argv]) == 1
+        assert says in capsys.readouterr().err
+
+
+def test_a_budget_the_change_cannot_spend_or_a_change_that_costs_nothing(model, photo):
+    y_hat = _latent(model, photo)
+    shift, seen = ShiftSearch(MeanColour(), steps=1, budget_db=20.0)(model, y_hat, photo)
+    assert seen["capped"] and shift.strength == MAX_STRENGTH and seen["drop_db"] < 20.0
+    with torch.no_grad():
+        base = served(model.synthesize(y_hat, None))
+    calm = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in calm.psic_adapters.parameters():
+            p.mul_(1e-4)  # a change that costs nothing measurable on this photo
+    shift, seen = ShiftSearch(MeanColour(), steps=1)(calm, y_hat, photo)
+    assert seen["budget_db"] == 0  # served, its change rounds away
+    assert shift.strength == 1.0  # the adapter's own strength, not a strength of ~0 (which would undo the shift too)
+    assert psnr_drop(_decode(calm, y_hat, shift), base, photo) == pytest.approx(seen["drop_db"])
+
+
+def test_the_search_takes_one_photo_and_leaves_the_models_mode(model, photo):
+    y_hat = _latent(model, photo)
+    with pytest.raises(ConfigError, match="one photo at a time"):
+        ShiftSearch(MeanColour(), steps=1)(model, y_hat.expand(2, -1, -1, -1), photo.expand(2, -1, -1, -1))
+    model.train()
+    try:
+        ShiftSearch(MeanColour(), steps=1)(model, y_hat, photo)
+        assert model.training
+    finally:
+        model.eval()
+
+
+def test_the_folded_branch_reads_the_shift_as_the_plain_one_does(photo):
+    folded = _spatial(rank=8)  # 8 hidden channels: the last branch folds into the decoder's last layer
+    assert folded._fold_points  # (fusion.py)
+    enc = coding.encode(folded, photo)
+    shift = PhotoShift([torch.linspace(-1, 1, 8)] * 3, 0.7)
+    with torch.no_grad():
+        y_hat = folded.decode_latent(enc["strings"], enc["shape"])
+        fold = folded.decompress(enc["strings"], enc["shape"], photo_shift=shift)["x_hat"]
+    plain = folded.synthesize(y_hat, folded.encrypted_condition(), photo_shift=shift).detach()  # autograd: no fold
+    torch.testing.assert_close(fold, plain, atol=1e-5, rtol=0)
+    given = folded.encrypted_condition().clone()  # the encrypted condition given explicitly still reads it
+    assert torch.equal(folded.decompress(enc["strings"], enc["shape"], condition=given, photo_shift=shift)["x_hat"],
+                       fold)

@@ -455,9 +455,9 @@ class PSICModel(PretrainedMixin, nn.Module):
         reads it). Without autograd, like entropy coding itself; for gradients through the synthesis use
         :meth:`decode_latent` and :meth:`synthesize`."""
         cond = self._resolve(key, mode, condition)
-        if cond is not None and photo_shift is not None and not torch.equal(
-                cond.cpu(), self.encrypted_condition().cpu()):
-            photo_shift = None  # the full version (a public mode bit, or a key): the codec's own decode
+        if cond is not None and photo_shift is not None and not bool(
+                (cond.cpu() == self.encrypted_condition().cpu()).all()):
+            photo_shift = None  # the full version (a public mode bit, or a key): it never reads the shift
         with (self._plain() if cond is None else self.conditioned(cond, photo_shift=photo_shift)), torch.no_grad():
             out = self.base.decompress(strings, shape, **kwargs)
         if size is not None:

@@ -42,6 +42,22 @@ from .strength import MAX_STRENGTH, oracle_strength, strength_of
 MAX_SHIFT = 100.0
 MAX_POINTS = 16
 MAX_UNITS = 1024
+#: the largest photo the search runs on: it differentiates through the decoder at the photo's size (about 3 GB of
+#: activations per megapixel on the shipped codec), so a 12-megapixel photo would need tens of GB
+MAX_SEARCH_PIXELS = 4_000_000
+#: target specs the search can use: classifiers (CLIP's zero-shot logits need prompts, which it does not take)
+SEARCHABLE = ("efficientnet-lite", "timm:")
+
+
+def check_search_target(spec: str) -> None:
+    """Refuse, before anything loads, a ``--shift-for`` spec the search cannot use: it needs a classifier's logits
+    (``efficientnet-lite0`` .. ``-lite2``, ``timm:NAME``, ensembles of those)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError("--shift-for needs a target: efficientnet-lite0 (or -lite1, -lite2), timm:NAME, or A+B")
+    for part in spec.split("+"):
+        if not part.startswith(SEARCHABLE):
+            raise ConfigError(f"--shift-for {spec}: the per-photo search needs a classifier (efficientnet-lite0, "
+                              f"-lite1, -lite2, timm:NAME, or A+B of those), not {part!r}")
 
 
 @dataclass
@@ -117,6 +133,19 @@ def _number_in(v: Any, lo: float, hi: float) -> bool:
     return not isinstance(v, bool) and isinstance(v, (int, float)) and lo <= v <= hi  # False for NaN
 
 
+def check_shiftable(adapter) -> None:
+    """Refuse, from its config alone, an adapter folder without spatial branches (a hub id is checked once
+    fetched, when the model is built)."""
+    from .download import is_hub_id
+    from .files import check_adapter_files
+
+    if is_hub_id(str(adapter)):
+        return
+    config, _ = check_adapter_files(adapter)
+    if config.modulation != "spatial":
+        raise ConfigError(f"a per-photo shift needs a 'spatial' adapter; {adapter} is {config.modulation!r}")
+
+
 # ------------------------------------------------------------------ the search
 def margin(logits: Tensor, label: int) -> Tensor:
     """The target's logit for ``label`` minus its best other logit (below zero: the answer changed)."""
@@ -149,8 +178,10 @@ class ShiftSearch:
     stop_margin: float = 1.0
 
     def __post_init__(self):
-        if not isinstance(self.steps, int) or not 0 <= self.steps <= 10_000:
-            raise ConfigError(f"the shift search's steps must be 0 to 10000, not {show(self.steps)}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= 10_000:
+            raise ConfigError(f"the shift search's steps must be 1 to 10000, not {show(self.steps)}")
+        if not _number_in(self.stop_margin, 0, 100):
+            raise ConfigError(f"the shift search's stop margin must be in [0, 100], not {show(self.stop_margin)}")
         if not _number_in(self.lr, 0, 10) or self.lr == 0:
             raise ConfigError(f"the shift search's learning rate must be in (0, 10], not {show(self.lr)}")
         if self.budget_db is not None and (not _number_in(self.budget_db, 0, 20) or self.budget_db == 0):
@@ -159,11 +190,26 @@ class ShiftSearch:
     def __call__(self, model, y_hat: Tensor, original: Tensor) -> Tuple[PhotoShift, Dict[str, Any]]:
         """The shift for the photo ``original`` (``[1, 3, H, W]`` in [0, 1]) whose decoded latent is ``y_hat``
         (what its file decodes to: the entropy decoder's, not the encoder's forward). Returns it and what the
-        search saw (``label``, ``steps`` taken, the margin before / after, the ``drop_db`` it costs)."""
+        search saw: ``label``, ``steps`` taken, the target's margin on the served encrypted version without and
+        with the shift (below 0: the answer changed), the ``drop_db`` it costs, the ``strength`` and whether
+        the budget was out of reach (``capped``)."""
+        training = model.training
+        model.eval()
+        try:
+            return self._search(model, y_hat, original)
+        finally:
+            model.train(training)
+
+    def _search(self, model, y_hat: Tensor, original: Tensor) -> Tuple[PhotoShift, Dict[str, Any]]:
         from ..codec.padding import crop_to
 
-        model.eval()
+        if original.dim() != 4 or original.shape[0] != 1 or y_hat.shape[0] != 1:
+            raise ConfigError("the per-photo shift is chosen for one photo at a time (a batch of 1)")
         hw = tuple(original.shape[-2:])
+        if hw[0] * hw[1] > MAX_SEARCH_PIXELS:
+            raise ConfigError(f"the photo is {hw[1]}x{hw[0]}: the per-photo search runs on photos of at most "
+                              f"{MAX_SEARCH_PIXELS:,} pixels (it differentiates through the decoder at full size); "
+                              "resize it, or compress it without --shift-for")
         name = model.resolve_adapter_name()
         cond = model.encrypted_condition(name)
         branches = getattr(model.psic_adapters[name], "branches", None)
@@ -178,19 +224,19 @@ class ShiftSearch:
             label = int(self.target.predict(base))
         spec = model.psic_configs[name].strength
         own = float(strength_of(spec, y_hat).flatten()[0]) if spec is not None else 1.0
-        drop_db = self.budget_db if self.budget_db is not None else psnr_drop(served(adapter), base, original)
+        own_drop = psnr_drop(served(adapter), base, original)
+        drop_db = self.budget_db if self.budget_db is not None else own_drop
+        with torch.no_grad():
+            before = float(margin(self.target.logits(served(adapter)), label))
         shifts = [torch.zeros(b.reduce.out_channels, device=y_hat.device, requires_grad=True) for b in branches]
         opt = torch.optim.Adam(shifts, lr=self.lr)
-        first = last = None
         taken = 0
         with torch.enable_grad():
             for taken in range(1, self.steps + 1):
                 d = crop_to(model.synthesize(y_hat, cond, photo_shift=PhotoShift(shifts)), hw) - raw
                 scaled = d * (energy / d.pow(2).sum().clamp_min(1e-20)).sqrt()
                 loss = margin(self.target.logits((base + scaled).clamp(0, 1)), label).sum()
-                last = float(loss.detach())
-                first = last if first is None else first
-                if last < -self.stop_margin:
+                if float(loss.detach()) < -self.stop_margin:
                     taken -= 1
                     break
                 grads = torch.autograd.grad(loss, shifts)  # into the shifts only: not the codec, not the target
@@ -198,19 +244,26 @@ class ShiftSearch:
                     s.grad = g
                 opt.step()
         found = [s.detach().clone() for s in shifts]
-        strength = self._strength_for(model, y_hat, cond, found, raw, base, original, hw, drop_db, own)
+        capped = False
+        if drop_db <= 0:  # the adapter's change costs nothing on this photo (it happens to undo some codec error):
+            strength = own  # no budget to hold it to, so the adapter's own strength (a strength of ~0 would undo it)
+        else:
+            strength, capped = self._strength_for(model, y_hat, cond, found, raw, base, original, hw, drop_db, own)
         shift = PhotoShift(found, strength)
         with torch.no_grad():
             out = served(crop_to(model.synthesize(y_hat, cond, photo_shift=shift), hw))
-        return shift, {"label": label, "steps": taken, "margin_before": first, "margin_after": last,
-                       "drop_db": psnr_drop(out, base, original), "budget_db": drop_db, "strength": strength}
+            after = float(margin(self.target.logits(out), label))
+        return shift, {"label": label, "steps": taken, "margin_before": before, "margin_after": after,
+                       "drop_db": psnr_drop(out, base, original), "budget_db": drop_db, "strength": strength,
+                       "capped": capped}
 
     @torch.no_grad()
     def _strength_for(self, model, y_hat, cond, shifts, raw, base, original, hw, drop_db: float,
-                      own: float) -> float:
-        """The strength at which the shifted change, served, is ``drop_db`` under ``base``: a first guess from
-        the change's energy at the adapter's own strength (:func:`~.strength.oracle_strength`, linear in the
-        strength), then bisection on real decodes (the change is not quite linear in the strength)."""
+                      own: float) -> Tuple[float, bool]:
+        """The largest strength at which the shifted change, served, is at most ``drop_db`` (> 0) under ``base``:
+        a first guess from the change's energy at the adapter's own strength (:func:`~.strength.oracle_strength`,
+        linear in the strength), then bisection on real decodes (the change is not quite linear in the
+        strength). Also whether even :data:`~.strength.MAX_STRENGTH` stays under the budget (out of reach)."""
         from ..codec.padding import crop_to
 
         def drop(s: float) -> float:
@@ -220,12 +273,14 @@ class ShiftSearch:
         d = crop_to(model.synthesize(y_hat, cond, photo_shift=PhotoShift(shifts, own)), hw) - raw
         guess = min(max(own * oracle_strength(base, d, original, drop_db), 1e-3), MAX_STRENGTH)
         lo, hi = 0.0, guess
-        while drop(hi) < drop_db and hi < MAX_STRENGTH:
+        while drop(hi) <= drop_db:
+            if hi >= MAX_STRENGTH:
+                return MAX_STRENGTH, True
             lo, hi = hi, min(2 * hi, MAX_STRENGTH)
         for _ in range(12):
             mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if drop(mid) < drop_db else (lo, mid)
-        return max(lo, 1e-3)  # at most the budget (the last point under it)
+            lo, hi = (mid, hi) if drop(mid) <= drop_db else (lo, mid)
+        return max(lo, 1e-6), False  # the last strength at or under the budget
 
 
 def photo_shift_of(header_field: Any) -> Optional[PhotoShift]:

@@ -203,7 +203,9 @@ class EncodeResult:
         return 8 * self.file_bytes / (self.height * self.width)
 
 
-def _psic_name(dst: Path, force: bool) -> None:
+def check_psic_name(dst: PathLike, force: bool) -> None:
+    """A ``.psic`` file needs a ``.psic`` name, unless ``force``."""
+    dst = Path(dst)
     if dst.suffix.lower() != ".psic" and not force:
         raise OverwriteError(f"{dst}: a .psic file needs a .psic name (or --force to write it under this one)")
 
@@ -226,7 +228,7 @@ def encode_file(src: PathLike, dst: PathLike, model: nn.Module, codec_name: Opti
     dst = Path(dst)
     inputs = [src, *inputs]
     check_output(dst, force=force, inputs=inputs)
-    _psic_name(dst, force)
+    check_psic_name(dst, force)
     x, info = load_image(src)
     container.check_size(info.height, info.width, str(src))  # what its own decoder will accept
     base = _base(model)

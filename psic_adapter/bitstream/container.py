@@ -52,7 +52,7 @@ from ..errors import ContainerError, show, show_names
 
 MAGIC = b"PSIC"
 FORMAT_VERSION = 3
-#: the format a file without a per-photo shift is written in (what psic-adapter 0.1.1-0.1.3 wrote and read)
+#: the format a file without a per-photo shift is written in (what earlier releases wrote and read)
 PLAIN_FORMAT_VERSION = 2
 _PREFIX = struct.Struct(">4sBI")
 _CRC = struct.Struct(">I")
@@ -327,6 +327,8 @@ def unpack(data: bytes) -> Tuple[Dict[str, Any], ContainerHeader, bytes]:
         raise ContainerError(f"the file's header is unreadable ({exc.__class__.__name__})") from None
     if not isinstance(raw, dict):
         raise ContainerError("the file's header is not a JSON object")
+    if "photo_shift" in raw and raw["photo_shift"] is None:  # written only when there is one
+        raise ContainerError("the file's header is corrupted (a photo_shift of null)")
     known = {f.name for f in fields(ContainerHeader)} - {"version"}
     unknown = sorted(set(raw) - known)
     if unknown:

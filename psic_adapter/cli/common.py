@@ -30,28 +30,44 @@ def add_key_args(p: argparse.ArgumentParser) -> None:
 def add_shift_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("per-photo shift (the owner's, at compression; a 'spatial' adapter)")
     g.add_argument("--shift-for", metavar="TARGET",
-                   help="choose this photo's shift of the adapter's branches against TARGET (efficientnet-lite0, "
-                        "clip:MODEL, timm:MODEL, A+B): stronger protection against it, seconds to a minute a photo "
-                        "on a CPU; stored in the file (format 3), the codec's bytes unchanged")
-    g.add_argument("--shift-steps", type=int, default=40, help="the search's steps at most (default 40)")
+                   help="choose this photo's shift of the adapter's branches against the classifier TARGET "
+                        "(efficientnet-lite0, -lite1, -lite2, timm:MODEL, A+B): stronger protection against it, "
+                        "seconds to a minute a photo on a CPU; stored in the file (format 3), the codec's bytes "
+                        "unchanged")
+    g.add_argument("--shift-steps", type=int, metavar="N", help="the search's steps at most (default 40)")
     g.add_argument("--shift-db", type=float, metavar="DB",
-                   help="this photo's encrypted version exactly DB under the base decode (default: the adapter's "
-                        "own cost on this photo)")
+                   help="each photo's encrypted version DB under the base decode, at most (default: the adapter's "
+                        "own cost on that photo)")
     g.add_argument("--shift-target-weights", metavar="F", help="weights for --shift-for's target")
 
 
-def shift_search_of(args):
-    """The :class:`~psic_adapter.adapter.photo_shift.ShiftSearch` the flags ask for (None without --shift-for)."""
-    if not getattr(args, "shift_for", None):
-        for flag in ("shift_db", "shift_target_weights"):
-            if getattr(args, flag, None) is not None:
-                raise SystemExit(f"psic: --{flag.replace('_', '-')} needs --shift-for TARGET")
+SHIFT_FLAGS = ("shift_steps", "shift_db", "shift_target_weights")
+
+
+def check_shift_args(args):
+    """The per-photo shift's flags, checked before anything loads: the :class:`ShiftSearch` they ask for, without
+    its target (None without --shift-for; the other flags without it are an error, not ignored)."""
+    from ..adapter.photo_shift import ShiftSearch, check_search_target
+    from ..errors import ConfigError
+
+    if getattr(args, "shift_for", None) is None:
+        given = [f"--{f.replace('_', '-')}" for f in SHIFT_FLAGS if getattr(args, f, None) is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)} need(s) --shift-for TARGET")
         return None
-    from ..adapter.photo_shift import ShiftSearch
+    check_search_target(args.shift_for)
+    steps = 40 if args.shift_steps is None else args.shift_steps
+    return ShiftSearch(None, steps=steps, budget_db=args.shift_db)
+
+
+def shift_search_of(args, search=None):
+    """:func:`check_shift_args`'s search (or ``search``, already checked) with its target loaded (None without
+    --shift-for)."""
     from ..targets import build_target
 
-    search = ShiftSearch(None, steps=args.shift_steps, budget_db=args.shift_db)  # the numbers, before the target loads
-    search.target = build_target(args.shift_for, weights=args.shift_target_weights, device="cpu").eval()
+    search = search if search is not None else check_shift_args(args)
+    if search is not None:
+        search.target = build_target(args.shift_for, weights=args.shift_target_weights, device="cpu").eval()
     return search
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from .common import add_codec_args, add_shift_args, input_files, shift_search_of
 
 
@@ -17,20 +19,33 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..workflows import protect_file
-
+    from ..errors import ConfigError
     from ..fileio import check_output
+    from ..workflows import protect_file
+    from .common import check_shift_args
 
-    if args.shift_for and not args.adapter:
-        raise SystemExit("psic: --shift-for needs --adapter DIR (a 'spatial' adapter)")
-    check_output(args.output, force=args.force, inputs=[args.input, *input_files(args)])  # before a target loads
+    search = check_shift_args(args)
+    if search is not None:  # everything that can be refused is refused before the target loads
+        if not args.adapter:
+            raise ConfigError("--shift-for needs --adapter DIR (a 'spatial' adapter)")
+        from ..adapter.photo_shift import check_shiftable
+        from ..bitstream.coding import check_psic_name
+
+        check_shiftable(args.adapter)
+        check_output(args.output, force=args.force, inputs=[args.input, *input_files(args)])
+        check_psic_name(args.output, args.force)
+        search = shift_search_of(args, search)
     res = protect_file(args.input, args.output, adapter=args.adapter, codec=args.codec, quality=args.quality,
-                       checkpoint=args.checkpoint, force=args.force, inputs=input_files(args),
-                       shift_search=shift_search_of(args))
+                       checkpoint=args.checkpoint, force=args.force, inputs=input_files(args), shift_search=search)
     print(f"{res.path}: {res.width}x{res.height}, {res.file_bytes} bytes, {res.bpp:.4f} bpp (bitstream), "
           f"{res.file_bpp:.4f} bpp (file)")
     if res.shift_search is not None:
         s = res.shift_search
-        print(f"per-photo shift against {args.shift_for}: {s['steps']} steps, margin {s['margin_before']:.2f} -> "
-              f"{s['margin_after']:.2f} (below 0: its answer changed), {s['drop_db']:.2f} dB under the base decode")
+        print(f"per-photo shift against {args.shift_for}: {s['steps']} steps; its margin on the encrypted version "
+              f"{s['margin_before']:.2f} -> {s['margin_after']:.2f} (below 0: its answer changed); "
+              f"{s['drop_db']:.2f} dB under the base decode")
+        if s["capped"]:
+            print(f"psic: warning: the budget ({s['budget_db']:.2f} dB) is out of reach on this photo: the change is "
+                  "at its largest strength", file=sys.stderr)
     return 0
+

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import add_key_args, add_shift_args, read_key, shift_search_of
+from .common import add_key_args, add_shift_args, check_shift_args, read_key, shift_search_of
 
 
 #: the command's line in `psic --help`, which lists it without building its options
@@ -72,8 +72,16 @@ def run(args) -> int:
 
     if args.count is not None and args.count < 1:  # 0 is not "all"
         raise ConfigError(f"--count must be at least 1, not {args.count}")
+    search = check_shift_args(args)  # before anything loads
     if args.task != "classify":
+        if search is not None:
+            raise ConfigError(f"--shift-for measures whole photos (the classify task), not --task {args.task}")
         return run_task(args)
+    if search is not None:
+        from ..adapter.photo_shift import check_shiftable
+
+        for adapter in args.adapter:
+            check_shiftable(adapter)
     if not args.target:
         args.parser.error("the following arguments are required: --target")
     cfg = eval_config(args)
@@ -82,7 +90,7 @@ def run(args) -> int:
     crops_only = args.crop is not None and not args.scales  # then --count counts crops
     samples = evaluation_samples(args.data, seed=cfg.seed, count=None if crops_only else args.count)
     runs = evaluate_adapters(args.adapter, target, samples, cfg, key=key, checkpoint=args.checkpoint, data=args.data,
-                             say=lambda line: print(line, flush=True), shift_search=shift_search_of(args))
+                             say=lambda line: print(line, flush=True), shift_search=shift_search_of(args, search))
     print(f"report: {write_report(args.out, runs, force=args.force)}")
     return 0
 

@@ -19,7 +19,7 @@ checks use.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -39,6 +39,7 @@ class Decoded:
     size: Tuple[int, int]
     latent: Optional[Tensor] = None  # y_hat of the bitstream (methods with conditions)
     extra: Dict[str, float] = field(default_factory=dict)
+    photo_shift: Any = None  # the owner's per-photo shift the file would carry (PSICDecoder with a shift search)
 
 
 class VersionDecoder:
@@ -88,6 +89,8 @@ class PSICDecoder(VersionDecoder):
         #: the owner's per-photo shift (:class:`~psic_adapter.adapter.photo_shift.ShiftSearch`), chosen on each
         #: original as ``psic compress --shift-for`` does, for the encrypted version
         self.shift_search = shift_search
+        if shift_search is not None and getattr(model.psic_adapters[model.resolve_adapter_name()], "branches", None) is None:
+            raise ConfigError(f"a per-photo shift needs a 'spatial' adapter; this one is {model.config.modulation!r}")
         if key is not None and not model.key_matches(key):
             raise ConfigError("the key given does not match this adapter (the full version would be the encrypted one)")
         self.versions = ("base", "full", "encrypted") if key is not None else ("base", "encrypted")
@@ -122,11 +125,13 @@ class PSICDecoder(VersionDecoder):
         if self.key is not None:
             cond = self.model.condition_for(key=self.key)
             images["full"] = base if cond is None else finite_decode(self.model.synthesize(y_hat, cond)).clamp(0, 1)[..., :h, :w]
-        return Decoded(images=images, bpp={v: bpp for v in images}, size=(h, w), latent=y_hat)
+        return Decoded(images=images, bpp={v: bpp for v in images}, size=(h, w), latent=y_hat, photo_shift=shift)
 
     def decode_condition(self, decoded: Decoded, condition: Tensor) -> Tensor:
+        """The decode under ``condition`` (a wrong key's, an attacker's), with the photo's shift where the file
+        carries one: whoever holds the file holds the shift."""
         h, w = decoded.size
-        return self.model.synthesize(decoded.latent, condition).clamp(0, 1)[..., :h, :w]
+        return self.model.synthesize(decoded.latent, condition, photo_shift=decoded.photo_shift).clamp(0, 1)[..., :h, :w]
 
     def wrong_key_conditions(self, n: int, generator: torch.Generator) -> Tensor:
         return self.model.wrong_key_conditions(n, generator=generator)
