@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from psic_adapter import ConfigError, ContainerError, PSICConfig, wrap_model
-from psic_adapter.adapter.photo_shift import MAX_SHIFT, PhotoShift, ShiftSearch, margin, psnr_drop
+from psic_adapter.adapter.photo_shift import PhotoShift, ShiftSearch, margin, psnr_drop
 from psic_adapter.adapter.strength import MAX_STRENGTH
 from psic_adapter.bitstream import coding, container
 from psic_adapter.bitstream.images import served
@@ -133,19 +133,22 @@ def test_a_shift_must_fit_the_adapter(model):
 
 @pytest.mark.parametrize("field, what", [
     ("nope", "not an object"),
-    ({"shifts": [[0.0]], "extra": 1}, "not an object"),
-    ({"strength": 1.0}, "not an object"),
+    ({"shifts": [[0]], "extra": 1}, "not an object"),
+    ({"strength": 1}, "not an object"),
     ({"shifts": []}, "not a list of 1 to"),
     ({"shifts": [[]]}, "not a non-empty list"),
-    ({"shifts": [[0.0, "1"]]}, "finite numbers"),
-    ({"shifts": [[0.0, True]]}, "finite numbers"),
-    ({"shifts": [[MAX_SHIFT * 2]]}, "finite numbers"),
-    ({"shifts": [[float("nan")]]}, "finite numbers"),
-    ({"shifts": [[0.0] * 600, [0.0] * 600]}, "more than 1024 numbers"),
-    ({"shifts": [[0.0]] * 17}, "not a list of 1 to 16"),
-    ({"shifts": [[0.0]], "strength": 0}, "strength must be"),
-    ({"shifts": [[0.0]], "strength": -1.0}, "strength must be"),
-    ({"shifts": [[0.0]], "strength": 1e300}, "strength must be"),
+    ({"shifts": [[0, "1"]]}, "integers in"),
+    ({"shifts": [[0, True]]}, "integers in"),
+    ({"shifts": [[0.5]]}, "integers in"),
+    ({"shifts": [[25601]]}, "integers in"),
+    ({"shifts": [[-(10 ** 400)]]}, "integers in"),
+    ({"shifts": [[float("nan")]]}, "integers in"),
+    ({"shifts": [[0] * 600, [0] * 600]}, "more than 1024 numbers"),
+    ({"shifts": [[0]] * 17}, "not a list of 1 to 16"),
+    ({"shifts": [[0]], "strength": 0}, "strength must be"),
+    ({"shifts": [[0]], "strength": -1}, "strength must be"),
+    ({"shifts": [[0]], "strength": 1.5}, "strength must be"),
+    ({"shifts": [[0]], "strength": 65537}, "strength must be"),
 ])
 def test_a_stored_shift_is_checked_before_use(field, what):
     with pytest.raises(ContainerError, match=f"bad photo_shift: .*{what}"):
@@ -155,8 +158,12 @@ def test_a_stored_shift_is_checked_before_use(field, what):
 def test_a_stored_shift_decodes_as_the_search_saw_it(model, photo):
     y_hat = _latent(model, photo)
     shift = PhotoShift([torch.randn(4, generator=torch.Generator().manual_seed(k)) for k in range(3)], 1.2345678)
-    again = PhotoShift.from_json(json.loads(json.dumps(shift.to_json())))
-    assert torch.equal(_decode(model, y_hat, again), _decode(model, y_hat, shift))
+    text = json.dumps(shift.to_json())
+    assert all(isinstance(v, int) for s in json.loads(text)["shifts"] for v in s) and len(text) < 100  # integers
+    again = PhotoShift.from_json(json.loads(text))
+    assert torch.equal(_decode(model, y_hat, again), _decode(model, y_hat, shift.on_grid()))
+    found, _ = ShiftSearch(MeanColour(), steps=3, lr=0.5)(model, y_hat, photo)  # the search's result is on the grid
+    assert torch.equal(_decode(model, y_hat, PhotoShift.from_json(found.to_json())), _decode(model, y_hat, found))
 
 
 # ------------------------------------------------------------------ files
@@ -198,7 +205,7 @@ def test_a_shift_that_does_not_fit_or_a_format_that_does_not_match_is_refused(mo
     coding.encode_file(png, shifted, model, shift_search=ShiftSearch(MeanColour(), steps=1))
     data = shifted.read_bytes()
     misfit = tmp_path / "misfit.psic"
-    misfit.write_bytes(edit_psic(data, photo_shift={"shifts": [[0.0] * 5] * 3}))
+    misfit.write_bytes(edit_psic(data, photo_shift={"shifts": [[0] * 5] * 3}))
     with pytest.raises(ContainerError, match=r"misfit.psic: this per-photo shift has \[5, 5, 5\] units"):
         coding.decode_file(misfit, tmp_path / "out.png", model)
     assert not (tmp_path / "out.png").exists()

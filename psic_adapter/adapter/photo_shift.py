@@ -40,6 +40,11 @@ from .strength import MAX_STRENGTH, oracle_strength, strength_of
 
 #: bounds of a stored shift (a branch's hidden units are O(1); the search moves them by tenths)
 MAX_SHIFT = 100.0
+#: the grids a stored shift and strength lie on: the file holds integers (a header of about 150 bytes for the shipped
+#: adapter's 25 numbers, where float32 values written out take about 500, 5 % of a 512 px photo's bitstream). The
+#: search rounds its result onto them before it sets the strength, so a file decodes exactly as the search saw it.
+SHIFT_STEP = 1 / 256
+STRENGTH_STEP = 1 / 4096
 MAX_POINTS = 16
 MAX_UNITS = 1024
 #: the largest photo the search runs on: it differentiates through the decoder at the photo's size (about 3 GB of
@@ -81,12 +86,18 @@ class PhotoShift:
 
     # ------------------------------------------------------------------ files
     def to_json(self) -> Dict[str, Any]:
-        """Plain JSON (float32 values, which JSON's doubles hold exactly: a file decodes as the search saw)."""
-        out: Dict[str, Any] = {"shifts": [[float(v) for v in s.detach().float().flatten().tolist()]
+        """Plain JSON: integers, the shifts in steps of :data:`SHIFT_STEP` and the strength in steps of
+        :data:`STRENGTH_STEP` (exact for a shift on those grids, as :class:`ShiftSearch` makes them)."""
+        out: Dict[str, Any] = {"shifts": [[int(v) for v in torch.round(s.detach().double().flatten() / SHIFT_STEP)]
                                           for s in self.shifts]}
         if self.strength is not None:
-            out["strength"] = float(torch.tensor(float(self.strength), dtype=torch.float32))
+            out["strength"] = int(round(float(self.strength) / STRENGTH_STEP))
         return out
+
+    def on_grid(self) -> "PhotoShift":
+        """The same shift rounded onto the grids a file stores (:meth:`to_json`)."""
+        return PhotoShift([torch.round(s.detach() / SHIFT_STEP) * SHIFT_STEP for s in self.shifts],
+                          None if self.strength is None else round(float(self.strength) / STRENGTH_STEP) * STRENGTH_STEP)
 
     @classmethod
     def from_json(cls, obj: Any) -> "PhotoShift":
@@ -106,13 +117,15 @@ class PhotoShift:
             total += len(s)
             if total > MAX_UNITS:
                 raise bad(f"more than {MAX_UNITS} numbers")
-            if not all(_number_in(v, -MAX_SHIFT, MAX_SHIFT) for v in s):
-                raise bad(f"shifts must be finite numbers in [-{MAX_SHIFT:g}, {MAX_SHIFT:g}]")
+            if not all(_integer_in(v, round(MAX_SHIFT / SHIFT_STEP)) for v in s):
+                raise bad(f"shifts must be integers in [-{round(MAX_SHIFT / SHIFT_STEP)}, "
+                          f"{round(MAX_SHIFT / SHIFT_STEP)}] (steps of {SHIFT_STEP:g})")
         strength = obj.get("strength")
-        if strength is not None and (not _number_in(strength, 0, MAX_STRENGTH) or strength == 0):
-            raise bad(f"strength must be a number in (0, {MAX_STRENGTH:g}], not {show(strength)}")
-        return cls([torch.tensor(s, dtype=torch.float32) for s in shifts],
-                   None if strength is None else float(strength))
+        top = round(MAX_STRENGTH / STRENGTH_STEP)
+        if strength is not None and (not _integer_in(strength, top) or strength <= 0):
+            raise bad(f"strength must be an integer in [1, {top}] (steps of {STRENGTH_STEP:g}), not {show(strength)}")
+        return cls([torch.tensor(s, dtype=torch.float64).mul(SHIFT_STEP).float() for s in shifts],
+                   None if strength is None else strength * STRENGTH_STEP)
 
     def check_fits(self, model, adapter_name: Optional[str] = None) -> None:
         """The shift fits ``model``'s adapter: a "spatial" one, with one shift of its rank per branch."""
@@ -127,6 +140,11 @@ class PhotoShift:
         if want != have or any(s.dim() != 1 for s in self.shifts):
             raise ConfigError(f"this per-photo shift has {have} units per branch; the adapter's branches have "
                               f"{want}: it was chosen for another adapter")
+
+
+def _integer_in(v: Any, bound: int) -> bool:
+    """``v`` is a JSON integer (not a bool, not a float) with ``|v| <= bound``."""
+    return isinstance(v, int) and not isinstance(v, bool) and -bound <= v <= bound
 
 
 def _number_in(v: Any, lo: float, hi: float) -> bool:
@@ -243,10 +261,11 @@ class ShiftSearch:
                 for s, g in zip(shifts, grads):
                     s.grad = g
                 opt.step()
-        found = [s.detach().clone() for s in shifts]
+        found = PhotoShift(shifts).on_grid().shifts  # what a file can hold, before the strength is set on it
         capped = False
         if drop_db <= 0:  # the adapter's change costs nothing on this photo (it happens to undo some codec error):
-            strength = own  # no budget to hold it to, so the adapter's own strength (a strength of ~0 would undo it)
+            # no budget to hold it to, so the adapter's own strength (a strength of ~0 would undo it)
+            strength = max(round(own / STRENGTH_STEP), 1) * STRENGTH_STEP
         else:
             strength, capped = self._strength_for(model, y_hat, cond, found, raw, base, original, hw, drop_db, own)
         shift = PhotoShift(found, strength)
@@ -272,15 +291,17 @@ class ShiftSearch:
 
         d = crop_to(model.synthesize(y_hat, cond, photo_shift=PhotoShift(shifts, own)), hw) - raw
         guess = min(max(own * oracle_strength(base, d, original, drop_db), 1e-3), MAX_STRENGTH)
-        lo, hi = 0.0, guess
-        while drop(hi) <= drop_db:
-            if hi >= MAX_STRENGTH:
+        # on the grid a file stores (steps of STRENGTH_STEP): lo at or under the budget, hi over it
+        lo, hi = 0, max(1, round(guess / STRENGTH_STEP))
+        top = round(MAX_STRENGTH / STRENGTH_STEP)
+        while drop(hi * STRENGTH_STEP) <= drop_db:
+            if hi >= top:
                 return MAX_STRENGTH, True
-            lo, hi = hi, min(2 * hi, MAX_STRENGTH)
-        for _ in range(12):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if drop(mid) <= drop_db else (lo, mid)
-        return max(lo, 1e-6), False  # the last strength at or under the budget
+            lo, hi = hi, min(2 * hi, top)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if drop(mid * STRENGTH_STEP) <= drop_db else (lo, mid)
+        return max(lo, 1) * STRENGTH_STEP, False  # the last strength at or under the budget
 
 
 def photo_shift_of(header_field: Any) -> Optional[PhotoShift]:
