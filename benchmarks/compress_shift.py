@@ -40,7 +40,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
 
     from psic_adapter.adapter import load_adapter
-    from psic_adapter.adapter.photo_shift import ShiftSearch
+    from psic_adapter.training.shift_search import ShiftSearch
     from psic_adapter.adapter.pretrained import DEMO_ADAPTER
     from psic_adapter.codec import load_codec
     from psic_adapter.targets import build_target

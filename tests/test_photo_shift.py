@@ -1,4 +1,4 @@
-"""The owner's per-photo shift (``psic compress --shift-for``; psic_adapter/adapter/photo_shift.py): chosen at
+"""The owner's per-photo shift (``psic compress --shift-for``; adapter/photo_shift.py, training/shift_search.py): chosen at
 compression against a classifier, stored in the file's header (format 3), applied by the encrypted decode only.
 Tiny codecs and a stand-in classifier, seconds."""
 
@@ -14,10 +14,11 @@ import torch
 from PIL import Image
 
 from psic_adapter import ConfigError, ContainerError, PSICConfig, wrap_model
-from psic_adapter.adapter.photo_shift import PhotoShift, ShiftSearch, margin, psnr_drop
+from psic_adapter.adapter.photo_shift import PhotoShift
 from psic_adapter.adapter.strength import MAX_STRENGTH
 from psic_adapter.bitstream import coding, container
 from psic_adapter.bitstream.images import served
+from psic_adapter.training.shift_search import ShiftSearch, margin, psnr_drop
 from psic_adapter.cli import main
 
 from .conftest import randomize_adapter, small_trainable_codec

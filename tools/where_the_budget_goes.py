@@ -46,7 +46,7 @@ from typing import Dict, List
 
 import torch
 
-from psic_adapter.adapter.photo_shift import margin
+from psic_adapter.training.shift_search import margin
 from psic_adapter.adapter.strength import oracle_strength
 from psic_adapter.perturbations import PERTURBATIONS
 from psic_adapter.training.validation import served

@@ -495,6 +495,16 @@ class PSICModel(PretrainedMixin, nn.Module):
         with self._plain():
             return decode_latent(self.base, strings, shape, **kwargs)
 
+    def photo_shift_of(self, header_field: Any, adapter_name: Optional[str] = None):
+        """The :class:`~.photo_shift.PhotoShift` a ``.psic`` header carries (untrusted: checked, and checked to fit
+        this adapter's branches; ``None`` where the file has none)."""
+        from .photo_shift import photo_shift_of
+
+        shift = photo_shift_of(header_field)
+        if shift is not None:
+            shift.check_fits(self, adapter_name)
+        return shift
+
     def synthesize(self, y_hat: Tensor, condition: Optional[Tensor], photo_shift=None) -> Tensor:
         """``g_s(y_hat)`` under ``condition`` (``None``: the base decoder alone; not clamped, as in ``forward``),
         with the owner's per-photo ``photo_shift`` (:mod:`~psic_adapter.adapter.photo_shift`) where given."""

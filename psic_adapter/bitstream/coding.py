@@ -342,13 +342,11 @@ def decode_file(src: PathLike, dst: PathLike, model: nn.Module, key: Optional[Ke
         _check_adapter(src, header, model)
     if key is not None and not wrapped:
         raise PSICError("a key needs an adapter (--adapter DIR)")
-    from ..adapter.photo_shift import photo_shift_of
-
-    shift = photo_shift_of(header.photo_shift)
-    if shift is not None and wrapped:
+    shift = None
+    if header.photo_shift is not None and wrapped:  # the adapter reads it (PSICModel.photo_shift_of: checked)
         try:
-            shift.check_fits(model)
-        except ConfigError as exc:
+            shift = model.photo_shift_of(header.photo_shift)
+        except (ConfigError, ContainerError) as exc:
             raise ContainerError(f"{src}: {exc}") from None
     if wrapped and key is not None and not model.key_matches(key):
         raise KeyMismatchError(f"the key does not match this adapter: nothing written (without a key, {src} "

@@ -289,9 +289,10 @@ def check_header(header: ContainerHeader, payload_len: int) -> None:
     if header.photo_shift is not None:
         if header.version < 3:
             raise ContainerError(f"the file's header is corrupted (a photo_shift in a format-{header.version} file)")
-        from ..adapter.photo_shift import PhotoShift
-
-        PhotoShift.from_json(header.photo_shift)  # shape, numbers and size; whether it fits the adapter: decode
+        if not isinstance(header.photo_shift, dict):
+            raise _bad("photo_shift", header.photo_shift)
+        # its numbers are the adapter's to read: PhotoShift.from_json checks them (shape, integers, bounds, size)
+        # before any decode uses them, and whether they fit the adapter
     elif header.version >= 3:
         raise ContainerError("the file's header is corrupted (a format-3 file without its photo_shift)")
 

@@ -47,7 +47,7 @@ SHIFT_FLAGS = ("shift_steps", "shift_db", "shift_target_weights")
 def check_shift_args(args):
     """The per-photo shift's flags, checked before anything loads: the :class:`ShiftSearch` they ask for, without
     its target (None without --shift-for; the other flags without it are an error, not ignored)."""
-    from ..adapter.photo_shift import ShiftSearch, check_search_target
+    from ..training.shift_search import ShiftSearch, check_search_target
     from ..errors import ConfigError
 
     if getattr(args, "shift_for", None) is None:

@@ -1,0 +1,185 @@
+"""Choosing the owner's per-photo shift at compression (``psic compress --shift-for``; issue 15, E3).
+
+:class:`ShiftSearch` runs, on the photo being compressed, a few Adam steps on a classifier's margin
+through the decoder the file will be decoded with, for one shift per hidden unit of each spatial
+branch (:class:`~psic_adapter.adapter.photo_shift.PhotoShift`); then it sets the change's strength so
+that this photo's encrypted version is at most ``budget_db`` under the base decode, which the owner
+can measure (a per-photo budget that the decoder alone cannot hold, since it never sees the
+original). It is an owner's batch job: seconds to a minute a photo on a CPU (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from ..adapter.photo_shift import STRENGTH_STEP, PhotoShift
+from ..adapter.strength import MAX_STRENGTH, oracle_strength, strength_of
+from ..bitstream.images import served
+from ..errors import ConfigError, show
+
+#: the largest photo the search runs on: it differentiates through the decoder at the photo's size (about 3 GB of
+#: activations per megapixel on the shipped codec), so a 12-megapixel photo would need tens of GB
+MAX_SEARCH_PIXELS = 4_000_000
+#: target specs the search can use: classifiers (CLIP's zero-shot logits need prompts, which it does not take)
+SEARCHABLE = ("efficientnet-lite", "timm:")
+
+
+def check_search_target(spec: str) -> None:
+    """Refuse, before anything loads, a ``--shift-for`` spec the search cannot use: it needs a classifier's logits
+    (``efficientnet-lite0`` .. ``-lite2``, ``timm:NAME``, ensembles of those)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ConfigError("--shift-for needs a target: efficientnet-lite0 (or -lite1, -lite2), timm:NAME, or A+B")
+    for part in spec.split("+"):
+        if not part.startswith(SEARCHABLE):
+            raise ConfigError(f"--shift-for {spec}: the per-photo search needs a classifier (efficientnet-lite0, "
+                              f"-lite1, -lite2, timm:NAME, or A+B of those), not {part!r}")
+
+
+def _number_in(v: Any, lo: float, hi: float) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and lo <= v <= hi  # False for NaN
+
+
+def margin(logits: Tensor, label: int) -> Tensor:
+    """The target's logit for ``label`` minus its best other logit (below zero: the answer changed)."""
+    other = logits.clone()
+    other[:, label] = -float("inf")
+    return logits[:, label] - other.max(dim=1).values
+
+
+def psnr_drop(x: Tensor, base: Tensor, original: Tensor) -> float:
+    """How many dB ``x`` is under ``base`` in PSNR against ``original``."""
+    mse = lambda a: float((a.double() - original.double()).pow(2).mean())  # noqa: E731
+    return 10 * math.log10(max(mse(x), 1e-20) / max(mse(base), 1e-20))
+
+
+@dataclass
+class ShiftSearch:
+    """How an owner chooses a photo's :class:`PhotoShift` at compression: ``steps`` of Adam (rate ``lr``) on
+    ``target``'s margin for the answer it gives on the base decode, the change held at the energy of the
+    adapter's own change on this photo while it searches (and differentiated through that rescaling); then
+    the strength that puts the encrypted version at ``budget_db`` under the base decode (``None``: the
+    adapter's own cost on this photo, so the shift changes where the change goes, not what it costs). It
+    stops early once the answer has changed with a margin of ``stop_margin``, room for the 8-bit rounding.
+
+    ``target``: a :class:`~psic_adapter.targets.Target` (``logits``, ``predict``), frozen."""
+
+    target: Any
+    steps: int = 40
+    lr: float = 0.05
+    budget_db: Optional[float] = None
+    stop_margin: float = 1.0
+
+    def __post_init__(self):
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= 10_000:
+            raise ConfigError(f"the shift search's steps must be 1 to 10000, not {show(self.steps)}")
+        if not _number_in(self.stop_margin, 0, 100):
+            raise ConfigError(f"the shift search's stop margin must be in [0, 100], not {show(self.stop_margin)}")
+        if not _number_in(self.lr, 0, 10) or self.lr == 0:
+            raise ConfigError(f"the shift search's learning rate must be in (0, 10], not {show(self.lr)}")
+        if self.budget_db is not None and (not _number_in(self.budget_db, 0, 20) or self.budget_db == 0):
+            raise ConfigError(f"the per-photo budget must be in (0, 20] dB, not {show(self.budget_db)}")
+
+    def __call__(self, model, y_hat: Tensor, original: Tensor) -> Tuple[PhotoShift, Dict[str, Any]]:
+        """The shift for the photo ``original`` (``[1, 3, H, W]`` in [0, 1]) whose decoded latent is ``y_hat``
+        (what its file decodes to: the entropy decoder's, not the encoder's forward). Returns it and what the
+        search saw: ``label``, ``steps`` taken, the target's margin on the served encrypted version without and
+        with the shift (below 0: the answer changed), the ``drop_db`` it costs, the ``strength`` and whether
+        the budget was out of reach (``capped``)."""
+        training = model.training
+        model.eval()
+        try:
+            return self._search(model, y_hat, original)
+        finally:
+            model.train(training)
+
+    def _search(self, model, y_hat: Tensor, original: Tensor) -> Tuple[PhotoShift, Dict[str, Any]]:
+        from ..codec.padding import crop_to
+
+        if original.dim() != 4 or original.shape[0] != 1 or y_hat.shape[0] != 1:
+            raise ConfigError("the per-photo shift is chosen for one photo at a time (a batch of 1)")
+        hw = tuple(original.shape[-2:])
+        if hw[0] * hw[1] > MAX_SEARCH_PIXELS:
+            raise ConfigError(f"the photo is {hw[1]}x{hw[0]}: the per-photo search runs on photos of at most "
+                              f"{MAX_SEARCH_PIXELS:,} pixels (it differentiates through the decoder at full size); "
+                              "resize it, or compress it without --shift-for")
+        name = model.resolve_adapter_name()
+        cond = model.encrypted_condition(name)
+        branches = getattr(model.psic_adapters[name], "branches", None)
+        if branches is None:
+            raise ConfigError(f"a per-photo shift needs a 'spatial' adapter; {name!r} is "
+                              f"{model.psic_configs[name].modulation!r}")
+        with torch.no_grad():
+            raw = crop_to(model.synthesize(y_hat, None), hw)  # the change is against the unrounded base decode
+            base = served(raw)
+            adapter = crop_to(model.synthesize(y_hat, cond), hw)
+            energy = (adapter - raw).pow(2).sum()
+            label = int(self.target.predict(base))
+        spec = model.psic_configs[name].strength
+        own = float(strength_of(spec, y_hat).flatten()[0]) if spec is not None else 1.0
+        own_drop = psnr_drop(served(adapter), base, original)
+        drop_db = self.budget_db if self.budget_db is not None else own_drop
+        with torch.no_grad():
+            before = float(margin(self.target.logits(served(adapter)), label))
+        shifts = [torch.zeros(b.reduce.out_channels, device=y_hat.device, requires_grad=True) for b in branches]
+        opt = torch.optim.Adam(shifts, lr=self.lr)
+        taken = 0
+        with torch.enable_grad():
+            for taken in range(1, self.steps + 1):
+                d = crop_to(model.synthesize(y_hat, cond, photo_shift=PhotoShift(shifts)), hw) - raw
+                scaled = d * (energy / d.pow(2).sum().clamp_min(1e-20)).sqrt()
+                loss = margin(self.target.logits((base + scaled).clamp(0, 1)), label).sum()
+                if float(loss.detach()) < -self.stop_margin:
+                    taken -= 1
+                    break
+                grads = torch.autograd.grad(loss, shifts)  # into the shifts only: not the codec, not the target
+                for s, g in zip(shifts, grads):
+                    s.grad = g
+                opt.step()
+        found = PhotoShift(shifts).on_grid().shifts  # what a file can hold, before the strength is set on it
+        capped = False
+        if drop_db <= 0:  # the adapter's change costs nothing on this photo (it happens to undo some codec error):
+            # no budget to hold it to, so the adapter's own strength (a strength of ~0 would undo it)
+            strength = max(round(own / STRENGTH_STEP), 1) * STRENGTH_STEP
+        else:
+            strength, capped = self._strength_for(model, y_hat, cond, found, raw, base, original, hw, drop_db, own)
+        shift = PhotoShift(found, strength)
+        with torch.no_grad():
+            out = served(crop_to(model.synthesize(y_hat, cond, photo_shift=shift), hw))
+            after = float(margin(self.target.logits(out), label))
+        return shift, {"label": label, "steps": taken, "margin_before": before, "margin_after": after,
+                       "drop_db": psnr_drop(out, base, original), "budget_db": drop_db, "strength": strength,
+                       "capped": capped}
+
+    @torch.no_grad()
+    def _strength_for(self, model, y_hat, cond, shifts, raw, base, original, hw, drop_db: float,
+                      own: float) -> Tuple[float, bool]:
+        """The largest strength at which the shifted change, served, is at most ``drop_db`` (> 0) under ``base``:
+        a first guess from the change's energy at the adapter's own strength (:func:`~.strength.oracle_strength`,
+        linear in the strength), then bisection on real decodes (the change is not quite linear in the
+        strength). Also whether even :data:`~.strength.MAX_STRENGTH` stays under the budget (out of reach)."""
+        from ..codec.padding import crop_to
+
+        def drop(s: float) -> float:
+            x = served(crop_to(model.synthesize(y_hat, cond, photo_shift=PhotoShift(shifts, s)), hw))
+            return psnr_drop(x, base, original)
+
+        d = crop_to(model.synthesize(y_hat, cond, photo_shift=PhotoShift(shifts, own)), hw) - raw
+        guess = min(max(own * oracle_strength(base, d, original, drop_db), 1e-3), MAX_STRENGTH)
+        # on the grid a file stores (steps of STRENGTH_STEP): lo at or under the budget, hi over it
+        lo, hi = 0, max(1, round(guess / STRENGTH_STEP))
+        top = round(MAX_STRENGTH / STRENGTH_STEP)
+        while drop(hi * STRENGTH_STEP) <= drop_db:
+            if hi >= top:
+                return MAX_STRENGTH, True
+            lo, hi = hi, min(2 * hi, top)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if drop(mid * STRENGTH_STEP) <= drop_db else (lo, mid)
+        return max(lo, 1) * STRENGTH_STEP, False  # the last strength at or under the budget
+
+
