@@ -7,7 +7,10 @@
    recipe on 200 real photos; its key ships beside it, so it is a demonstration,
    not a protection. One photo is compressed to
    ``OUT/example_shipped_adapter.psic`` and decoded twice (no key:
-   ``..._encrypted.png``; the key: ``..._full.png``), and the adapter is
+   ``..._encrypted.png``; the key: ``..._full.png``); compressed again with the
+   owner's per-photo shift (``psic compress --shift-for``: ``..._shift.psic``,
+   decoded to ``..._shift_encrypted.png``), the target's answer and margin on each
+   decoding side by side; and the adapter is
    measured on every bundled sample photo (twenty with scikit-learn installed,
    eighteen without), none of which it trained on.
 3. **Your own adapter**: a fresh owner key (``OUT/owner.key``, mode 600) and an
@@ -25,6 +28,7 @@ decode timed here, the fit from its first steps.
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -49,6 +53,9 @@ class DemoConfig:
                     cli=False)
     shipped_adapter: bool = opt(True, "show the adapter shipped with psic-adapter", cli=False)
     fit: bool = opt(True, "show the shipped adapter only (no fit)", flag="--no-fit")
+    shift: bool = opt(True, "skip the owner's per-photo shift on the example photo (psic compress --shift-for; "
+                            "about a minute)", flag="--no-shift")
+    shift_steps: int = opt(40, "the per-photo shift search's steps at most", cli=False)
     steps: int = opt(100, "steps of your own adapter's fit (minutes; the shipped adapter took 2600 and three "
                           "calibrations)")
     batch: int = opt(8, "images per step of the fit", cli=False)
@@ -166,6 +173,7 @@ def run_demo(out_dir: PathLike = "psic-demo", config: Optional[DemoConfig] = Non
                           perturbations=tuple(cfg.perturbations), robustness_scales=[cfg.scales[0]], grid_images=3,
                           seed=cfg.seed)
     runs = []
+    answers: Dict[str, List[Dict[str, Any]]] = {}
 
     def measure(model, key, name: str, split: str, log=None) -> None:
         samples = wf.evaluation_samples(["samples"], seed=cfg.seed, split=split)
@@ -173,6 +181,22 @@ def run_demo(out_dir: PathLike = "psic-demo", config: Optional[DemoConfig] = Non
         runs.append(wf.evaluate(PSICDecoder(model, key), target, samples, eval_cfg, name, log=log, progress=False,
                                 meta={"data": [f"samples, {split}"], "key_given": True}, say=_say,
                                 show=lambda text: print(text, flush=True)))
+
+    def with_shift(model, stem: str) -> None:
+        from .training.shift_search import ShiftSearch
+
+        _say(f"the owner's per-photo shift on the same photo (psic compress --shift-for {target.name}): chosen "
+             f"against the target while compressing, up to {cfg.shift_steps} steps through the decoder, at the "
+             "adapter's own cost on this photo; stored in the file, the codec's bytes unchanged (seconds to a "
+             "minute on a CPU)")
+        psic = out / f"{stem}_shift.psic"
+        wf.protect_file(example, psic, model=model, codec=cfg.codec, quality=cfg.quality, force=True,
+                        shift_search=ShiftSearch(target, steps=cfg.shift_steps))
+        wf.open_file(psic, out / f"{stem}_shift_encrypted.png", model=model, force=True)
+        rows = [("full version (key)", f"{stem}_full.png"), ("encrypted (no key)", f"{stem}_encrypted.png"),
+                ("encrypted, with the shift", f"{stem}_shift_encrypted.png")]
+        answers[stem] = example_answers(target, example, [(name, out / f) for name, f in rows])
+        print(answers_text(target, answers[stem]), flush=True)
 
     def two_decodings(model, key, stem: str) -> None:
         psic = out / f"{stem}.psic"
@@ -190,6 +214,8 @@ def run_demo(out_dir: PathLike = "psic-demo", config: Optional[DemoConfig] = Non
             warnings.simplefilter("ignore", PublicKeyWarning)
             shipped = load_adapter(codec, DEMO_ADAPTER)
         two_decodings(shipped, demo_key, "example_shipped_adapter")
+        if cfg.shift:
+            with_shift(shipped, "example_shipped_adapter")
         measure(shipped, demo_key, "shipped adapter", cfg.shipped_photos)
         shipped.unwrap()
     elif cfg.shipped_adapter and DEMO_ADAPTER.is_dir():
@@ -225,7 +251,43 @@ def run_demo(out_dir: PathLike = "psic-demo", config: Optional[DemoConfig] = Non
     results, names = [r.result for r in runs], [r.name for r in runs]
     print("\n" + closing_text(results, names), flush=True)
     _say(f"report: {html}  ({taken:.1f} min on {cpu_description()})")
-    return {"report": str(html), "runs": results, "minutes": taken, "codec": source}
+    return {"report": str(html), "runs": results, "minutes": taken, "codec": source, "answers": answers}
+
+
+def example_answers(target, original: PathLike, decodes) -> List[Dict[str, Any]]:
+    """What ``target`` answers on each decoded image file of ``decodes`` (``(name, path)``, the first the full
+    version): its class, the margin of the full version's answer (that class's logit minus the best other one;
+    below 0: the answer changed) and the PSNR against ``original``, read back from the files a user sees."""
+    import torch
+
+    from .bitstream.images import load_image
+    from .training.shift_search import margin
+
+    x, _ = load_image(original)
+    rows, label = [], None
+    with torch.no_grad():
+        for name, path in decodes:
+            y, _ = load_image(path)
+            logits = target.logits(y)
+            top = int(logits.argmax(dim=1)[0])
+            label = top if label is None else label
+            mse = float((y.double() - x.double()).pow(2).mean())
+            rows.append({"decode": name, "file": Path(path).name, "class": top, "margin": float(margin(logits, label)),
+                         "psnr": 10 * math.log10(1 / max(mse, 1e-20))})
+    return rows
+
+
+def answers_text(target, rows: List[Dict[str, Any]]) -> str:
+    """:func:`example_answers` as lines: one per decoding."""
+    names = target.class_names or []
+    say = lambda i: names[i].split(",")[0] if i < len(names) else f"class {i}"  # noqa: E731
+    lines = [f"{target.name} on the example photo (margin: its logit for the full version's answer minus the best "
+             "other; below 0 the answer changed):"]
+    width = max(len(r["decode"]) for r in rows)
+    for r in rows:
+        lines.append(f"  {r['decode']:<{width}}  {say(r['class']):<24}  margin {r['margin']:+6.2f}  "
+                     f"{r['psnr']:5.2f} dB  {r['file']}")
+    return "\n".join(lines)
 
 
 def closing_text(results, names) -> str:

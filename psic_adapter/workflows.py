@@ -130,7 +130,7 @@ def protect_file(image: PathLike, out: PathLike, *, adapter: Optional[PathLike] 
     """Compress ``image`` into the ``.psic`` file ``out`` (the base codec's bitstream; the adapter's fingerprint
     recorded). The codec: ``model`` (a codec or wrapped model, named ``codec``/``quality``), or
     :func:`base_codec` of the other arguments, wrapped with ``adapter``. ``shift_search``: the owner's per-photo
-    shift is chosen and stored (:class:`~psic_adapter.adapter.photo_shift.ShiftSearch`). Returns the
+    shift is chosen and stored (:class:`~psic_adapter.training.shift_search.ShiftSearch`). Returns the
     :class:`~psic_adapter.bitstream.coding.EncodeResult`."""
     from .bitstream.coding import encode_file
 

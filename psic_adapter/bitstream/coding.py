@@ -216,7 +216,7 @@ def encode_file(src: PathLike, dst: PathLike, model: nn.Module, codec_name: Opti
 
     ``model`` is a codec or a :class:`~psic_adapter.PSICModel`; with an adapter the
     file records the adapter's fingerprint (the bitstream is the same either way).
-    ``shift_search`` (a :class:`~psic_adapter.adapter.photo_shift.ShiftSearch`, a "spatial" adapter): the
+    ``shift_search`` (a :class:`~psic_adapter.training.shift_search.ShiftSearch`, a "spatial" adapter): the
     owner's per-photo shift is chosen for this photo and stored in the header (format 3); the codec's
     bytes are the same.
     The output must not be the input (nor one of ``inputs``, the other files the

@@ -29,7 +29,7 @@ def demo_config(args):
         settings.update(codec=DemoConfig.codec, zoo=True)
     cfg = DemoConfig(**settings)
     if args.quick:  # a smoke run: minutes -> seconds, numbers meaningless
-        cfg.steps, cfg.batch, cfg.crops, cfg.wrong_keys = 2, 2, 2, 1
+        cfg.steps, cfg.batch, cfg.crops, cfg.wrong_keys, cfg.shift_steps = 2, 2, 2, 1, 1
         cfg.scales, cfg.perturbations = ("crops",), ()
         cfg.extra = {"view_sizes": (224, 224), "train_sizes": (256,)}
     return cfg

@@ -86,7 +86,7 @@ class PSICDecoder(VersionDecoder):
     def __init__(self, model, key=None, shift_search=None):
         self.model = model
         self.key = key
-        #: the owner's per-photo shift (:class:`~psic_adapter.adapter.photo_shift.ShiftSearch`), chosen on each
+        #: the owner's per-photo shift (:class:`~psic_adapter.training.shift_search.ShiftSearch`), chosen on each
         #: original as ``psic compress --shift-for`` does, for the encrypted version
         self.shift_search = shift_search
         if shift_search is not None and getattr(model.psic_adapters[model.resolve_adapter_name()], "branches", None) is None:
