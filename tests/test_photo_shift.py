@@ -99,6 +99,21 @@ def test_a_budget_puts_each_photo_at_that_cost(model, photo):
         assert psnr_drop(_decode(model, y_hat, shift), base, photo) == pytest.approx(budget, abs=0.05)
 
 
+@pytest.mark.parametrize("budget", [0.05, 0.3, 1.0, 3.0])
+def test_the_strength_is_the_last_on_the_grid_within_the_budget(model, photo, budget):
+    """The strength's search (secant steps, then a bracket on the grid) ends where the bisection it replaced ended: at
+    the largest grid strength whose served decode is within the budget, the next one over it."""
+    from psic_adapter.adapter.photo_shift import STRENGTH_STEP
+
+    y_hat = _latent(model, photo)
+    with torch.no_grad():
+        base = served(model.synthesize(y_hat, None))
+    shift, seen = ShiftSearch(MeanColour(), steps=1, lr=0.5, budget_db=budget)(model, y_hat, photo)
+    assert not seen["capped"]
+    drop = lambda s: psnr_drop(_decode(model, y_hat, PhotoShift(shift.shifts, s)), base, photo)  # noqa: E731
+    assert drop(shift.strength) <= budget < drop(shift.strength + STRENGTH_STEP)
+
+
 def test_the_search_refuses_bad_settings_and_adapters_without_branches(photo):
     for bad in (dict(steps=-1), dict(steps=1.5), dict(lr=0), dict(lr=float("nan")), dict(budget_db=0),
                 dict(budget_db=float("inf"))):

@@ -27,6 +27,8 @@ from ..errors import ConfigError, show
 MAX_SEARCH_PIXELS = 4_000_000
 #: target specs the search can use: classifiers (CLIP's zero-shot logits need prompts, which it does not take)
 SEARCHABLE = ("efficientnet-lite", "timm:")
+#: secant steps at most on the served drop before the strength's grid is searched
+STRENGTH_ITERATIONS = 4
 
 
 def check_search_target(spec: str) -> None:
@@ -158,28 +160,60 @@ class ShiftSearch:
     @torch.no_grad()
     def _strength_for(self, model, y_hat, cond, shifts, raw, base, original, hw, drop_db: float,
                       own: float) -> Tuple[float, bool]:
-        """The largest strength at which the shifted change, served, is at most ``drop_db`` (> 0) under ``base``:
-        a first guess from the change's energy at the adapter's own strength (:func:`~.strength.oracle_strength`,
-        linear in the strength), then bisection on real decodes (the change is not quite linear in the
-        strength). Also whether even :data:`~.strength.MAX_STRENGTH` stays under the budget (out of reach)."""
+        """The largest strength on the file's grid (steps of :data:`STRENGTH_STEP`) at which the shifted change,
+        served, is at most ``drop_db`` (> 0) under ``base``, and whether even :data:`~.strength.MAX_STRENGTH`
+        stays under it (out of reach). The change is nearly linear in the strength, so the energy model of
+        :func:`~.strength.oracle_strength`, read off a real decode at the adapter's own strength, lands close;
+        secant steps on the served drop (at most ``STRENGTH_ITERATIONS``) bring it within a step of the grid;
+        real served decodes then bracket the grid point, galloping out from there, and bisect the bracket.
+        About six decodes a photo where a bisection from the first guess took about fifteen, to the same
+        strength (docs/benchmarks.md)."""
         from ..codec.padding import crop_to
 
-        def drop(s: float) -> float:
-            x = served(crop_to(model.synthesize(y_hat, cond, photo_shift=PhotoShift(shifts, s)), hw))
-            return psnr_drop(x, base, original)
+        def decode(s: float) -> Tensor:
+            return crop_to(model.synthesize(y_hat, cond, photo_shift=PhotoShift(shifts, s)), hw)
 
-        d = crop_to(model.synthesize(y_hat, cond, photo_shift=PhotoShift(shifts, own)), hw) - raw
-        guess = min(max(own * oracle_strength(base, d, original, drop_db), 1e-3), MAX_STRENGTH)
-        # on the grid a file stores (steps of STRENGTH_STEP): lo at or under the budget, hi over it
-        lo, hi = 0, max(1, round(guess / STRENGTH_STEP))
+        seen: Dict[int, bool] = {0: True}  # strength 0 is the base decode: 0 dB, under any budget
+
+        def under(k: int) -> bool:
+            if k not in seen:
+                seen[k] = psnr_drop(served(decode(k * STRENGTH_STEP)), base, original) <= drop_db
+            return seen[k]
+
+        def over(s: float) -> Tuple[float, Tensor]:  # served drop minus the budget, and the change
+            x = decode(s)
+            return psnr_drop(served(x), base, original) - drop_db, x - raw
+
+        # the root of over(s) in s: the energy model's answer from the adapter's strength, then secant steps on the
+        # served drop (which the model misses by the 8-bit rounding and the change's small non-linearity)
+        s0, (f0, d0) = own, over(own)
+        s = min(max(own * oracle_strength(base, d0, original, drop_db), 1e-3), MAX_STRENGTH)
+        for _ in range(STRENGTH_ITERATIONS):
+            f, _ = over(s)
+            if f == f0 or abs(s - s0) < STRENGTH_STEP / 2:
+                break
+            s0, f0, s = s, f, min(max(s - f * (s - s0) / (f - f0), 1e-3), MAX_STRENGTH)
         top = round(MAX_STRENGTH / STRENGTH_STEP)
-        while drop(hi * STRENGTH_STEP) <= drop_db:
-            if hi >= top:
-                return MAX_STRENGTH, True
-            lo, hi = hi, min(2 * hi, top)
+        k = min(max(1, round(s / STRENGTH_STEP)), top)
+        # a bracket on the grid, lo at or under the budget, hi over it, galloping out from k
+        step = 1
+        if under(k):
+            lo = k
+            while True:
+                hi = min(lo + step, top)
+                if not under(hi):
+                    break
+                if hi == top:
+                    return MAX_STRENGTH, True
+                lo, step = hi, 2 * step
+        else:
+            hi = k
+            while True:
+                lo = max(hi - step, 0)
+                if under(lo):
+                    break
+                hi, step = lo, 2 * step
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if drop(mid * STRENGTH_STEP) <= drop_db else (lo, mid)
+            lo, hi = (mid, hi) if under(mid) else (lo, mid)
         return max(lo, 1) * STRENGTH_STEP, False  # the last strength at or under the budget
-
-
