@@ -373,7 +373,8 @@ def evaluate_adapters(adapters: Sequence[PathLike], target, samples, config, *, 
                 "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.__dict__.items()}}
         if shift_search is not None:
             meta["photo_shift"] = {"target": getattr(shift_search.target, "name", ""), "steps": shift_search.steps,
-                                   "lr": shift_search.lr, "budget_db": shift_search.budget_db}
+                                   "lr": shift_search.lr, "budget_db": shift_search.budget_db,
+                                   "amp": shift_search.amp}
         runs.append(evaluate(PSICDecoder(model, key, shift_search=shift_search), target, samples, config, run_name(adapter), meta=meta,
                              log=run_log(adapter), say=say))
     return runs

@@ -114,9 +114,28 @@ def test_the_strength_is_the_last_on_the_grid_within_the_budget(model, photo, bu
     assert drop(shift.strength) <= budget < drop(shift.strength + STRENGTH_STEP)
 
 
+def test_the_search_in_bf16_steps_still_lowers_the_margin_and_keeps_the_cost(model, photo):
+    """``amp="bf16"``: the steps run in bf16 autocast (about 2x a step on CPUs with bf16 units); the shift still lowers
+    the margin, and the strength, set in fp32 after it, still puts the photo at the adapter's own cost; "off" is not
+    "bf16" (the steps do run in another precision)."""
+    y_hat = _latent(model, photo)
+    target = MeanColour()
+    with torch.no_grad():
+        base = served(model.synthesize(y_hat, None))
+    label = int(target.predict(base))
+    own = _decode(model, y_hat)
+    fast, seen = ShiftSearch(target, steps=30, lr=0.5, amp="bf16", stop_margin=100.0)(model, y_hat, photo)
+    exact, _ = ShiftSearch(target, steps=30, lr=0.5, amp="off", stop_margin=100.0)(model, y_hat, photo)
+    shifted = _decode(model, y_hat, fast)
+    assert float(margin(target.logits(shifted), label)) < float(margin(target.logits(own), label))
+    assert psnr_drop(shifted, base, photo) == pytest.approx(psnr_drop(own, base, photo), abs=0.05)
+    assert seen["drop_db"] == pytest.approx(psnr_drop(shifted, base, photo))
+    assert any(not torch.equal(a, b) for a, b in zip(fast.shifts, exact.shifts))
+
+
 def test_the_search_refuses_bad_settings_and_adapters_without_branches(photo):
     for bad in (dict(steps=-1), dict(steps=1.5), dict(lr=0), dict(lr=float("nan")), dict(budget_db=0),
-                dict(budget_db=float("inf"))):
+                dict(budget_db=float("inf")), dict(amp="fp16"), dict(amp=None)):
         with pytest.raises(ConfigError):
             ShiftSearch(MeanColour(), **bad)
     film = randomize_adapter(wrap_model(small_trainable_codec(), PSICConfig(modulation="film"), key=KEY), std=0.1)
@@ -247,6 +266,7 @@ def test_psic_compress_and_eval_check_the_shift_flags_before_anything_loads(mode
     for argv, says in [
         (["--shift-db", "0.5"], "--shift-db need(s) --shift-for"),
         (["--shift-steps", "5"], "--shift-steps need(s) --shift-for"),
+        (["--shift-amp", "off"], "--shift-amp need(s) --shift-for"),
         (["--shift-for", "efficientnet-lite0"], "--shift-for needs --adapter"),
         (["--shift-for", "", "--adapter", str(spatial)], "--shift-for needs a target"),
         (["--shift-for", "clip:ViT-B-32", "--adapter", str(spatial)], "needs a classifier"),

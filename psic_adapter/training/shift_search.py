@@ -67,6 +67,9 @@ class ShiftSearch:
     the strength that puts the encrypted version at ``budget_db`` under the base decode (``None``: the
     adapter's own cost on this photo, so the shift changes where the change goes, not what it costs). It
     stops early once the answer has changed with a margin of ``stop_margin``, room for the 8-bit rounding.
+    ``amp``: the steps (the decoder and the target, forward and backward) in bf16 autocast: ``"auto"`` on CUDA and
+    on CPUs with bf16 units (as the trainer), ``"bf16"``, ``"off"`` (fp32, as 0.1.4); the shift is then rounded
+    onto the file's grid and everything after it (the strength, the margins reported, the file's decode) is fp32.
 
     ``target``: a :class:`~psic_adapter.targets.Target` (``logits``, ``predict``), frozen."""
 
@@ -75,6 +78,7 @@ class ShiftSearch:
     lr: float = 0.05
     budget_db: Optional[float] = None
     stop_margin: float = 1.0
+    amp: str = "auto"
 
     def __post_init__(self):
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= 10_000:
@@ -83,6 +87,8 @@ class ShiftSearch:
             raise ConfigError(f"the shift search's stop margin must be in [0, 100], not {show(self.stop_margin)}")
         if not _number_in(self.lr, 0, 10) or self.lr == 0:
             raise ConfigError(f"the shift search's learning rate must be in (0, 10], not {show(self.lr)}")
+        if self.amp not in ("auto", "bf16", "off"):
+            raise ConfigError(f"the shift search's amp must be auto, bf16 or off, not {show(self.amp)}")
         if self.budget_db is not None and (not _number_in(self.budget_db, 0, 20) or self.budget_db == 0):
             raise ConfigError(f"the per-photo budget must be in (0, 20] dB, not {show(self.budget_db)}")
 
@@ -130,11 +136,14 @@ class ShiftSearch:
         shifts = [torch.zeros(b.reduce.out_channels, device=y_hat.device, requires_grad=True) for b in branches]
         opt = torch.optim.Adam(shifts, lr=self.lr)
         taken = 0
+        device_type, amp = y_hat.device.type, self._amp(y_hat.device)
         with torch.enable_grad():
             for taken in range(1, self.steps + 1):
-                d = crop_to(model.synthesize(y_hat, cond, photo_shift=PhotoShift(shifts)), hw) - raw
-                scaled = d * (energy / d.pow(2).sum().clamp_min(1e-20)).sqrt()
-                loss = margin(self.target.logits((base + scaled).clamp(0, 1)), label).sum()
+                with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
+                    x = model.synthesize(y_hat, cond, photo_shift=PhotoShift(shifts)).float()
+                    d = crop_to(x, hw) - raw
+                    scaled = d * (energy / d.pow(2).sum().clamp_min(1e-20)).sqrt()
+                    loss = margin(self.target.logits((base + scaled).clamp(0, 1)).float(), label).sum()
                 if float(loss.detach()) < -self.stop_margin:
                     taken -= 1
                     break
@@ -156,6 +165,13 @@ class ShiftSearch:
         return shift, {"label": label, "steps": taken, "margin_before": before, "margin_after": after,
                        "drop_db": psnr_drop(out, base, original), "budget_db": drop_db, "strength": strength,
                        "capped": capped}
+
+    def _amp(self, device: torch.device) -> bool:
+        if self.amp != "auto":
+            return self.amp == "bf16"
+        from .loop import cpu_has_bf16_units
+
+        return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16_units())
 
     @torch.no_grad()
     def _strength_for(self, model, y_hat, cond, shifts, raw, base, original, hw, drop_db: float,
