@@ -7,6 +7,8 @@ Variants, interleaved (the order rotated every round) after one warm-up each, CP
 * ``compress+shift (stops early)``: ``compress``, the entropy decode and the search with its defaults (40
   steps at most, it stops once the answer changed with a margin of 1): what a photo costs as shipped;
 * ``compress+shift (40 steps)``: the same with the early stop off: a photo whose answer does not change;
+* ``compress+shift (40 steps, bf16)``: the same with the steps in bf16 autocast (``--shift-amp bf16``; on a CPU
+  without bf16 units it runs, slowly, in emulation: read it where ``bf16_units`` is true);
 * ``compress (again)``: a second run of the first, the noise floor of the timing on this machine.
 
 The adapter is the shipped demo adapter (8 hidden channels, calibrated), the target the trained
@@ -52,6 +54,7 @@ def main(argv=None) -> int:
     x = photo_768x512()
     shipped = ShiftSearch(target, steps=args.steps)
     every_step = ShiftSearch(target, steps=args.steps, stop_margin=100.0)  # never below -100: no early stop
+    every_step_bf16 = ShiftSearch(target, steps=args.steps, stop_margin=100.0, amp="bf16")
     seen = {}
 
     def compress():
@@ -67,9 +70,14 @@ def main(argv=None) -> int:
         return run
 
     fns = {"compress": compress, "compress+shift (stops early)": with_shift(shipped, "early"),
-           f"compress+shift ({args.steps} steps)": with_shift(every_step, "all"), "compress (again)": compress}
+           f"compress+shift ({args.steps} steps)": with_shift(every_step, "all"),
+           f"compress+shift ({args.steps} steps, bf16)": with_shift(every_step_bf16, "all bf16"),
+           "compress (again)": compress}
     times = interleaved(fns, args.repeats, warmup=1, clock=time.process_time)
+    from psic_adapter.training.loop import cpu_has_bf16_units
+
     out = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+           "bf16_units": cpu_has_bf16_units(),
            "photo": "768x512", "clock": "cpu", "variants": summarize(times, "compress"),
            "search": {k: {f: v for f, v in s.items() if f != "label"} for k, s in seen.items()}}
     for name, r in out["variants"].items():
