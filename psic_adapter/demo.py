@@ -155,6 +155,11 @@ def run_demo(out_dir: PathLike = "psic-demo", config: Optional[DemoConfig] = Non
     from .targets import build_target
 
     cfg = config or DemoConfig()
+    if cfg.shift:  # its settings checked before anything loads or is written
+        from .training.shift_search import ShiftSearch, check_search_target
+
+        check_search_target(cfg.target)
+        ShiftSearch(None, steps=cfg.shift_steps)
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not force:
         raise OverwriteError(f"{out} exists and is not empty (use --force to overwrite)")
@@ -190,8 +195,11 @@ def run_demo(out_dir: PathLike = "psic-demo", config: Optional[DemoConfig] = Non
              "adapter's own cost on this photo; stored in the file, the codec's bytes unchanged (seconds to a "
              "minute on a CPU)")
         psic = out / f"{stem}_shift.psic"
-        wf.protect_file(example, psic, model=model, codec=cfg.codec, quality=cfg.quality, force=True,
-                        shift_search=ShiftSearch(target, steps=cfg.shift_steps))
+        enc = wf.protect_file(example, psic, model=model, codec=cfg.codec, quality=cfg.quality, force=True,
+                              shift_search=ShiftSearch(target, steps=cfg.shift_steps))
+        seen = enc.shift_search
+        _say(f"{psic.name}: {seen['steps']} steps, strength {seen['strength']:.4f}, "
+             f"{seen['drop_db']:.2f} dB under the base decode (the adapter's own {seen['budget_db']:.2f})")
         wf.open_file(psic, out / f"{stem}_shift_encrypted.png", model=model, force=True)
         rows = [("full version (key)", f"{stem}_full.png"), ("encrypted (no key)", f"{stem}_encrypted.png"),
                 ("encrypted, with the shift", f"{stem}_shift_encrypted.png")]
@@ -219,7 +227,8 @@ def run_demo(out_dir: PathLike = "psic-demo", config: Optional[DemoConfig] = Non
         measure(shipped, demo_key, "shipped adapter", cfg.shipped_photos)
         shipped.unwrap()
     elif cfg.shipped_adapter and DEMO_ADAPTER.is_dir():
-        _say("the shipped adapter fits the shipped codec only: skipped for this codec")
+        _say("the shipped adapter fits the shipped codec only: skipped for this codec (and with it the per-photo "
+             "shift)")
 
     # 2. a fresh adapter with the user's own key
     if cfg.fit:

@@ -332,3 +332,48 @@ def test_the_folded_branch_reads_the_shift_as_the_plain_one_does(photo):
     given = folded.encrypted_condition().clone()  # the encrypted condition given explicitly still reads it
     assert torch.equal(folded.decompress(enc["strings"], enc["shape"], condition=given, photo_shift=shift)["x_hat"],
                        fold)
+
+
+class _LinearChange:
+    """A stand-in decoder for the strength's search alone: the decode is ``raw + strength * change`` (``nan``: every
+    strength other than 1 decodes to NaN), counting its decodes."""
+
+    def __init__(self, raw, change, nan=False):
+        self.raw, self.change, self.nan, self.decodes = raw, change, nan, 0
+
+    def synthesize(self, y_hat, cond, photo_shift=None):
+        self.decodes += 1
+        s = photo_shift.strength
+        if self.nan and s != 1.0:
+            return torch.full_like(self.raw, float("nan"))
+        return self.raw + s * self.change
+
+
+@pytest.mark.parametrize("case", ["linear", "out of reach", "under one step", "nan"])
+def test_the_strength_search_at_its_edges(case):
+    """The bracket on the grid at its edges: the budget met in a few decodes where the change is linear in the
+    strength; a budget no strength reaches (MAX_STRENGTH, capped); a budget that even one grid step exceeds (one
+    step, the least change); decodes that go NaN (no crash, a strength on the grid)."""
+    from psic_adapter.adapter.photo_shift import STRENGTH_STEP
+
+    g = torch.Generator().manual_seed(3)
+    original = 0.2 + 0.6 * torch.rand(1, 3, 32, 32, generator=g)
+    raw = original + 0.03 * torch.randn(1, 3, 32, 32, generator=g)
+    change = {"out of reach": 1e-4, "under one step": 50.0}.get(case, 0.02) * torch.randn(1, 3, 32, 32, generator=g)
+    model = _LinearChange(raw, change, nan=case == "nan")
+    budget = {"out of reach": 3.0, "under one step": 0.01}.get(case, 1.0)
+    base = served(raw)
+    strength, capped = ShiftSearch(MeanColour())._strength_for(model, None, None, [], raw, base, original,
+                                                               tuple(raw.shape[-2:]), budget, 1.0)
+    k = strength / STRENGTH_STEP
+    assert k == round(k) and 1 <= k <= MAX_STRENGTH / STRENGTH_STEP
+    drop = lambda s: psnr_drop(served(raw + s * change), base, original)  # noqa: E731
+    if case == "linear":
+        assert not capped and drop(strength) <= budget < drop(strength + STRENGTH_STEP)
+        assert model.decodes <= 10  # secant steps land within a few grid steps; a bisection took about 15
+    elif case == "out of reach":
+        assert capped and strength == MAX_STRENGTH and drop(MAX_STRENGTH) <= budget
+    elif case == "under one step":
+        assert not capped and strength == STRENGTH_STEP and drop(STRENGTH_STEP) > budget
+    else:
+        assert not capped

@@ -11,6 +11,7 @@ original). It is an owner's batch job: seconds to a minute a photo on a CPU (doc
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
@@ -64,7 +65,7 @@ class ShiftSearch:
     """How an owner chooses a photo's :class:`PhotoShift` at compression: ``steps`` of Adam (rate ``lr``) on
     ``target``'s margin for the answer it gives on the base decode, the change held at the energy of the
     adapter's own change on this photo while it searches (and differentiated through that rescaling); then
-    the strength that puts the encrypted version at ``budget_db`` under the base decode (``None``: the
+    the strength that puts the encrypted version at most ``budget_db`` under the base decode (``None``: the
     adapter's own cost on this photo, so the shift changes where the change goes, not what it costs). It
     stops early once the answer has changed with a margin of ``stop_margin``, room for the 8-bit rounding.
     ``amp``: the steps (the decoder and the target, forward and backward) in bf16 autocast: ``"off"`` (fp32, the
@@ -139,17 +140,27 @@ class ShiftSearch:
         shifts = [torch.zeros(b.reduce.out_channels, device=y_hat.device, requires_grad=True) for b in branches]
         opt = torch.optim.Adam(shifts, lr=self.lr)
         taken = 0
-        device_type, amp = y_hat.device.type, self._amp(y_hat.device)
+        amp = self.uses_amp(y_hat.device)
+        precision = (lambda: torch.autocast(y_hat.device.type, dtype=torch.bfloat16)) if amp else nullcontext
+
+        def shifted_margin() -> Tensor:  # the margin of the change at the adapter's energy, with the shifts now
+            d = crop_to(model.synthesize(y_hat, cond, photo_shift=PhotoShift(shifts)).float(), hw) - raw
+            scaled = d * (energy / d.pow(2).sum().clamp_min(1e-20)).sqrt()
+            return margin(self.target.logits((base + scaled).clamp(0, 1)).float(), label).sum()
+
         with torch.enable_grad():
             for taken in range(1, self.steps + 1):
-                with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
-                    x = model.synthesize(y_hat, cond, photo_shift=PhotoShift(shifts)).float()
-                    d = crop_to(x, hw) - raw
-                    scaled = d * (energy / d.pow(2).sum().clamp_min(1e-20)).sqrt()
-                    loss = margin(self.target.logits((base + scaled).clamp(0, 1)).float(), label).sum()
+                with precision():
+                    loss = shifted_margin()
                 if float(loss.detach()) < -self.stop_margin:
-                    taken -= 1
-                    break
+                    if amp:  # bf16 logits are off by a tenth or so: stop only where fp32 agrees
+                        with torch.no_grad():
+                            stop = float(shifted_margin()) < -self.stop_margin
+                    else:
+                        stop = True
+                    if stop:
+                        taken -= 1
+                        break
                 grads = torch.autograd.grad(loss, shifts)  # into the shifts only: not the codec, not the target
                 for s, g in zip(shifts, grads):
                     s.grad = g
@@ -169,7 +180,9 @@ class ShiftSearch:
                        "drop_db": psnr_drop(out, base, original), "budget_db": drop_db, "strength": strength,
                        "capped": capped}
 
-    def _amp(self, device: torch.device) -> bool:
+    def uses_amp(self, device) -> bool:
+        """Whether the steps run in bf16 autocast on ``device`` (``amp="auto"`` decides by the device)."""
+        device = torch.device(device)
         if self.amp != "auto":
             return self.amp == "bf16"
         from .loop import cpu_has_bf16_units
@@ -180,7 +193,8 @@ class ShiftSearch:
     def _strength_for(self, model, y_hat, cond, shifts, raw, base, original, hw, drop_db: float,
                       own: float) -> Tuple[float, bool]:
         """The largest strength on the file's grid (steps of :data:`STRENGTH_STEP`) at which the shifted change,
-        served, is at most ``drop_db`` (> 0) under ``base``, and whether even :data:`~.strength.MAX_STRENGTH`
+        served, is at most ``drop_db`` (> 0) under ``base`` (where the drop rises with the strength, as it does
+        but for the 8-bit rounding; else a grid point within the budget whose next is over it), and whether even :data:`~.strength.MAX_STRENGTH`
         stays under it (out of reach). The change is nearly linear in the strength, so the energy model of
         :func:`~.strength.oracle_strength`, read off a real decode at the adapter's own strength, lands close;
         secant steps on the served drop (at most ``STRENGTH_ITERATIONS``) bring it within a step of the grid;
@@ -199,19 +213,27 @@ class ShiftSearch:
                 seen[k] = psnr_drop(served(decode(k * STRENGTH_STEP)), base, original) <= drop_db
             return seen[k]
 
-        def over(s: float) -> Tuple[float, Tensor]:  # served drop minus the budget, and the change
-            x = decode(s)
-            return psnr_drop(served(x), base, original) - drop_db, x - raw
+        def over(s: float) -> float:  # the served drop at strength s, minus the budget
+            return psnr_drop(served(decode(s)), base, original) - drop_db
 
-        # the root of over(s) in s: the energy model's answer from the adapter's strength, then secant steps on the
-        # served drop (which the model misses by the 8-bit rounding and the change's small non-linearity)
-        s0, (f0, d0) = own, over(own)
-        s = min(max(own * oracle_strength(base, d0, original, drop_db), 1e-3), MAX_STRENGTH)
+        def clamp(s: float) -> Optional[float]:
+            return min(max(s, 1e-3), MAX_STRENGTH) if math.isfinite(s) else None
+
+        # the root of over(s) in s: the energy model's answer from a decode at the adapter's strength, then secant
+        # steps on the served drop (which the model misses by the 8-bit rounding and the change's non-linearity)
+        x0 = decode(own)
+        s0, f0 = own, psnr_drop(served(x0), base, original) - drop_db
+        s = clamp(own * oracle_strength(base, x0 - raw, original, drop_db)) or own
         for _ in range(STRENGTH_ITERATIONS):
-            f, _ = over(s)
-            if f == f0 or abs(s - s0) < STRENGTH_STEP / 2:
+            if abs(s - s0) < STRENGTH_STEP / 2:  # converged onto the grid: the bracket below takes it from here
                 break
-            s0, f0, s = s, f, min(max(s - f * (s - s0) / (f - f0), 1e-3), MAX_STRENGTH)
+            f = over(s)
+            if f == f0 or not math.isfinite(f):
+                break
+            nxt = clamp(s - f * (s - s0) / (f - f0))
+            if nxt is None or not s / 4 <= nxt <= 4 * s:  # a wild step (a drop the rounding flattens): keep s
+                break
+            s0, f0, s = s, f, nxt
         top = round(MAX_STRENGTH / STRENGTH_STEP)
         k = min(max(1, round(s / STRENGTH_STEP)), top)
         # a bracket on the grid, lo at or under the budget, hi over it, galloping out from k
@@ -235,4 +257,5 @@ class ShiftSearch:
         while hi - lo > 1:
             mid = (lo + hi) // 2
             lo, hi = (mid, hi) if under(mid) else (lo, mid)
-        return max(lo, 1) * STRENGTH_STEP, False  # the last strength at or under the budget
+        # the last strength at or under the budget (one grid step where even that one is over: the least change)
+        return max(lo, 1) * STRENGTH_STEP, False
