@@ -28,7 +28,6 @@ decode timed here, the fit from its first steps.
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -270,6 +269,7 @@ def example_answers(target, original: PathLike, decodes) -> List[Dict[str, Any]]
     import torch
 
     from .bitstream.images import load_image
+    from .eval.metrics import psnr
     from .training.shift_search import margin
 
     x, _ = load_image(original)
@@ -280,9 +280,8 @@ def example_answers(target, original: PathLike, decodes) -> List[Dict[str, Any]]
             logits = target.logits(y)
             top = int(logits.argmax(dim=1)[0])
             label = top if label is None else label
-            mse = float((y.double() - x.double()).pow(2).mean())
             rows.append({"decode": name, "file": Path(path).name, "class": top, "margin": float(margin(logits, label)),
-                         "psnr": 10 * math.log10(1 / max(mse, 1e-20))})
+                         "psnr": float(psnr(y, x)[0])})
     return rows
 
 

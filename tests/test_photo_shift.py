@@ -70,14 +70,19 @@ def _decode(model, y_hat, shift=None):
         return served(model.synthesize(y_hat, model.encrypted_condition(), photo_shift=shift))
 
 
-# ------------------------------------------------------------------ the search
-def test_the_search_lowers_the_margin_at_the_adapters_own_cost(model, photo):
+def _decodes(model, photo):
+    """The photo's decoded latent, its base decode and the adapter's own encrypted decode (no shift), served."""
     y_hat = _latent(model, photo)
-    target = MeanColour()
     with torch.no_grad():
         base = served(model.synthesize(y_hat, None))
+    return y_hat, base, _decode(model, y_hat)
+
+
+# ------------------------------------------------------------------ the search
+def test_the_search_lowers_the_margin_at_the_adapters_own_cost(model, photo):
+    target = MeanColour()
+    y_hat, base, own = _decodes(model, photo)
     label = int(target.predict(base))
-    own = _decode(model, y_hat)
 
     shift, seen = ShiftSearch(target, steps=30, lr=0.5)(model, y_hat, photo)
 
@@ -91,9 +96,7 @@ def test_the_search_lowers_the_margin_at_the_adapters_own_cost(model, photo):
 
 
 def test_a_budget_puts_each_photo_at_that_cost(model, photo):
-    y_hat = _latent(model, photo)
-    with torch.no_grad():
-        base = served(model.synthesize(y_hat, None))
+    y_hat, base, _ = _decodes(model, photo)
     for budget in (0.3, 1.0):
         shift, _ = ShiftSearch(MeanColour(), steps=2, lr=0.5, budget_db=budget)(model, y_hat, photo)
         assert psnr_drop(_decode(model, y_hat, shift), base, photo) == pytest.approx(budget, abs=0.05)
@@ -105,9 +108,7 @@ def test_the_strength_is_the_last_on_the_grid_within_the_budget(model, photo, bu
     the largest grid strength whose served decode is within the budget, the next one over it."""
     from psic_adapter.adapter.photo_shift import STRENGTH_STEP
 
-    y_hat = _latent(model, photo)
-    with torch.no_grad():
-        base = served(model.synthesize(y_hat, None))
+    y_hat, base, _ = _decodes(model, photo)
     shift, seen = ShiftSearch(MeanColour(), steps=1, lr=0.5, budget_db=budget)(model, y_hat, photo)
     assert not seen["capped"]
     drop = lambda s: psnr_drop(_decode(model, y_hat, PhotoShift(shift.shifts, s)), base, photo)  # noqa: E731
@@ -118,12 +119,9 @@ def test_the_search_in_bf16_steps_still_lowers_the_margin_and_keeps_the_cost(mod
     """``amp="bf16"``: the steps run in bf16 autocast (about 2x a step on CPUs with bf16 units); the shift still lowers
     the margin, and the strength, set in fp32 after it, still puts the photo at the adapter's own cost; "off" is not
     "bf16" (the steps do run in another precision)."""
-    y_hat = _latent(model, photo)
     target = MeanColour()
-    with torch.no_grad():
-        base = served(model.synthesize(y_hat, None))
+    y_hat, base, own = _decodes(model, photo)
     label = int(target.predict(base))
-    own = _decode(model, y_hat)
     fast, seen = ShiftSearch(target, steps=30, lr=0.5, amp="bf16", stop_margin=100.0)(model, y_hat, photo)
     exact, _ = ShiftSearch(target, steps=30, lr=0.5, amp="off", stop_margin=100.0)(model, y_hat, photo)
     shifted = _decode(model, y_hat, fast)

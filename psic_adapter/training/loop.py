@@ -85,6 +85,11 @@ def cpu_has_bf16_units() -> bool:
     return False
 
 
+def bf16_pays_off(device: torch.device) -> bool:
+    """Where bf16 autocast is worth it (what ``amp="auto"`` turns on): CUDA, and CPUs with bf16 units."""
+    return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16_units())
+
+
 def psnr_of_mse(mse: Tensor) -> float:
     m = float(mse)
     return 100.0 if m <= 1e-10 else 10.0 * math.log10(1.0 / m)

@@ -182,12 +182,11 @@ class ShiftSearch:
 
     def uses_amp(self, device) -> bool:
         """Whether the steps run in bf16 autocast on ``device`` (``amp="auto"`` decides by the device)."""
-        device = torch.device(device)
         if self.amp != "auto":
             return self.amp == "bf16"
-        from .loop import cpu_has_bf16_units
+        from .loop import bf16_pays_off
 
-        return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16_units())
+        return bf16_pays_off(torch.device(device))
 
     @torch.no_grad()
     def _strength_for(self, model, y_hat, cond, shifts, raw, base, original, hw, drop_db: float,

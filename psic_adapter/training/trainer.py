@@ -42,7 +42,7 @@ from ..errors import ConfigError, PSICError
 from ..types import PathLike
 from . import losses
 from .config import TrainConfig
-from .loop import CHECKPOINT_NAME, TrainingLoop, cpu_has_bf16_units, dist_info, psnr_of_mse
+from .loop import CHECKPOINT_NAME, TrainingLoop, bf16_pays_off, dist_info, psnr_of_mse
 from .objectives import EncryptionObjective
 from .schedule import Phase, configure_trainable, phase_at
 from .views import Windows
@@ -117,7 +117,7 @@ class Trainer(TrainingLoop):
         self.model, self.target = model, target
         self.quality = quality if quality is not None else model.config.base_model.get("quality")
         cuda = self.device.type == "cuda"
-        fast = cuda or (self.device.type == "cpu" and cpu_has_bf16_units())
+        fast = bf16_pays_off(self.device)
         self.amp = (fast and config.amp == "auto") or config.amp == "bf16"
         self.channels_last = (fast and config.channels_last == "auto") or config.channels_last == "on"
         # wrong keys and EOT draws: a generator of its own, saved in checkpoints
