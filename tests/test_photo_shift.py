@@ -305,6 +305,53 @@ def test_a_budget_the_change_cannot_spend_or_a_change_that_costs_nothing(model, 
     assert psnr_drop(_decode(calm, y_hat, shift), base, photo) == pytest.approx(seen["drop_db"])
 
 
+class _Handicapped(MeanColour):
+    """MeanColour with one class's score lowered, so that a few steps of the search change the answer."""
+
+    def __init__(self, label: int, by: float):
+        super().__init__()
+        self.label, self.by = label, by
+
+    def logits(self, x):
+        out = super().logits(x).clone()
+        out[:, self.label] -= self.by
+        return out
+
+
+def test_the_search_reports_its_margin_at_each_step(model, photo):
+    """``trace``: the margin the search saw at each step, the step it stopped at last (below the stop margin); run to
+    the end, one entry a step, moving the margin down from where the adapter alone leaves it."""
+    y_hat, base, _ = _decodes(model, photo)
+    _, full = ShiftSearch(MeanColour(), steps=6, lr=0.5, stop_margin=100.0)(model, y_hat, photo)
+    assert full["steps"] == 6 and len(full["trace"]) == 6
+    assert full["trace"][-1] < full["trace"][0]
+    assert full["trace"][0] == pytest.approx(full["margin_before"], abs=0.05)  # before any step: the adapter's own
+    # lowered by the margin it has after two steps and a bit, the answer changes at the third: the search stops there
+    by = full["trace"][2] + 0.01
+    target = _Handicapped(full["label"], by)
+    assert int(target.predict(base)) == full["label"]  # the base decode still gets the same answer
+    _, early = ShiftSearch(target, steps=6, lr=0.5, stop_margin=0.0)(model, y_hat, photo)
+    assert early["steps"] == 2 and len(early["trace"]) == 3 and early["trace"][-1] < 0 <= min(early["trace"][:-1])
+    assert early["trace"] == pytest.approx([t - by for t in full["trace"][:3]], abs=1e-3)
+
+
+def test_an_evaluation_records_each_photos_search(model, photo):
+    """``psic eval --shift-for``: each photo's row says what its search saw (steps, margins, trace), beside its PSNRs."""
+    from psic_adapter.eval.config import EvalConfig
+    from psic_adapter.eval.measure import Measurements, Sample
+    from psic_adapter.eval.protocol import PSICDecoder
+
+    decoder = PSICDecoder(model, KEY, shift_search=ShiftSearch(MeanColour(), steps=2, lr=0.5, stop_margin=100.0))
+    rows = Measurements(decoder, EvalConfig(), "native")
+    _, decoded = rows.measure(Sample("p", photo))
+    row = json.loads(json.dumps(rows.rows[0]))  # as metrics.json keeps it
+    assert row["shift_search"]["steps"] == 2 and len(row["shift_search"]["trace"]) == 2
+    assert row["shift_search"]["strength"] == decoded.photo_shift.strength
+    plain = Measurements(PSICDecoder(model, KEY), EvalConfig(), "native")
+    plain.measure(Sample("p", photo))
+    assert "shift_search" not in plain.rows[0]
+
+
 def test_the_search_takes_one_photo_and_leaves_the_models_mode(model, photo):
     y_hat = _latent(model, photo)
     with pytest.raises(ConfigError, match="one photo at a time"):

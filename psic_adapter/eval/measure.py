@@ -158,6 +158,8 @@ class Measurements:
                      else out["ms_ssim_base"])
                 self.quality[v]["ms_ssim"].append(q)
                 out[f"ms_ssim_{v}"] = q
+        if d.search is not None:  # the owner's per-photo shift: what its search saw on this photo
+            out["shift_search"] = d.search
         self.rows.append(out)
         return images, d
 

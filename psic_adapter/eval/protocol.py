@@ -40,6 +40,7 @@ class Decoded:
     latent: Optional[Tensor] = None  # y_hat of the bitstream (methods with conditions)
     extra: Dict[str, float] = field(default_factory=dict)
     photo_shift: Any = None  # the owner's per-photo shift the file would carry (PSICDecoder with a shift search)
+    search: Optional[Dict[str, Any]] = None  # what that shift's search saw (ShiftSearch's report: steps, margins, trace)
 
 
 class VersionDecoder:
@@ -117,15 +118,16 @@ class PSICDecoder(VersionDecoder):
         bpp = M.bpp_from_strings(enc["strings"], h * w)
         base = finite_decode(self.model.synthesize(y_hat, None)).clamp(0, 1)[..., :h, :w]
         images = {"base": base}
-        shift = None
+        shift = search = None
         if self.shift_search is not None:
-            shift, _ = self.shift_search(self.model, y_hat, x[..., :h, :w])
+            shift, search = self.shift_search(self.model, y_hat, x[..., :h, :w])
         images["encrypted"] = finite_decode(self.model.synthesize(y_hat, self.model.encrypted_condition(),
                                                                   photo_shift=shift)).clamp(0, 1)[..., :h, :w]
         if self.key is not None:
             cond = self.model.condition_for(key=self.key)
             images["full"] = base if cond is None else finite_decode(self.model.synthesize(y_hat, cond)).clamp(0, 1)[..., :h, :w]
-        return Decoded(images=images, bpp={v: bpp for v in images}, size=(h, w), latent=y_hat, photo_shift=shift)
+        return Decoded(images=images, bpp={v: bpp for v in images}, size=(h, w), latent=y_hat, photo_shift=shift,
+                       search=search)
 
     def decode_condition(self, decoded: Decoded, condition: Tensor) -> Tensor:
         """The decode under ``condition`` (a wrong key's, an attacker's), with the photo's shift where the file

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -101,7 +101,8 @@ class ShiftSearch:
         (what its file decodes to: the entropy decoder's, not the encoder's forward). Returns it and what the
         search saw: ``label``, ``steps`` taken, the target's margin on the served encrypted version without and
         with the shift (below 0: the answer changed), the ``drop_db`` it costs, the ``strength`` and whether
-        the budget was out of reach (``capped``)."""
+        the budget was out of reach (``capped``), and ``trace``: the margin at each step, at the adapter's energy
+        before the file's grid and the strength (the search's own view; the step it stopped at is the last)."""
         training = model.training
         model.eval()
         try:
@@ -140,6 +141,7 @@ class ShiftSearch:
         shifts = [torch.zeros(b.reduce.out_channels, device=y_hat.device, requires_grad=True) for b in branches]
         opt = torch.optim.Adam(shifts, lr=self.lr)
         taken = 0
+        trace: List[float] = []
         amp = self.uses_amp(y_hat.device)
         precision = (lambda: torch.autocast(y_hat.device.type, dtype=torch.bfloat16)) if amp else nullcontext
 
@@ -152,7 +154,8 @@ class ShiftSearch:
             for taken in range(1, self.steps + 1):
                 with precision():
                     loss = shifted_margin()
-                if float(loss.detach()) < -self.stop_margin:
+                trace.append(round(float(loss.detach()), 4))
+                if trace[-1] < -self.stop_margin:
                     if amp:  # bf16 logits are off by a tenth or so: stop only where fp32 agrees
                         with torch.no_grad():
                             stop = float(shifted_margin()) < -self.stop_margin
@@ -178,7 +181,7 @@ class ShiftSearch:
             after = float(margin(self.target.logits(out), label))
         return shift, {"label": label, "steps": taken, "margin_before": before, "margin_after": after,
                        "drop_db": psnr_drop(out, base, original), "budget_db": drop_db, "strength": strength,
-                       "capped": capped}
+                       "capped": capped, "trace": trace}
 
     def uses_amp(self, device) -> bool:
         """Whether the steps run in bf16 autocast on ``device`` (``amp="auto"`` decides by the device)."""
