@@ -1,0 +1,67 @@
+"""tools/shift_traces.py: a reading of ``psic eval --shift-for``'s per-photo searches (steps, margins, traces), and what
+a lower cap on the steps would keep. Hand-made rows, milliseconds."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+TOOL = Path(__file__).resolve().parents[1] / "tools" / "shift_traces.py"
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("shift_traces", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _row(trace, steps, right=True, turned=True, scale="native"):
+    return {"scale": scale, "name": "p", "base_right": right, "encrypted_right": right and not turned,
+            "shift_search": {"steps": steps, "margin_before": trace[0], "margin_after": -1.5 if turned else 0.5,
+                             "trace": trace}}
+
+
+ROWS = [
+    _row([-0.5, -2.0], 1),                          # the adapter alone turns it; one step makes the margin 1 deep
+    _row([1.0, 0.2, -1.2], 2),                      # turned at step 2
+    _row([2.0, 1.5, 1.0, 0.5, -0.2, -0.6], 6),      # ran to the cap of 6 below 0 but not 1 deep: turned after rounding
+    _row([3.0, 2.9, 2.8, 2.7, 2.6, 2.5], 6, turned=False),  # never turned
+    _row([1.0, -1.5], 1, right=False, turned=False),        # wrong on the base decode: searched, not counted
+    _row([0.5, -1.1], 1, scale="512"),
+]
+
+
+def test_the_reading_counts_searches_and_what_a_lower_cap_keeps(tmp_path):
+    tool = _tool()
+    s = tool.summarize(ROWS, caps=[2, 5])
+    native = s["native"]
+    assert (native["photos"], native["right"], native["alone"], native["turned"]) == (5, 4, 1, 2 + 1)
+    assert (native["stopped"], native["capped"], native["cap"]) == (3, 2, 6)
+    assert (native["passes_stopped"], native["passes_capped"]) == (2 + 3 + 2, 6 + 6)
+    # cap 2: the first search stopped at its second pass (the same search), the second needs a third: still running
+    assert native["at_cap"][2] == {"exact": 1, "likely": 0, "passes": 2 + 2 + 2 + 2 + 2}
+    # cap 5: both short searches the same; the long one's margin at step 5 is below 0 (likely), the flat one not
+    assert native["at_cap"][5] == {"exact": 2, "likely": 1, "passes": 2 + 3 + 5 + 5 + 2}
+    assert s["512"]["turned"] == 1 and s["512"]["cap"] == 1
+
+
+def test_the_tool_reads_eval_folders_and_refuses_what_is_not_one(tmp_path, capsys):
+    tool = _tool()
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "metrics.json").write_text(json.dumps({"schema": 2, "runs": [
+        {"per_image": ROWS + [{"scale": "native", "name": "no search"}]}]}))
+    assert tool.main([str(tmp_path / "e"), "--caps", "2", "--json", str(tmp_path / "s.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "native: 5 photos, 4 right on the base decode; turned by the adapter alone 1, with the shift 3" in printed
+    assert json.loads((tmp_path / "s.json").read_text())["native"]["at_cap"]["2"]["exact"] == 1
+    (tmp_path / "bad.json").write_text("{not json")
+    try:
+        tool.main([str(tmp_path / "bad.json")])
+    except SystemExit as e:
+        assert "not a readable metrics.json" in str(e)
+    else:
+        raise AssertionError("a broken metrics.json was read")
+    (tmp_path / "old.json").write_text(json.dumps({"runs": [{"per_image": [{"scale": "native"}]}]}))
+    assert tool.main([str(tmp_path / "old.json")]) == 1
