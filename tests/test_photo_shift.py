@@ -340,11 +340,12 @@ def test_an_evaluation_records_each_photos_search(model, photo):
     from psic_adapter.eval.config import EvalConfig
     from psic_adapter.eval.measure import Measurements, Sample
     from psic_adapter.eval.protocol import PSICDecoder
+    from psic_adapter.eval.record import to_jsonable
 
     decoder = PSICDecoder(model, KEY, shift_search=ShiftSearch(MeanColour(), steps=2, lr=0.5, stop_margin=100.0))
     rows = Measurements(decoder, EvalConfig(), "native")
     _, decoded = rows.measure(Sample("p", photo))
-    row = json.loads(json.dumps(rows.rows[0]))  # as metrics.json keeps it
+    row = json.loads(json.dumps(to_jsonable(rows.rows[0]), allow_nan=False))  # as metrics.json keeps it
     assert row["shift_search"]["steps"] == 2 and len(row["shift_search"]["trace"]) == 2
     assert row["shift_search"]["strength"] == decoded.photo_shift.strength
     plain = Measurements(PSICDecoder(model, KEY), EvalConfig(), "native")

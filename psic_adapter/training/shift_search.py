@@ -101,8 +101,9 @@ class ShiftSearch:
         (what its file decodes to: the entropy decoder's, not the encoder's forward). Returns it and what the
         search saw: ``label``, ``steps`` taken, the target's margin on the served encrypted version without and
         with the shift (below 0: the answer changed), the ``drop_db`` it costs, the ``strength`` and whether
-        the budget was out of reach (``capped``), and ``trace``: the margin at each step, at the adapter's energy
-        before the file's grid and the strength (the search's own view; the step it stopped at is the last)."""
+        the budget was out of reach (``capped``), and ``trace``: the margin before each step, at the adapter's energy
+        before the file's grid and the strength (the search's own view, in its precision; a search that stopped
+        early ends with the margin that stopped it, so it holds ``steps + 1`` entries, else ``steps``)."""
         training = model.training
         model.eval()
         try:
@@ -141,7 +142,7 @@ class ShiftSearch:
         shifts = [torch.zeros(b.reduce.out_channels, device=y_hat.device, requires_grad=True) for b in branches]
         opt = torch.optim.Adam(shifts, lr=self.lr)
         taken = 0
-        trace: List[float] = []
+        trace: List[Optional[float]] = []
         amp = self.uses_amp(y_hat.device)
         precision = (lambda: torch.autocast(y_hat.device.type, dtype=torch.bfloat16)) if amp else nullcontext
 
@@ -154,8 +155,9 @@ class ShiftSearch:
             for taken in range(1, self.steps + 1):
                 with precision():
                     loss = shifted_margin()
-                trace.append(round(float(loss.detach()), 4))
-                if trace[-1] < -self.stop_margin:
+                now = float(loss.detach())
+                trace.append(round(now, 4) if math.isfinite(now) else None)  # None: JSON has no NaN
+                if now < -self.stop_margin:
                     if amp:  # bf16 logits are off by a tenth or so: stop only where fp32 agrees
                         with torch.no_grad():
                             stop = float(shifted_margin()) < -self.stop_margin
