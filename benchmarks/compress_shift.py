@@ -6,7 +6,8 @@ Variants, interleaved (the order rotated every round) after one warm-up each, CP
 * ``compress``: the base codec's ``compress`` (what every ``.psic`` file costs);
 * ``compress+shift (stops early)``: ``compress``, the entropy decode and the search with its defaults (40
   steps at most, it stops once the answer changed with a margin of 1): what a photo costs as shipped;
-* ``compress+shift (40 steps)``: the same with the early stop off: a photo whose answer does not change;
+* ``compress+shift (40 steps)``: the same with the early stop and the give-up off: every step a photo can take
+  (one whose answer does not change and is given up on takes the first 10 of them);
 * ``compress+shift (40 steps, bf16)``: the same with the steps in bf16 autocast (``--shift-amp bf16``; on a CPU
   without bf16 units it runs, slowly, in emulation: read it where ``bf16_units`` is true);
 * ``compress (again)``: a second run of the first, the noise floor of the timing on this machine.
@@ -53,8 +54,9 @@ def main(argv=None) -> int:
     target = build_target("efficientnet-lite0", device="cpu").eval()
     x = photo_768x512()
     shipped = ShiftSearch(target, steps=args.steps)
-    every_step = ShiftSearch(target, steps=args.steps, stop_margin=100.0)  # never below -100: no early stop
-    every_step_bf16 = ShiftSearch(target, steps=args.steps, stop_margin=100.0, amp="bf16")
+    # never below -100: no early stop; and no giving up (a photo given up on costs its first 10 steps of these)
+    every_step = ShiftSearch(target, steps=args.steps, stop_margin=100.0, give_up=None)
+    every_step_bf16 = ShiftSearch(target, steps=args.steps, stop_margin=100.0, amp="bf16", give_up=None)
     seen = {}
 
     def compress():

@@ -374,7 +374,8 @@ def evaluate_adapters(adapters: Sequence[PathLike], target, samples, config, *, 
         if shift_search is not None:
             meta["photo_shift"] = {"target": getattr(shift_search.target, "name", ""), "steps": shift_search.steps,
                                    "lr": shift_search.lr, "budget_db": shift_search.budget_db,
-                                   "amp": shift_search.amp, "amp_used": shift_search.uses_amp("cpu")}  # the eval decodes on the CPU
+                                   "amp": shift_search.amp, "amp_used": shift_search.uses_amp("cpu"),
+                                   "give_up": shift_search.give_up}  # the eval decodes on the CPU
         runs.append(evaluate(PSICDecoder(model, key, shift_search=shift_search), target, samples, config, run_name(adapter), meta=meta,
                              log=run_log(adapter), say=say))
     return runs

@@ -133,7 +133,8 @@ def test_the_search_in_bf16_steps_still_lowers_the_margin_and_keeps_the_cost(mod
 
 def test_the_search_refuses_bad_settings_and_adapters_without_branches(photo):
     for bad in (dict(steps=-1), dict(steps=1.5), dict(lr=0), dict(lr=float("nan")), dict(budget_db=0),
-                dict(budget_db=float("inf")), dict(amp="fp16"), dict(amp=None)):
+                dict(budget_db=float("inf")), dict(amp="fp16"), dict(amp=None), dict(give_up=float("nan")),
+                dict(give_up="0.5"), dict(give_up=1e3)):
         with pytest.raises(ConfigError):
             ShiftSearch(MeanColour(), **bad)
     film = randomize_adapter(wrap_model(small_trainable_codec(), PSICConfig(modulation="film"), key=KEY), std=0.1)
@@ -265,6 +266,11 @@ def test_psic_compress_and_eval_check_the_shift_flags_before_anything_loads(mode
         (["--shift-db", "0.5"], "--shift-db need(s) --shift-for"),
         (["--shift-steps", "5"], "--shift-steps need(s) --shift-for"),
         (["--shift-amp", "off"], "--shift-amp need(s) --shift-for"),
+        (["--shift-give-up", "off"], "--shift-give-up need(s) --shift-for"),
+        (["--shift-for", "efficientnet-lite0", "--shift-give-up", "never", "--adapter", str(spatial)],
+         "--shift-give-up takes a margin or 'off', not 'never'"),
+        (["--shift-for", "efficientnet-lite0", "--shift-give-up", "nan", "--adapter", str(spatial)],
+         "give-up margin must be in"),
         (["--shift-for", "efficientnet-lite0"], "--shift-for needs --adapter"),
         (["--shift-for", "", "--adapter", str(spatial)], "--shift-for needs a target"),
         (["--shift-for", "clip:ViT-B-32", "--adapter", str(spatial)], "needs a classifier"),
@@ -333,6 +339,34 @@ def test_the_search_reports_its_margin_at_each_step(model, photo):
     _, early = ShiftSearch(target, steps=6, lr=0.5, stop_margin=0.0)(model, y_hat, photo)
     assert early["steps"] == 2 and len(early["trace"]) == 3 and early["trace"][-1] < 0 <= min(early["trace"][:-1])
     assert early["trace"] == pytest.approx([t - by for t in full["trace"][:3]], abs=1e-3)
+
+
+def test_the_search_gives_up_on_a_photo_whose_answer_is_not_changing(model, photo):
+    """``give_up``: after 10 steps, a margin that would still be above ``give_up`` at the last step, at the pace of the
+    last 5, ends the search; the shift is the one those 10 steps found, as a search of 10 steps would find it."""
+    y_hat = _latent(model, photo)
+    base = served(model.synthesize(y_hat, None))
+    stuck = _Handicapped(int(MeanColour().predict(base)), -5.0)  # its answer held by a lead of 5 that no step closes
+    shift, seen = ShiftSearch(stuck, steps=40, lr=0.5, give_up=0.5)(model, y_hat, photo)
+    assert seen["gave_up"] and seen["steps"] == 10 and len(seen["trace"]) == 11 and seen["trace"][-1] > 0.5
+    ten, _ = ShiftSearch(stuck, steps=10, lr=0.5, give_up=None)(model, y_hat, photo)
+    assert all(torch.equal(a, b) for a, b in zip(shift.shifts, ten.shifts)) and shift.strength == ten.strength
+    _, patient = ShiftSearch(stuck, steps=14, lr=0.5, give_up=None)(model, y_hat, photo)
+    assert not patient["gave_up"] and patient["steps"] == 14 and len(patient["trace"]) == 14
+
+
+@pytest.mark.parametrize("trace, steps, gives_up", [
+    ([3.0] * 11, 40, True),                                    # flat and above: hopeless
+    ([3.0 - 0.2 * i for i in range(11)], 40, False),           # 1.0 after 10 steps, falling 0.2 a step: reaches 0
+    ([3.0 - 0.05 * i for i in range(11)], 40, True),           # 2.5, falling 0.05 a step: 1.0 after 30 more
+    ([3.0 - 0.05 * i for i in range(11)], 80, False),          # the same with 70 more steps: -1.0
+    ([3.0] * 10, 40, False),                                   # 9 steps: too soon to judge
+    ([3.0] * 5 + [None] * 6, 40, False),                       # a decode that was not finite: no pace to judge
+    ([0.4] * 11, 40, False),                                   # already at the give-up margin
+])
+def test_when_the_search_judges_a_photo_hopeless(trace, steps, gives_up):
+    assert ShiftSearch(MeanColour(), steps=steps, give_up=0.5)._hopeless(trace, len(trace) - 1) is gives_up
+    assert not ShiftSearch(MeanColour(), steps=steps, give_up=None)._hopeless(trace, len(trace) - 1)
 
 
 def test_an_evaluation_records_each_photos_search(model, photo):

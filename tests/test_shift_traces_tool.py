@@ -42,7 +42,7 @@ def test_the_reading_counts_searches_and_what_a_lower_cap_keeps():
     s = tool.summarize(_run(ROWS), caps=[1, 2, 5, 6])
     native = s["native"]
     assert (native["photos"], native["right"], native["alone"], native["turned"]) == (5, 4, 1, 2 + 1)
-    assert (native["stopped"], native["ran_out"], native["cap"]) == (3, 2, 6)
+    assert (native["stopped"], native["ran_out"], native["cap"]) == (3, 2, 6)  # ran out: all the steps, or gave up
     assert (native["passes_stopped"], native["passes_ran_out"]) == (2 + 3 + 2, 6 + 6)
     # cap 1: only the search that stopped after one step is the same search
     assert native["at_cap"][1] == {"exact": 1, "likely": 0, "passes": 5}
@@ -61,6 +61,10 @@ def test_an_unfinished_decode_another_target_or_a_cap_over_the_evals():
     s = tool.summarize(_run([nan], cap=3), caps=[2])["native"]
     assert (s["right"], s["alone"], s["at_cap"][2]["likely"]) == (1, 0, 0)
     assert tool.summarize(_run(ROWS, same_target=False))["native"]["alone"] is None
+    gave_up = _row([3.0] * 11, 10, turned=False)  # given up after 10 steps (ShiftSearch.give_up): not an answer changed
+    gave_up["shift_search"]["gave_up"] = True
+    s = tool.summarize(_run([gave_up], cap=40), caps=[20])["native"]
+    assert (s["stopped"], s["ran_out"], s["passes_ran_out"], s["at_cap"][20]["passes"]) == (0, 1, 11, 11)
     try:
         tool.summarize(_run(ROWS), caps=[7])
     except SystemExit as e:

@@ -6,7 +6,7 @@ before and after, ``trace``: the margin at each step). This reads those rows and
 * how many photos the target gets right on the base decode, how many of those the adapter alone turns (its margin
   before any step is below 0) and how many the shift turns (the eval's own answer on the served decode);
 * where the search's time goes: how many searches stopped early (their answer changed with the stop margin) and
-  how many ran to the cap, and the decoder passes each group took;
+  how many ran out (to the cap, or given up: ``ShiftSearch.give_up``), and the passes each group took;
 * what a lower cap (``--shift-steps K``) would keep. A search that stopped within K steps is the same search under
   cap K (the steps are deterministic on the CPU), so its photo's answer is the same: that count is exact. A search
   still going after K steps would end elsewhere; it is counted as "likely" turned where its margin after K steps
@@ -84,7 +84,7 @@ def summarize(run: Dict[str, Any], caps: Sequence[int] = ()) -> Dict[str, Dict[s
             seen = r["shift_search"]
             trace = list(seen.get("trace") or [])
             steps = int(seen["steps"])
-            stopped = len(trace) == steps + 1  # the last pass saw the answer changed: no step after it
+            stopped = len(trace) == steps + 1 and not seen.get("gave_up")  # the answer changed: no step after it
             right = bool(r.get("base_right"))
             turned = right and not r.get("encrypted_right", True)
             s["photos"] += 1

@@ -41,7 +41,8 @@ def run(args) -> int:
           f"{res.file_bpp:.4f} bpp (file)")
     if res.shift_search is not None:
         s = res.shift_search
-        print(f"per-photo shift against {args.shift_for}: {s['steps']} steps; its margin on the encrypted version "
+        steps = f"{s['steps']} steps" + (" (gave up: its answer was not changing)" if s.get("gave_up") else "")
+        print(f"per-photo shift against {args.shift_for}: {steps}; its margin on the encrypted version "
               f"{s['margin_before']:.2f} -> {s['margin_after']:.2f} (below 0: its answer changed); "
               f"{s['drop_db']:.2f} dB under the base decode")
         if s["capped"]:

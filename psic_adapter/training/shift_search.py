@@ -30,6 +30,10 @@ MAX_SEARCH_PIXELS = 4_000_000
 SEARCHABLE = ("efficientnet-lite", "timm:")
 #: secant steps at most on the served drop before the strength's grid is searched
 STRENGTH_ITERATIONS = 4
+#: the search may give up (``ShiftSearch.give_up``) once it has taken this many steps, judging its pace over the last
+#: GIVE_UP_WINDOW of them
+GIVE_UP_AFTER = 10
+GIVE_UP_WINDOW = 5
 
 
 def check_search_target(spec: str) -> None:
@@ -74,6 +78,11 @@ class ShiftSearch:
     against fp32's -5.9, and on 51 unseen photos one fewer flipped at native size (22/30 against 23/30), the same
     at 512 px (docs/results.md, run PS-bf16). The shift is then rounded onto the file's grid and everything after
     it (the strength, the margins reported, the file's decode) is fp32.
+    ``give_up``: after :data:`GIVE_UP_AFTER` steps the search stops on a photo whose margin, falling at the pace of
+    its last :data:`GIVE_UP_WINDOW` steps, would still be above ``give_up`` after the last one (the shift found so
+    far is kept; ``None``: every photo takes all ``steps``). Most of a search's time goes to photos whose answer
+    never changes: replayed on the traces of 102 full searches (an adapter fitted from scratch, IS1) the rule keeps
+    every photo they turn for 0.6x their steps (docs/results.md, "where the search's steps go").
 
     ``target``: a :class:`~psic_adapter.targets.Target` (``logits``, ``predict``), frozen."""
 
@@ -83,6 +92,7 @@ class ShiftSearch:
     budget_db: Optional[float] = None
     stop_margin: float = 1.0
     amp: str = "off"
+    give_up: Optional[float] = 0.5
 
     def __post_init__(self):
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= 10_000:
@@ -93,6 +103,8 @@ class ShiftSearch:
             raise ConfigError(f"the shift search's learning rate must be in (0, 10], not {show(self.lr)}")
         if self.amp not in ("auto", "bf16", "off"):
             raise ConfigError(f"the shift search's amp must be auto, bf16 or off, not {show(self.amp)}")
+        if self.give_up is not None and not _number_in(self.give_up, -100, 100):
+            raise ConfigError(f"the shift search's give-up margin must be in [-100, 100] or None, not {show(self.give_up)}")
         if self.budget_db is not None and (not _number_in(self.budget_db, 0, 20) or self.budget_db == 0):
             raise ConfigError(f"the per-photo budget must be in (0, 20] dB, not {show(self.budget_db)}")
 
@@ -142,6 +154,7 @@ class ShiftSearch:
         shifts = [torch.zeros(b.reduce.out_channels, device=y_hat.device, requires_grad=True) for b in branches]
         opt = torch.optim.Adam(shifts, lr=self.lr)
         taken = 0
+        gave_up = False
         trace: List[Optional[float]] = []
         amp = self.uses_amp(y_hat.device)
         precision = (lambda: torch.autocast(y_hat.device.type, dtype=torch.bfloat16)) if amp else nullcontext
@@ -166,6 +179,10 @@ class ShiftSearch:
                     if stop:
                         taken -= 1
                         break
+                if self._hopeless(trace, taken - 1):
+                    gave_up = True
+                    taken -= 1
+                    break
                 grads = torch.autograd.grad(loss, shifts)  # into the shifts only: not the codec, not the target
                 for s, g in zip(shifts, grads):
                     s.grad = g
@@ -183,7 +200,18 @@ class ShiftSearch:
             after = float(margin(self.target.logits(out), label))
         return shift, {"label": label, "steps": taken, "margin_before": before, "margin_after": after,
                        "drop_db": psnr_drop(out, base, original), "budget_db": drop_db, "strength": strength,
-                       "capped": capped, "trace": trace}
+                       "capped": capped, "gave_up": gave_up, "trace": trace}
+
+    def _hopeless(self, trace: List[Optional[float]], done: int) -> bool:
+        """Whether to give up after ``done`` steps: at the pace of the last :data:`GIVE_UP_WINDOW` steps, the margin
+        would still be above ``give_up`` after the last step (a pace that is not falling counts as none)."""
+        if self.give_up is None or done < GIVE_UP_AFTER or done >= self.steps:
+            return False
+        now, then = trace[done], trace[done - GIVE_UP_WINDOW]
+        if now is None or then is None:
+            return False
+        pace = min((now - then) / GIVE_UP_WINDOW, 0.0)
+        return now + pace * (self.steps - done) > self.give_up
 
     def uses_amp(self, device) -> bool:
         """Whether the steps run in bf16 autocast on ``device`` (``amp="auto"`` decides by the device)."""
