@@ -75,9 +75,10 @@ def check_shift_args(args):
             raise ConfigError(f"{', '.join(given)} need(s) --shift-for TARGET")
         return None
     check_search_target(args.shift_for)
-    steps = 40 if args.shift_steps is None else args.shift_steps
-    give_up = 0.5 if args.shift_give_up is None else _give_up(args.shift_give_up)
-    return ShiftSearch(None, steps=steps, budget_db=args.shift_db, amp=args.shift_amp or "off", give_up=give_up)
+    settings = {k: v for k, v in (("steps", args.shift_steps), ("amp", args.shift_amp)) if v is not None}
+    if args.shift_give_up is not None:
+        settings["give_up"] = _give_up(args.shift_give_up)  # "off": None, never
+    return ShiftSearch(None, budget_db=args.shift_db, **settings)  # what is not given: ShiftSearch's defaults
 
 
 def shift_search_of(args, search=None):

@@ -205,7 +205,7 @@ class ShiftSearch:
     def _hopeless(self, trace: List[Optional[float]], done: int) -> bool:
         """Whether to give up after ``done`` steps: at the pace of the last :data:`GIVE_UP_WINDOW` steps, the margin
         would still be above ``give_up`` after the last step (a pace that is not falling counts as none)."""
-        if self.give_up is None or done < GIVE_UP_AFTER or done >= self.steps:
+        if self.give_up is None or done < GIVE_UP_AFTER:
             return False
         now, then = trace[done], trace[done - GIVE_UP_WINDOW]
         if now is None or then is None:
