@@ -311,6 +311,63 @@ def train(recipe: Recipe, *, target: str, data: str, out: PathLike, target_weigh
                force=force, info=info)
 
 
+#: the rounds the measured recipe ran (docs/results.md, IS1y: 3100 steps from scratch, each round calibrated)
+MEASURED_ROUNDS = (1000, 1000, 1100)
+
+
+def train_rounds(recipe: Recipe, rounds: Sequence[int], *, out: PathLike, data: str, checkpoint=None,
+                 adapter: Optional[PathLike] = None, resume: bool = False, force: bool = False,
+                 log: Say = _quiet, **train_kwargs) -> Dict[str, Any]:
+    """``psic train --rounds``: fit an adapter in rounds, each calibrated and the next fitted from it.
+
+    Round K is a run of ``rounds[K-1]`` steps in ``OUT/round-K/`` (``adapter/``, ``log.jsonl``, its checkpoint),
+    started from ``adapter`` (K = 1) or from round K-1's calibrated adapter, then calibrated as ``psic calibrate``
+    does by default (0.8 dB, 100 photos of ``data`` at 512 px) into ``OUT/round-K/adapter-cal/``: the last of those
+    is the run's adapter. It is how the measured adapters were fitted (:data:`MEASURED_ROUNDS`). With ``resume``,
+    a round whose calibrated adapter exists is kept, a fitted one only calibrated, one with a checkpoint resumed.
+    ``train_kwargs``: :func:`train`'s. Returns ``{"rounds": [each round's result], "adapter": the last one}``."""
+    import dataclasses
+    import os
+
+    from .adapter.config import CONFIG_NAME, WEIGHTS_NAME
+
+    rounds = [int(n) for n in rounds]
+    if not rounds or min(rounds) < 1:
+        raise ConfigError("--rounds takes the steps of each round, each at least 1 (e.g. --rounds 1000 1000 1100)")
+    if recipe.train.trains_decoder:
+        raise ConfigError("--rounds fits an adapter alone, calibrated after each round: add --stage 2 --adapter-only")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("--rounds runs in one process: under torchrun, run each round with psic train and calibrate "
+                          "it with psic calibrate")
+    refuse_reshaping(recipe, adapter)
+    results: List[Dict[str, Any]] = []
+    start = adapter
+    for k, steps in enumerate(rounds, 1):
+        run = Path(out) / f"round-{k}"
+        cal = run / "adapter-cal"
+        if resume and all((cal / name).is_file() for name in (CONFIG_NAME, WEIGHTS_NAME)):
+            log(f"round {k} of {len(rounds)}: done before ({cal})")
+            results.append({"adapter": cal, "steps": steps, "kept": True})
+            start = cal
+            continue
+        if resume and (run / "adapter" / CONFIG_NAME).is_file():
+            log(f"round {k} of {len(rounds)}: fitted before, calibrating")
+            fitted: Dict[str, Any] = {"adapter": run / "adapter", "steps": steps}
+        else:
+            again = resume and (run / "checkpoint.safetensors").is_file()
+            log(f"round {k} of {len(rounds)}: {steps} steps{' (resumed)' if again else ''} from "
+                f"{start or 'a new adapter'} -> {run}")
+            this = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, steps=steps),
+                                       shape_given=recipe.shape_given if start is None else ())
+            fitted = train(this, data=data, out=run, checkpoint=checkpoint, adapter=start, resume=again, force=force,
+                           **train_kwargs)
+        calibrated = calibrate(fitted["adapter"], cal, data=data, checkpoint=checkpoint, force=force, log=log)
+        log(f"round {k} of {len(rounds)}: calibrated (R^2 {calibrated['r2']:.2f}) -> {cal}")
+        results.append({**fitted, "adapter": calibrated["adapter"], "fitted": fitted["adapter"], "r2": calibrated["r2"]})
+        start = calibrated["adapter"]
+    return {"rounds": results, "adapter": Path(start)}
+
+
 # ------------------------------------------------------------------ measuring
 def run_name(adapter: PathLike) -> str:
     """A run's name: the run folder for ``RUN/adapter``, else the adapter folder's name."""
@@ -473,7 +530,12 @@ def calibrate(adapter: PathLike, out: PathLike, *, data: str, target_db: float =
             raise OverwriteError(f"{Path(out) / name} exists (--force overwrites it)")
     codec = base_codec(adapter=adapter, checkpoint=checkpoint).module
     model = with_adapter(codec, adapter)
-    dataset = build_dataset(data, crop=None, split="all")
+    if str(data).strip().lower() == "samples":  # the training photos only: the test ones are psic eval's
+        from .data import SamplePhotos
+
+        dataset = SamplePhotos("train")
+    else:
+        dataset = build_dataset(data, crop=None, split="all")
     n = len(dataset)
     picks = range(n) if not count or count >= n else [round(i * n / count) for i in range(count)]
     at = " and ".join(f"{s} px" if s else "their own size" for s in dict.fromkeys(sizes))

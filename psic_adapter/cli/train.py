@@ -43,7 +43,12 @@ def add_parser(sub) -> None:
                      recipes={name: r["train"] for name, r in RECIPES.items()})
     add_key_args(p)
     p.add_argument("--out", required=True, help="output folder (adapter/, log.jsonl, checkpoint.safetensors)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors (same settings)")
+    p.add_argument("--rounds", type=int, nargs="+", metavar="STEPS",
+                   help="fit in rounds of these steps (instead of --steps), each calibrated as psic calibrate does by "
+                        "default and the next fitted from it: OUT/round-K/adapter-cal is round K's adapter, the last "
+                        "one the run's. The measured recipe: --rounds 1000 1000 1100 (docs/results.md, IS1y)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors (same settings); "
+                   "with --rounds, from the first round not finished")
     p.add_argument("--force", action="store_true", help="overwrite an earlier run in OUT")
     p.set_defaults(func=run)
 
@@ -62,6 +67,8 @@ def run(args) -> int:
     from ..workflows import train
 
     key = read_key(args)
+    if args.rounds:
+        return run_rounds(args, key)
     result = train(recipe_of(args), target=args.target, target_weights=args.target_weights, data=args.data,
                    out=args.out, codec=args.codec, quality=args.quality, checkpoint=args.checkpoint,
                    from_scratch=args.from_scratch, adapter=args.adapter, key=key, public=args.public,
@@ -72,4 +79,19 @@ def run(args) -> int:
         print(f"recipe: {result['recipe']}; adapter: {result['adapter']}"
               + (f"\ncodec: {result['codec']}" if "codec" in result else ""))
         print(f"{result['steps']} steps; last step: {shown}; log: {result['log']}")
+    return 0
+
+
+def run_rounds(args, key) -> int:
+    """``psic train --rounds``: :func:`~psic_adapter.workflows.train_rounds`, saying each round."""
+    from ..errors import ConfigError
+    from ..workflows import train_rounds
+
+    if args.steps is not None:
+        raise ConfigError("--rounds gives each round's steps: leave out --steps")
+    result = train_rounds(recipe_of(args), args.rounds, target=args.target, target_weights=args.target_weights,
+                          data=args.data, out=args.out, codec=args.codec, quality=args.quality,
+                          checkpoint=args.checkpoint, from_scratch=args.from_scratch, adapter=args.adapter, key=key,
+                          public=args.public, device=args.device, resume=args.resume, force=args.force, log=print)
+    print(f"{len(args.rounds)} rounds ({sum(args.rounds)} steps); adapter: {result['adapter']}")
     return 0

@@ -1,0 +1,156 @@
+"""``psic train --rounds``: the measured recipe (fit, calibrate, fit on from the calibrated adapter, ...) as one
+command, resumable round by round; and ``psic calibrate --data samples`` fitting on the training photos only."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from psic_adapter import PSICConfig, wrap_model
+from psic_adapter import workflows
+from psic_adapter.adapter.config import CONFIG_NAME, WEIGHTS_NAME
+from psic_adapter.cli import main
+
+KEY = b"a key of enough bytes for these tests"
+
+
+def _write_adapter(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CONFIG_NAME).write_text("{}")
+    (folder / WEIGHTS_NAME).write_bytes(b"")
+    return folder
+
+
+@pytest.fixture()
+def fake_steps(monkeypatch):
+    """workflows.train / workflows.calibrate replaced by stand-ins that write what the real ones write and record
+    how they were called (the orchestration is under test here, not the fit)."""
+    import inspect
+
+    calls = []
+    real_train, real_calibrate = inspect.signature(workflows.train), inspect.signature(workflows.calibrate)
+
+    def train(recipe, *, out, adapter=None, resume=False, force=False, **kwargs):
+        real_train.bind(recipe, out=out, adapter=adapter, resume=resume, force=force, **kwargs)  # the real call's
+        calls.append(("train", Path(out).name, recipe.train.steps, str(adapter) if adapter else None, resume,
+                      recipe.shape_given))
+        return {"adapter": _write_adapter(Path(out) / "adapter"), "steps": recipe.train.steps, "is_main": True}
+
+    def calibrate(adapter, out, *, data, checkpoint=None, force=False, log=None, **kwargs):
+        real_calibrate.bind(adapter, out, data=data, checkpoint=checkpoint, force=force, log=log, **kwargs)
+        calls.append(("calibrate", str(adapter), str(out)))
+        return {"adapter": _write_adapter(Path(out)), "r2": 0.5}
+
+    monkeypatch.setattr(workflows, "train", train)
+    monkeypatch.setattr(workflows, "calibrate", calibrate)
+    return calls
+
+
+def _recipe(**given):
+    return workflows.Recipe.named(stage=2, adapter_only=True, **given)
+
+
+def test_each_round_starts_from_the_last_calibrated_adapter(fake_steps, tmp_path):
+    out = tmp_path / "run"
+    result = workflows.train_rounds(_recipe(spatial_rank=4), [3, 2, 5], out=out, data="photos", key=KEY,
+                                    target="efficientnet-lite0", checkpoint=["shipped"], device="cpu")
+    r1, r2, r3 = (out / f"round-{k}" for k in (1, 2, 3))
+    assert fake_steps == [
+        ("train", "round-1", 3, None, False, ("spatial_rank",)),  # the new adapter's shape, in round 1 only
+        ("calibrate", str(r1 / "adapter"), str(r1 / "adapter-cal")),
+        ("train", "round-2", 2, str(r1 / "adapter-cal"), False, ()),
+        ("calibrate", str(r2 / "adapter"), str(r2 / "adapter-cal")),
+        ("train", "round-3", 5, str(r2 / "adapter-cal"), False, ()),
+        ("calibrate", str(r3 / "adapter"), str(r3 / "adapter-cal")),
+    ]
+    assert result["adapter"] == r3 / "adapter-cal" and len(result["rounds"]) == 3
+
+
+def test_resume_goes_on_from_the_first_round_not_finished(fake_steps, tmp_path):
+    out = tmp_path / "run"
+    _write_adapter(out / "round-1" / "adapter-cal")            # round 1: fitted and calibrated
+    _write_adapter(out / "round-2" / "adapter")                # round 2: fitted, not calibrated
+    (out / "round-3").mkdir()
+    (out / "round-3" / "checkpoint.safetensors").write_bytes(b"")  # round 3: cut off mid-fit
+    workflows.train_rounds(_recipe(), [3, 2, 5, 4], out=out, data="photos", key=KEY, resume=True,
+                           target="efficientnet-lite0")
+    r1, r2, r3, r4 = (out / f"round-{k}" for k in (1, 2, 3, 4))
+    assert fake_steps == [
+        ("calibrate", str(r2 / "adapter"), str(r2 / "adapter-cal")),
+        ("train", "round-3", 5, str(r2 / "adapter-cal"), True, ()),
+        ("calibrate", str(r3 / "adapter"), str(r3 / "adapter-cal")),
+        ("train", "round-4", 4, str(r3 / "adapter-cal"), False, ()),  # never started: a fresh fit
+        ("calibrate", str(r4 / "adapter"), str(r4 / "adapter-cal")),
+    ]
+
+
+def test_without_resume_a_finished_round_is_fitted_again_only_as_the_fit_allows(fake_steps, tmp_path):
+    """No --resume: every round is fitted (the real fit refuses an existing run without --force)."""
+    out = tmp_path / "run"
+    _write_adapter(out / "round-1" / "adapter-cal")
+    workflows.train_rounds(_recipe(), [1], out=out, data="photos", key=KEY, target="efficientnet-lite0")
+    assert [c[0] for c in fake_steps] == ["train", "calibrate"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--rounds", "10", "--steps", "5"], "leave out --steps"),
+    (["--rounds", "10", "0"], "each at least 1"),
+    (["--rounds", "10", "--stage", "1"], "add --stage 2 --adapter-only"),
+    (["--rounds", "10", "--stage", "2"], "add --stage 2 --adapter-only"),
+])
+def test_rounds_refusals_are_one_line(extra, message, tmp_path, capsys):
+    key = tmp_path / "k"
+    key.write_text("a key of enough bytes for training\n")
+    argv = ["train", "--checkpoint", "shipped", "--target", "efficientnet-lite0", "--target-weights", "random",
+            "--data", "samples", "--key-file", str(key), "--out", str(tmp_path / "run"), *extra]
+    if "--stage" not in extra:
+        argv += ["--stage", "2", "--adapter-only"]
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc != 0 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_rounds_on_the_command_line_reach_the_workflow(monkeypatch, tmp_path, capsys):
+    seen = {}
+
+    def train_rounds(recipe, rounds, **kwargs):
+        seen.update(rounds=list(rounds), steps=recipe.train.steps, **kwargs)
+        return {"rounds": [], "adapter": Path(kwargs["out"]) / "round-2" / "adapter-cal"}
+
+    monkeypatch.setattr(workflows, "train_rounds", train_rounds)
+    key = tmp_path / "k"
+    key.write_text("a key of enough bytes for training\n")
+    rc = main(["train", "--checkpoint", "shipped", "--target", "efficientnet-lite0", "--data", "photos",
+               "--stage", "2", "--adapter-only", "--key-file", str(key), "--out", str(tmp_path / "run"),
+               "--rounds", "7", "9", "--resume"])
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err
+    assert seen["rounds"] == [7, 9] and seen["resume"] is True and seen["checkpoint"] == ["shipped"]
+    assert "2 rounds (16 steps); adapter: " in printed.out and "round-2" in printed.out
+
+
+def test_calibrating_on_samples_reads_the_training_photos_only(hyperprior, tmp_path, monkeypatch):
+    """`--data samples` is the bundled photos; `psic eval --data samples` measures on their test split, so the
+    strength must not be fitted on it."""
+    import psic_adapter.training.calibrate as calibration
+    from psic_adapter.codec import save_codec
+    from psic_adapter.data import TRAIN_PHOTOS
+
+    class Seen(Exception):
+        pass
+
+    def fit_strength(model, images, target_db, **kwargs):
+        raise Seen(sum(1 for _ in images))
+
+    monkeypatch.setattr(calibration, "fit_strength", fit_strength)
+    ckpt = save_codec(hyperprior, tmp_path / "hp.safetensors")
+    adapter = wrap_model(copy.deepcopy(hyperprior), PSICConfig(modulation="spatial"), key=KEY).save_pretrained(
+        tmp_path / "adapter")
+    with pytest.raises(Seen) as seen:
+        workflows.calibrate(adapter, tmp_path / "cal", data="samples", checkpoint=[str(ckpt)], count=None)
+    assert seen.value.args[0] == len(TRAIN_PHOTOS)
+    assert json.loads((adapter / CONFIG_NAME).read_text()).get("strength") is None
