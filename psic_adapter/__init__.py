@@ -5,7 +5,7 @@ version (looks like the image, misleads machine vision); with the owner's key it
 gives the *full* version. See README.md and docs/.
 """
 
-__version__ = "0.1.6"
+__version__ = "0.1.7"
 
 from .errors import (  # noqa: E402
     ConfigError,
