@@ -315,6 +315,14 @@ def train(recipe: Recipe, *, target: str, data: str, out: PathLike, target_weigh
 MEASURED_ROUNDS = (1000, 1000, 1100)
 
 
+def _fitted_steps(folder: Path) -> Optional[int]:
+    """The steps an adapter folder's last fit ran (its config's ``training.steps_done``), or None."""
+    from .adapter import PSICConfig
+
+    done = (PSICConfig.load(folder).training or {}).get("steps_done")
+    return done if isinstance(done, int) and not isinstance(done, bool) else None
+
+
 def train_rounds(recipe: Recipe, rounds: Sequence[int], *, out: PathLike, data: str, checkpoint=None,
                  adapter: Optional[PathLike] = None, resume: bool = False, force: bool = False,
                  log: Say = _quiet, **train_kwargs) -> Dict[str, Any]:
@@ -324,18 +332,26 @@ def train_rounds(recipe: Recipe, rounds: Sequence[int], *, out: PathLike, data: 
     started from ``adapter`` (K = 1) or from round K-1's calibrated adapter, then calibrated as ``psic calibrate``
     does by default (0.8 dB, 100 photos of ``data`` at 512 px) into ``OUT/round-K/adapter-cal/``: the last of those
     is the run's adapter. It is how the measured adapters were fitted (:data:`MEASURED_ROUNDS`). With ``resume``,
-    a round whose calibrated adapter exists is kept, a fitted one only calibrated, one with a checkpoint resumed.
-    ``train_kwargs``: :func:`train`'s. Returns ``{"rounds": [each round's result], "adapter": the last one}``."""
+    a round whose calibrated adapter exists is kept, a fitted one only calibrated, one with a checkpoint resumed
+    (each checked against the steps asked for and the adapter it starts from). ``train_kwargs``: :func:`train`'s.
+    Returns ``{"rounds": [each round's result], "adapter": the last one}``."""
     import dataclasses
+    import json
     import os
 
+    from .adapter import PSICConfig
     from .adapter.config import CONFIG_NAME, WEIGHTS_NAME
+    from .errors import PSICError
+    from .training import checkpoint_adapter_config
 
     rounds = [int(n) for n in rounds]
     if not rounds or min(rounds) < 1:
         raise ConfigError("--rounds takes the steps of each round, each at least 1 (e.g. --rounds 1000 1000 1100)")
     if recipe.train.trains_decoder:
         raise ConfigError("--rounds fits an adapter alone, calibrated after each round: add --stage 2 --adapter-only")
+    if train_kwargs.get("from_scratch"):
+        raise ConfigError("--rounds fits an adapter onto a codec's weights (each round is calibrated on them): leave "
+                          "out --from-scratch")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("--rounds runs in one process: under torchrun, run each round with psic train and calibrate "
                           "it with psic calibrate")
@@ -345,24 +361,49 @@ def train_rounds(recipe: Recipe, rounds: Sequence[int], *, out: PathLike, data: 
     for k, steps in enumerate(rounds, 1):
         run = Path(out) / f"round-{k}"
         cal = run / "adapter-cal"
-        if resume and all((cal / name).is_file() for name in (CONFIG_NAME, WEIGHTS_NAME)):
-            log(f"round {k} of {len(rounds)}: done before ({cal})")
+        name = f"round {k} of {len(rounds)}"
+        for folder in (run, cal, run / "adapter"):  # each round is written inside OUT, never through a link
+            if folder.is_symlink():
+                raise ConfigError(f"{folder} is a link: --rounds writes each round inside {out}")
+            if folder.exists() and not folder.is_dir():
+                raise ConfigError(f"{folder} is a file, not {name}'s folder")
+        fitted_before = resume and (run / "adapter" / CONFIG_NAME).is_file()
+        kept = resume and all((cal / n).is_file() for n in (CONFIG_NAME, WEIGHTS_NAME))
+        for done, folder in ((kept, cal), (fitted_before and not kept, run / "adapter")):
+            if done and _fitted_steps(folder) != steps:
+                raise ConfigError(f"{folder} was fitted for {_fitted_steps(folder)} steps, and --rounds asks "
+                                  f"{steps} of {name}: resume with the same --rounds, or start over in another --out")
+        if kept:
+            log(f"{name}: done before ({cal})")
             results.append({"adapter": cal, "steps": steps, "kept": True})
             start = cal
             continue
-        if resume and (run / "adapter" / CONFIG_NAME).is_file():
-            log(f"round {k} of {len(rounds)}: fitted before, calibrating")
+        if fitted_before:
+            log(f"{name}: fitted before, calibrating")
             fitted: Dict[str, Any] = {"adapter": run / "adapter", "steps": steps}
         else:
             again = resume and (run / "checkpoint.safetensors").is_file()
-            log(f"round {k} of {len(rounds)}: {steps} steps{' (resumed)' if again else ''} from "
-                f"{start or 'a new adapter'} -> {run}")
+            if again:  # a checkpoint of this round: fitted from this round's start (its strength), not copied in
+                saved = checkpoint_adapter_config(run)
+                expected = PSICConfig.load(start).strength if start else None
+                if saved is not None and json.dumps(saved.strength, sort_keys=True) != json.dumps(expected,
+                                                                                                 sort_keys=True):
+                    raise ConfigError(f"{run / 'checkpoint.safetensors'} was not fitted from "
+                                      f"{start or 'a new adapter'}: remove {run} to fit {name} again")
+            elif resume and (run / "log.jsonl").exists() and not force:
+                raise ConfigError(f"{name} was cut off before its first checkpoint ({run} has a log, no checkpoint): "
+                                  "add --force to fit it again from its start")
+            log(f"{name}: {steps} steps{' (resumed)' if again else ''} from {start or 'a new adapter'} -> {run}")
             this = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, steps=steps),
                                        shape_given=recipe.shape_given if start is None else ())
-            fitted = train(this, data=data, out=run, checkpoint=checkpoint, adapter=start, resume=again, force=force,
-                           **train_kwargs)
+            try:
+                fitted = train(this, data=data, out=run, checkpoint=checkpoint, adapter=start, resume=again,
+                               force=force, **train_kwargs)
+            except PSICError as exc:  # which round, and its steps are --rounds', not --steps
+                raise type(exc)(f"{name}: {str(exc).replace('give --steps above it', 'give --rounds above it')}") \
+                    from None
         calibrated = calibrate(fitted["adapter"], cal, data=data, checkpoint=checkpoint, force=force, log=log)
-        log(f"round {k} of {len(rounds)}: calibrated (R^2 {calibrated['r2']:.2f}) -> {cal}")
+        log(f"{name}: calibrated (R^2 {calibrated['r2']:.2f}) -> {cal}")
         results.append({**fitted, "adapter": calibrated["adapter"], "fitted": fitted["adapter"], "r2": calibrated["r2"]})
         start = calibrated["adapter"]
     return {"rounds": results, "adapter": Path(start)}

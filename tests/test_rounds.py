@@ -17,11 +17,16 @@ from psic_adapter.cli import main
 KEY = b"a key of enough bytes for these tests"
 
 
-def _write_adapter(folder: Path) -> Path:
+def _write_adapter(folder: Path, steps: int, strength=None) -> Path:
+    """An adapter folder as far as the rounds read it: its config's fitted steps (and strength)."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / CONFIG_NAME).write_text("{}")
+    config = {"training": {"steps_done": steps}, **({"strength": strength} if strength else {})}
+    (folder / CONFIG_NAME).write_text(json.dumps(config))
     (folder / WEIGHTS_NAME).write_bytes(b"")
     return folder
+
+
+STRENGTH = {"proxy": "latent_nonzero", "intercept": 2.0, "slope": 0.9, "min": 0.25, "max": 4.0, "target_db": 0.8}
 
 
 @pytest.fixture()
@@ -37,15 +42,20 @@ def fake_steps(monkeypatch):
         real_train.bind(recipe, out=out, adapter=adapter, resume=resume, force=force, **kwargs)  # the real call's
         calls.append(("train", Path(out).name, recipe.train.steps, str(adapter) if adapter else None, resume,
                       recipe.shape_given))
-        return {"adapter": _write_adapter(Path(out) / "adapter"), "steps": recipe.train.steps, "is_main": True}
+        return {"adapter": _write_adapter(Path(out) / "adapter", recipe.train.steps), "steps": recipe.train.steps,
+                "is_main": True}
 
     def calibrate(adapter, out, *, data, checkpoint=None, force=False, log=None, **kwargs):
         real_calibrate.bind(adapter, out, data=data, checkpoint=checkpoint, force=force, log=log, **kwargs)
         calls.append(("calibrate", str(adapter), str(out)))
-        return {"adapter": _write_adapter(Path(out)), "r2": 0.5}
+        steps = json.loads((Path(adapter) / CONFIG_NAME).read_text())["training"]["steps_done"]
+        return {"adapter": _write_adapter(Path(out), steps, STRENGTH), "r2": 0.5}
 
     monkeypatch.setattr(workflows, "train", train)
     monkeypatch.setattr(workflows, "calibrate", calibrate)
+    import psic_adapter.training as training  # a checkpoint's adapter: round 3's below was fitted from round 2's
+
+    monkeypatch.setattr(training, "checkpoint_adapter_config", lambda run: PSICConfig(strength=STRENGTH))
     return calls
 
 
@@ -71,8 +81,8 @@ def test_each_round_starts_from_the_last_calibrated_adapter(fake_steps, tmp_path
 
 def test_resume_goes_on_from_the_first_round_not_finished(fake_steps, tmp_path):
     out = tmp_path / "run"
-    _write_adapter(out / "round-1" / "adapter-cal")            # round 1: fitted and calibrated
-    _write_adapter(out / "round-2" / "adapter")                # round 2: fitted, not calibrated
+    _write_adapter(out / "round-1" / "adapter-cal", 3, STRENGTH)  # round 1: fitted and calibrated
+    _write_adapter(out / "round-2" / "adapter", 2)                # round 2: fitted, not calibrated
     (out / "round-3").mkdir()
     (out / "round-3" / "checkpoint.safetensors").write_bytes(b"")  # round 3: cut off mid-fit
     workflows.train_rounds(_recipe(), [3, 2, 5, 4], out=out, data="photos", key=KEY, resume=True,
@@ -90,7 +100,7 @@ def test_resume_goes_on_from_the_first_round_not_finished(fake_steps, tmp_path):
 def test_without_resume_a_finished_round_is_fitted_again_only_as_the_fit_allows(fake_steps, tmp_path):
     """No --resume: every round is fitted (the real fit refuses an existing run without --force)."""
     out = tmp_path / "run"
-    _write_adapter(out / "round-1" / "adapter-cal")
+    _write_adapter(out / "round-1" / "adapter-cal", 1, STRENGTH)
     workflows.train_rounds(_recipe(), [1], out=out, data="photos", key=KEY, target="efficientnet-lite0")
     assert [c[0] for c in fake_steps] == ["train", "calibrate"]
 
@@ -118,7 +128,7 @@ def test_rounds_on_the_command_line_reach_the_workflow(monkeypatch, tmp_path, ca
     seen = {}
 
     def train_rounds(recipe, rounds, **kwargs):
-        seen.update(rounds=list(rounds), steps=recipe.train.steps, **kwargs)
+        seen.update(rounds=list(rounds), every=recipe.train.checkpoint_every, **kwargs)
         return {"rounds": [], "adapter": Path(kwargs["out"]) / "round-2" / "adapter-cal"}
 
     monkeypatch.setattr(workflows, "train_rounds", train_rounds)
@@ -130,6 +140,7 @@ def test_rounds_on_the_command_line_reach_the_workflow(monkeypatch, tmp_path, ca
     printed = capsys.readouterr()
     assert rc == 0, printed.err
     assert seen["rounds"] == [7, 9] and seen["resume"] is True and seen["checkpoint"] == ["shipped"]
+    assert seen["every"] == 100  # resumable within a round, where a plain robust fit checkpoints only at its end
     assert "2 rounds (16 steps); adapter: " in printed.out and "round-2" in printed.out
 
 
@@ -154,3 +165,77 @@ def test_calibrating_on_samples_reads_the_training_photos_only(hyperprior, tmp_p
         workflows.calibrate(adapter, tmp_path / "cal", data="samples", checkpoint=[str(ckpt)], count=None)
     assert seen.value.args[0] == len(TRAIN_PHOTOS)
     assert json.loads((adapter / CONFIG_NAME).read_text()).get("strength") is None
+
+
+def _rounds(out, rounds, **kwargs):
+    return workflows.train_rounds(_recipe(), rounds, out=out, data="photos", key=KEY, target="efficientnet-lite0",
+                                  **kwargs)
+
+
+def test_resume_refuses_rounds_that_are_not_this_runs(fake_steps, tmp_path, monkeypatch):
+    import psic_adapter.training as training
+    from psic_adapter.errors import ConfigError
+
+    out = tmp_path / "run"
+    _write_adapter(out / "round-1" / "adapter-cal", 3, STRENGTH)
+    with pytest.raises(ConfigError, match=r"round-1/adapter-cal was fitted for 3 steps, and --rounds asks 2 of round 1"):
+        _rounds(out, [2, 2], resume=True)
+    _write_adapter(out / "round-2" / "adapter", 5)
+    with pytest.raises(ConfigError, match=r"round-2/adapter was fitted for 5 steps, and --rounds asks 2 of round 2"):
+        _rounds(out, [3, 2], resume=True)
+    (out / "round-2" / "adapter" / CONFIG_NAME).unlink()
+    (out / "round-2" / "checkpoint.safetensors").write_bytes(b"")
+    monkeypatch.setattr(training, "checkpoint_adapter_config", lambda run: PSICConfig())  # round 1's start, not 2's
+    with pytest.raises(ConfigError, match=r"checkpoint.safetensors was not fitted from .*round-1/adapter-cal: "
+                                          r"remove .*round-2 to fit round 2 of 2 again"):
+        _rounds(out, [3, 2], resume=True)
+    assert fake_steps == []  # refused before anything was fitted or calibrated
+
+
+def test_a_round_cut_off_before_its_first_checkpoint_needs_force(fake_steps, tmp_path):
+    from psic_adapter.errors import ConfigError
+
+    out = tmp_path / "run"
+    (out / "round-1").mkdir(parents=True)
+    (out / "round-1" / "log.jsonl").write_text("")
+    with pytest.raises(ConfigError, match="round 1 of 1 was cut off before its first checkpoint .* add --force"):
+        _rounds(out, [2], resume=True)
+    _rounds(out, [2], resume=True, force=True)
+    assert [c[0] for c in fake_steps] == ["train", "calibrate"] and fake_steps[0][4] is False  # from its start
+
+
+def test_rounds_write_inside_out_only(fake_steps, tmp_path):
+    from psic_adapter.errors import ConfigError
+
+    out, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / "round-1").symlink_to(elsewhere)
+    with pytest.raises(ConfigError, match="round-1 is a link"):
+        _rounds(out, [2])
+    (out / "round-1").unlink()
+    (out / "round-1").write_text("")
+    with pytest.raises(ConfigError, match="round-1 is a file, not round 1 of 1's folder"):
+        _rounds(out, [2])
+    assert fake_steps == [] and not any(elsewhere.iterdir())
+
+
+def test_a_rounds_error_says_which_round_and_names_rounds(monkeypatch, tmp_path):
+    from psic_adapter.errors import PSICError
+
+    def train(recipe, **kwargs):
+        raise PSICError("ckpt: the checkpoint is at step 2, past the 1 steps asked for: give --steps above it to go on")
+
+    monkeypatch.setattr(workflows, "train", train)
+    with pytest.raises(PSICError, match=r"^round 1 of 1: ckpt: .* give --rounds above it to go on$"):
+        _rounds(tmp_path / "run", [1])
+    with pytest.raises(PSICError, match="leave out --from-scratch"):
+        _rounds(tmp_path / "run", [1], from_scratch=True)
+
+
+def test_an_adapter_config_naming_no_codec_is_one_line(tmp_path, capsys):
+    """An edited adapter_config.json without its base codec reached CompressAI's name lookup (a traceback)."""
+    folder = _write_adapter(tmp_path / "adapter", 3)
+    rc = main(["calibrate", str(folder), str(tmp_path / "cal"), "--data", "samples", "--checkpoint", "shipped"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "names no base codec" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

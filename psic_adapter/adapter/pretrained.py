@@ -204,6 +204,9 @@ def codec_for_adapter(path: PathLike, checkpoint=None, device="cpu"):
     config = PSICConfig.load(directory)
     info = config.base_model
     name, quality = info.get("architecture"), info.get("quality")
+    if not isinstance(name, str) or not name.strip():  # an edited or foreign config: say so, not a traceback
+        raise ConfigError(f"{directory / CONFIG_NAME}: names no base codec (base_model.architecture): not an adapter "
+                          "saved by psic-adapter, or edited since")
     dims = {} if quality is not None else {k: info[k] for k in ("N", "M") if info.get(k)}
     candidates = []
     beside = directory.parent / "codec.safetensors"

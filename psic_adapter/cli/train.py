@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from .common import add_codec_args, add_key_args, read_key
 
+#: --rounds checkpoints each round this often unless --checkpoint-every says otherwise
+ROUND_CHECKPOINT_EVERY = 100
+
 #: the command's line in `psic --help`, which lists it without building its options (they load torch)
 HELP = "fit an adapter (stage 2) or train codec + adapter (stage 1)"
 
@@ -46,7 +49,8 @@ def add_parser(sub) -> None:
     p.add_argument("--rounds", type=int, nargs="+", metavar="STEPS",
                    help="fit in rounds of these steps (instead of --steps), each calibrated as psic calibrate does by "
                         "default and the next fitted from it: OUT/round-K/adapter-cal is round K's adapter, the last "
-                        "one the run's. The measured recipe: --rounds 1000 1000 1100 (docs/results.md, IS1y)")
+                        "one the run's; a checkpoint every 100 steps unless --checkpoint-every says otherwise. The "
+                        "measured recipe: --rounds 1000 1000 1100 (docs/results.md, IS1y)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors (same settings); "
                    "with --rounds, from the first round not finished")
     p.add_argument("--force", action="store_true", help="overwrite an earlier run in OUT")
@@ -89,6 +93,8 @@ def run_rounds(args, key) -> int:
 
     if args.steps is not None:
         raise ConfigError("--rounds gives each round's steps: leave out --steps")
+    if args.checkpoint_every is None:  # a round cut off resumes from its last hundred steps, not from its start
+        args.checkpoint_every = ROUND_CHECKPOINT_EVERY
     result = train_rounds(recipe_of(args), args.rounds, target=args.target, target_weights=args.target_weights,
                           data=args.data, out=args.out, codec=args.codec, quality=args.quality,
                           checkpoint=args.checkpoint, from_scratch=args.from_scratch, adapter=args.adapter, key=key,
