@@ -373,6 +373,9 @@ def train_rounds(recipe: Recipe, rounds: Sequence[int], *, out: PathLike, data: 
             if done and _fitted_steps(folder) != steps:
                 raise ConfigError(f"{folder} was fitted for {_fitted_steps(folder)} steps, and --rounds asks "
                                   f"{steps} of {name}: resume with the same --rounds, or start over in another --out")
+            if done and start is not None and PSICConfig.load(folder).salt != PSICConfig.load(start).salt:
+                raise ConfigError(f"{folder} was not fitted from {start} (another adapter: its salt differs): "
+                                  "resume with the same --adapter, or start over in another --out")
         if kept:
             log(f"{name}: done before ({cal})")
             results.append({"adapter": cal, "steps": steps, "kept": True})

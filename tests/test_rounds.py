@@ -17,10 +17,11 @@ from psic_adapter.cli import main
 KEY = b"a key of enough bytes for these tests"
 
 
-def _write_adapter(folder: Path, steps: int, strength=None) -> Path:
-    """An adapter folder as far as the rounds read it: its config's fitted steps (and strength)."""
+def _write_adapter(folder: Path, steps: int, strength=None, salt=None) -> Path:
+    """An adapter folder as far as the rounds read it: its config's fitted steps (and strength, salt)."""
     folder.mkdir(parents=True, exist_ok=True)
-    config = {"training": {"steps_done": steps}, **({"strength": strength} if strength else {})}
+    config = {"training": {"steps_done": steps}, **({"strength": strength} if strength else {}),
+              **({"salt": salt} if salt else {})}
     (folder / CONFIG_NAME).write_text(json.dumps(config))
     (folder / WEIGHTS_NAME).write_bytes(b"")
     return folder
@@ -239,3 +240,17 @@ def test_an_adapter_config_naming_no_codec_is_one_line(tmp_path, capsys):
     rc = main(["calibrate", str(folder), str(tmp_path / "cal"), "--data", "samples", "--checkpoint", "shipped"])
     err = capsys.readouterr().err
     assert rc != 0 and "names no base codec" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_resume_refuses_a_round_fitted_from_another_adapter(fake_steps, tmp_path):
+    """Every round continues one adapter (its salt): a kept round 1 must be the --adapter given now."""
+    from psic_adapter.errors import ConfigError
+
+    out = tmp_path / "run"
+    given = _write_adapter(tmp_path / "mine", 9, salt="11" * 16)
+    _write_adapter(out / "round-1" / "adapter-cal", 3, STRENGTH, salt="22" * 16)
+    with pytest.raises(ConfigError, match=r"round-1/adapter-cal was not fitted from .*mine"):
+        _rounds(out, [3], resume=True, adapter=given)
+    _write_adapter(out / "round-1" / "adapter-cal", 3, STRENGTH, salt="11" * 16)
+    assert _rounds(out, [3], resume=True, adapter=given)["adapter"] == out / "round-1" / "adapter-cal"
+    assert fake_steps == []
