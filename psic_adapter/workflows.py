@@ -210,16 +210,27 @@ class Recipe:
                           full_version=self.train.adapter_full_version)
 
 
-def training_data(spec, config, split: str = "train"):
-    """The dataset a run trains on: for ``views="scale"`` whole images (``samples``: the training photos only,
-    the test ones are ``psic eval``'s), else crops of ``config.crop``."""
-    from .data import SamplePhotos, build_dataset, repeats_for
+def _is_samples(spec) -> bool:
+    return str(spec).strip().lower() == "samples"
 
-    samples = str(spec).strip().lower() == "samples"
+
+def whole_training_photos(spec, seed: int = 0):
+    """Whole photos to fit on (training, calibration): a folder's or CSV's every photo; for ``samples`` the
+    training photos only (the test ones are ``psic eval``'s)."""
+    from .data import SamplePhotos, build_dataset
+
+    return SamplePhotos("train", seed=seed) if _is_samples(spec) else build_dataset(spec, crop=None, split="all",
+                                                                                    seed=seed)
+
+
+def training_data(spec, config, split: str = "train"):
+    """The dataset a run trains on: for ``views="scale"`` whole images (:func:`whole_training_photos`), else
+    crops of ``config.crop``."""
+    from .data import build_dataset, repeats_for
+
     if config.views == "scale":
-        return SamplePhotos("train", seed=config.seed) if samples else build_dataset(spec, crop=None, split="all",
-                                                                                     seed=config.seed)
-    repeats = repeats_for(config.batch_size) if samples else 1
+        return whole_training_photos(spec, seed=config.seed)
+    repeats = repeats_for(config.batch_size) if _is_samples(spec) else 1
     return build_dataset(spec, crop=config.crop, split=split, seed=config.seed, repeats=repeats)
 
 
@@ -313,13 +324,14 @@ def train(recipe: Recipe, *, target: str, data: str, out: PathLike, target_weigh
 
 #: the rounds the measured recipe ran (docs/results.md, IS1y: 3100 steps from scratch, each round calibrated)
 MEASURED_ROUNDS = (1000, 1000, 1100)
+#: ``psic train --rounds`` checkpoints each round this often unless ``--checkpoint-every`` says otherwise (the
+#: robust recipe checkpoints only at its end, and a round cut off would start again)
+ROUND_CHECKPOINT_EVERY = 100
 
 
-def _fitted_steps(folder: Path) -> Optional[int]:
-    """The steps an adapter folder's last fit ran (its config's ``training.steps_done``), or None."""
-    from .adapter import PSICConfig
-
-    done = (PSICConfig.load(folder).training or {}).get("steps_done")
+def _fitted_steps(config) -> Optional[int]:
+    """The steps an adapter's last fit ran (its config's ``training.steps_done``), or None."""
+    done = (config.training or {}).get("steps_done")
     return done if isinstance(done, int) and not isinstance(done, bool) else None
 
 
@@ -336,7 +348,6 @@ def train_rounds(recipe: Recipe, rounds: Sequence[int], *, out: PathLike, data: 
     (each checked against the steps asked for and the adapter it starts from). ``train_kwargs``: :func:`train`'s.
     Returns ``{"rounds": [each round's result], "adapter": the last one}``."""
     import dataclasses
-    import json
     import os
 
     from .adapter import PSICConfig
@@ -346,7 +357,8 @@ def train_rounds(recipe: Recipe, rounds: Sequence[int], *, out: PathLike, data: 
 
     rounds = [int(n) for n in rounds]
     if not rounds or min(rounds) < 1:
-        raise ConfigError("--rounds takes the steps of each round, each at least 1 (e.g. --rounds 1000 1000 1100)")
+        raise ConfigError("--rounds takes the steps of each round, each at least 1 (e.g. --rounds "
+                          f"{' '.join(map(str, MEASURED_ROUNDS))})")
     if recipe.train.trains_decoder:
         raise ConfigError("--rounds fits an adapter alone, calibrated after each round: add --stage 2 --adapter-only")
     if train_kwargs.get("from_scratch"):
@@ -369,11 +381,14 @@ def train_rounds(recipe: Recipe, rounds: Sequence[int], *, out: PathLike, data: 
                 raise ConfigError(f"{folder} is a file, not {name}'s folder")
         fitted_before = resume and (run / "adapter" / CONFIG_NAME).is_file()
         kept = resume and all((cal / n).is_file() for n in (CONFIG_NAME, WEIGHTS_NAME))
-        for done, folder in ((kept, cal), (fitted_before and not kept, run / "adapter")):
-            if done and _fitted_steps(folder) != steps:
-                raise ConfigError(f"{folder} was fitted for {_fitted_steps(folder)} steps, and --rounds asks "
+        start_config = PSICConfig.load(start) if start is not None else None
+        if kept or fitted_before:  # a round on disk: this run's (its steps, and the adapter it continues)
+            folder = cal if kept else run / "adapter"
+            config = PSICConfig.load(folder)
+            if _fitted_steps(config) != steps:
+                raise ConfigError(f"{folder} was fitted for {_fitted_steps(config)} steps, and --rounds asks "
                                   f"{steps} of {name}: resume with the same --rounds, or start over in another --out")
-            if done and start is not None and PSICConfig.load(folder).salt != PSICConfig.load(start).salt:
+            if start_config is not None and config.salt != start_config.salt:
                 raise ConfigError(f"{folder} was not fitted from {start} (another adapter: its salt differs): "
                                   "resume with the same --adapter, or start over in another --out")
         if kept:
@@ -388,9 +403,7 @@ def train_rounds(recipe: Recipe, rounds: Sequence[int], *, out: PathLike, data: 
             again = resume and (run / "checkpoint.safetensors").is_file()
             if again:  # a checkpoint of this round: fitted from this round's start (its strength), not copied in
                 saved = checkpoint_adapter_config(run)
-                expected = PSICConfig.load(start).strength if start else None
-                if saved is not None and json.dumps(saved.strength, sort_keys=True) != json.dumps(expected,
-                                                                                                 sort_keys=True):
+                if saved is not None and saved.strength != (start_config.strength if start_config else None):
                     raise ConfigError(f"{run / 'checkpoint.safetensors'} was not fitted from "
                                       f"{start or 'a new adapter'}: remove {run} to fit {name} again")
             elif resume and (run / "log.jsonl").exists() and not force:
@@ -562,7 +575,6 @@ def calibrate(adapter: PathLike, out: PathLike, *, data: str, target_db: float =
     strength also follows the photo's size, so that one adapter spends about ``target_db`` at each. Fit on
     training photos, never on the ones you measure on. ``count``: at most this many photos, spread evenly over
     the folder (None: all). Needs no key: the encrypted version is anyone's decode."""
-    from .data import build_dataset
     from .adapter.config import CONFIG_NAME, WEIGHTS_NAME
     from .errors import OverwriteError
     from .training.calibrate import fit_strength
@@ -574,12 +586,7 @@ def calibrate(adapter: PathLike, out: PathLike, *, data: str, target_db: float =
             raise OverwriteError(f"{Path(out) / name} exists (--force overwrites it)")
     codec = base_codec(adapter=adapter, checkpoint=checkpoint).module
     model = with_adapter(codec, adapter)
-    if str(data).strip().lower() == "samples":  # the training photos only: the test ones are psic eval's
-        from .data import SamplePhotos
-
-        dataset = SamplePhotos("train")
-    else:
-        dataset = build_dataset(data, crop=None, split="all")
+    dataset = whole_training_photos(data)
     n = len(dataset)
     picks = range(n) if not count or count >= n else [round(i * n / count) for i in range(count)]
     at = " and ".join(f"{s} px" if s else "their own size" for s in dict.fromkeys(sizes))

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 from .common import add_codec_args, add_key_args, read_key
 
-#: --rounds checkpoints each round this often unless --checkpoint-every says otherwise
-ROUND_CHECKPOINT_EVERY = 100
-
 #: the command's line in `psic --help`, which lists it without building its options (they load torch)
 HELP = "fit an adapter (stage 2) or train codec + adapter (stage 1)"
 
@@ -19,6 +16,7 @@ HELP = "fit an adapter (stage 2) or train codec + adapter (stage 1)"
 def add_parser(sub) -> None:
     from ..options import add_config_flags
     from ..training import RECIPES, TrainConfig
+    from ..workflows import MEASURED_ROUNDS, ROUND_CHECKPOINT_EVERY
 
     p = sub.add_parser("train", help=HELP)
     add_codec_args(p, device=True)
@@ -49,8 +47,9 @@ def add_parser(sub) -> None:
     p.add_argument("--rounds", type=int, nargs="+", metavar="STEPS",
                    help="fit in rounds of these steps (instead of --steps), each calibrated as psic calibrate does by "
                         "default and the next fitted from it: OUT/round-K/adapter-cal is round K's adapter, the last "
-                        "one the run's; a checkpoint every 100 steps unless --checkpoint-every says otherwise. The "
-                        "measured recipe: --rounds 1000 1000 1100 (docs/results.md, IS1y)")
+                        f"one the run's; a checkpoint every {ROUND_CHECKPOINT_EVERY} steps unless --checkpoint-every says "
+                        f"otherwise. The measured recipe: --rounds {' '.join(map(str, MEASURED_ROUNDS))} "
+                        "(docs/results.md, IS1y)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors (same settings); "
                    "with --rounds, from the first round not finished")
     p.add_argument("--force", action="store_true", help="overwrite an earlier run in OUT")
@@ -89,7 +88,7 @@ def run(args) -> int:
 def run_rounds(args, key) -> int:
     """``psic train --rounds``: :func:`~psic_adapter.workflows.train_rounds`, saying each round."""
     from ..errors import ConfigError
-    from ..workflows import train_rounds
+    from ..workflows import ROUND_CHECKPOINT_EVERY, train_rounds
 
     if args.steps is not None:
         raise ConfigError("--rounds gives each round's steps: leave out --steps")
