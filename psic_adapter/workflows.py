@@ -415,9 +415,8 @@ def train_rounds(recipe: Recipe, rounds: Sequence[int], *, out: PathLike, data: 
             try:
                 fitted = train(this, data=data, out=run, checkpoint=checkpoint, adapter=start, resume=again,
                                force=force, **train_kwargs)
-            except PSICError as exc:  # which round, and its steps are --rounds', not --steps
-                raise type(exc)(f"{name}: {str(exc).replace('give --steps above it', 'give --rounds above it')}") \
-                    from None
+            except PSICError as exc:  # which round failed
+                raise type(exc)(f"{name}: {exc}") from None
         calibrated = calibrate(fitted["adapter"], cal, data=data, checkpoint=checkpoint, force=force, log=log)
         log(f"{name}: calibrated (R^2 {calibrated['r2']:.2f}) -> {cal}")
         results.append({**fitted, "adapter": calibrated["adapter"], "fitted": fitted["adapter"], "r2": calibrated["r2"]})

@@ -221,14 +221,15 @@ def test_rounds_write_inside_out_only(fake_steps, tmp_path):
     assert fake_steps == [] and not any(elsewhere.iterdir())
 
 
-def test_a_rounds_error_says_which_round_and_names_rounds(monkeypatch, tmp_path):
+def test_a_rounds_error_says_which_round_and_names_no_flag(monkeypatch, tmp_path):
+    """The Trainer's own message reaches the user under the round's name; it names no --steps (which --rounds refuses)."""
     from psic_adapter.errors import PSICError
 
     def train(recipe, **kwargs):
-        raise PSICError("ckpt: the checkpoint is at step 2, past the 1 steps asked for: give --steps above it to go on")
+        raise PSICError("ckpt: the checkpoint is at step 2, past the 1 steps asked for: ask for more than 2 steps to go on training")
 
     monkeypatch.setattr(workflows, "train", train)
-    with pytest.raises(PSICError, match=r"^round 1 of 1: ckpt: .* give --rounds above it to go on$"):
+    with pytest.raises(PSICError, match=r"^round 1 of 1: ckpt: .* ask for more than 2 steps to go on training$"):
         _rounds(tmp_path / "run", [1])
     with pytest.raises(PSICError, match="leave out --from-scratch"):
         _rounds(tmp_path / "run", [1], from_scratch=True)

@@ -225,7 +225,7 @@ class TrainingLoop:
                             f"scheduler {show(done)}): the checkpoint was edited or is corrupted")
         if step > self.cfg.steps:
             raise PSICError(f"{path}: the checkpoint is at step {step}, past the {self.cfg.steps} steps asked for: "
-                            "give --steps above it to go on training")
+                            f"ask for more than {step} steps to go on training")
         return step, epoch, batch_in_epoch
 
     def _check_same_recipe(self, saved, path: Path) -> None:
