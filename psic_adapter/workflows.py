@@ -324,8 +324,8 @@ def train(recipe: Recipe, *, target: str, data: str, out: PathLike, target_weigh
 
 #: the rounds the measured recipe ran (docs/results.md, IS1y: 3100 steps from scratch, each round calibrated)
 MEASURED_ROUNDS = (1000, 1000, 1100)
-#: ``psic train --rounds`` checkpoints each round this often unless ``--checkpoint-every`` says otherwise (the
-#: robust recipe checkpoints only at its end, and a round cut off would start again)
+#: :func:`train_rounds` checkpoints each round this often where the recipe's ``checkpoint_every`` is 0, its
+#: default (the robust recipe checkpoints only at its end, and a round cut off would start again)
 ROUND_CHECKPOINT_EVERY = 100
 
 
@@ -345,7 +345,9 @@ def train_rounds(recipe: Recipe, rounds: Sequence[int], *, out: PathLike, data: 
     does by default (0.8 dB, 100 photos of ``data`` at 512 px) into ``OUT/round-K/adapter-cal/``: the last of those
     is the run's adapter. It is how the measured adapters were fitted (:data:`MEASURED_ROUNDS`). With ``resume``,
     a round whose calibrated adapter exists is kept, a fitted one only calibrated, one with a checkpoint resumed
-    (each checked against the steps asked for and the adapter it starts from). ``train_kwargs``: :func:`train`'s.
+    (each checked against the steps asked for and the adapter it starts from). Each round checkpoints every
+    ``recipe.train.checkpoint_every`` steps, :data:`ROUND_CHECKPOINT_EVERY` where that is 0 (the recipe's default).
+    ``train_kwargs``: :func:`train`'s.
     Returns ``{"rounds": [each round's result], "adapter": the last one}``."""
     import dataclasses
     import os
@@ -368,6 +370,9 @@ def train_rounds(recipe: Recipe, rounds: Sequence[int], *, out: PathLike, data: 
         raise ConfigError("--rounds runs in one process: under torchrun, run each round with psic train and calibrate "
                           "it with psic calibrate")
     refuse_reshaping(recipe, adapter)
+    if not recipe.train.checkpoint_every:  # a round cut off resumes from its last hundred steps, not from its start
+        recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train,
+                                                                       checkpoint_every=ROUND_CHECKPOINT_EVERY))
     results: List[Dict[str, Any]] = []
     start = adapter
     for k, steps in enumerate(rounds, 1):

@@ -141,8 +141,25 @@ def test_rounds_on_the_command_line_reach_the_workflow(monkeypatch, tmp_path, ca
     printed = capsys.readouterr()
     assert rc == 0, printed.err
     assert seen["rounds"] == [7, 9] and seen["resume"] is True and seen["checkpoint"] == ["shipped"]
-    assert seen["every"] == 100  # resumable within a round, where a plain robust fit checkpoints only at its end
+    assert seen["every"] == 0  # the recipe as given: train_rounds fills in its checkpoints (below)
     assert "2 rounds (16 steps); adapter: " in printed.out and "round-2" in printed.out
+
+
+@pytest.mark.parametrize("given, every", [(None, 100), (0, 100), (7, 7)])
+def test_rounds_checkpoint_every_hundred_steps_unless_the_recipe_says(fake_steps, tmp_path, monkeypatch, given,
+                                                                      every):
+    """A robust fit checkpoints only at its end: a round cut off would start again. The API and the CLI alike."""
+    seen = []
+    fake_train = workflows.train
+
+    def train(recipe, **kwargs):
+        seen.append(recipe.train.checkpoint_every)
+        return fake_train(recipe, **kwargs)
+
+    monkeypatch.setattr(workflows, "train", train)
+    workflows.train_rounds(_recipe(checkpoint_every=given), [2, 3], out=tmp_path / "run", data="photos", key=KEY,
+                           target="efficientnet-lite0")
+    assert seen == [every, every]
 
 
 def test_calibrating_on_samples_reads_the_training_photos_only(hyperprior, tmp_path, monkeypatch):

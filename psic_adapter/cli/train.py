@@ -47,8 +47,8 @@ def add_parser(sub) -> None:
     p.add_argument("--rounds", type=int, nargs="+", metavar="STEPS",
                    help="fit in rounds of these steps (instead of --steps), each calibrated as psic calibrate does by "
                         "default and the next fitted from it: OUT/round-K/adapter-cal is round K's adapter, the last "
-                        f"one the run's; a checkpoint every {ROUND_CHECKPOINT_EVERY} steps unless --checkpoint-every says "
-                        f"otherwise. The measured recipe: --rounds {' '.join(map(str, MEASURED_ROUNDS))} "
+                        f"one the run's; a checkpoint every {ROUND_CHECKPOINT_EVERY} steps unless --checkpoint-every gives "
+                        f"another (not 0). The measured recipe: --rounds {' '.join(map(str, MEASURED_ROUNDS))} "
                         "(docs/results.md, IS1y)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors (same settings); "
                    "with --rounds, from the first round not finished")
@@ -88,12 +88,10 @@ def run(args) -> int:
 def run_rounds(args, key) -> int:
     """``psic train --rounds``: :func:`~psic_adapter.workflows.train_rounds`, saying each round."""
     from ..errors import ConfigError
-    from ..workflows import ROUND_CHECKPOINT_EVERY, train_rounds
+    from ..workflows import train_rounds
 
     if args.steps is not None:
         raise ConfigError("--rounds gives each round's steps: leave out --steps")
-    if args.checkpoint_every is None:  # a round cut off resumes from its last hundred steps, not from its start
-        args.checkpoint_every = ROUND_CHECKPOINT_EVERY
     result = train_rounds(recipe_of(args), args.rounds, target=args.target, target_weights=args.target_weights,
                           data=args.data, out=args.out, codec=args.codec, quality=args.quality,
                           checkpoint=args.checkpoint, from_scratch=args.from_scratch, adapter=args.adapter, key=key,
