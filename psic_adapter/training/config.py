@@ -112,8 +112,8 @@ class TrainConfig:
     compile: bool = opt(False, "torch.compile the decoder and the target")
     num_workers: int = opt(0, "DataLoader workers", flag="--workers")
     seed: int = opt(0, "seed of the data order, the views, the wrong keys and the processing draws")
-    checkpoint_every: int = opt(0, "save a resumable checkpoint every N steps (0: at the end only; with "
-                                    "--rounds, every 100)")
+    checkpoint_every: int = opt(0, "save a resumable checkpoint every N steps (0: at the end only, or as "
+                                    "--rounds says)")
     log_every: int = opt(10, "log.jsonl cadence, in steps")
     val_data: Optional[str] = opt(None, "images to read the validation ASR on while training (a folder, or "
                                         "'samples' for the test sample photos); never trained on")
